@@ -1,0 +1,2 @@
+"""The independent certificate checker (exact arithmetic only)."""
+REPLAYERS: dict = {}

@@ -1,0 +1,2 @@
+"""Core claims (L1, L2, L3, E)."""
+CLAIMS: list = []
