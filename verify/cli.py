@@ -31,7 +31,7 @@ app.add_typer(experiment_app, name="experiment")
 APPS = {"root": app, "prove": prove_app, "bench": bench_app, "experiment": experiment_app}
 
 #: modules whose ``register(apps)`` adds commands
-COMMAND_MODULES = ["verify.cmd_core", "verify.universality", "verify.bounds", "verify.multilayer"]
+COMMAND_MODULES = ["verify.cmd_core", "verify.bench", "verify.universality", "verify.bounds", "verify.multilayer"]
 
 
 def is_tty() -> bool:

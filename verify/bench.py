@@ -1,0 +1,5 @@
+"""Benchmarks (placeholder)."""
+
+
+def register(apps) -> None:
+    """Add the bench commands to the CLI."""
