@@ -1,7 +1,489 @@
-"""Placeholder: filled in by its issue."""
-CLAIMS: list = []
-REPLAYERS: dict = {}
+"""Theorem M (multi-layer limitation): certified conditions under which a prompted causal
+transformer is injective in each input token, so no prompt memorizes colliding outputs.
+
+Proofs: ``proofs/multilayer.md``.  Setting: a causal (decoder) model, ``"causal": true``; the prompt
+comes first, so the prompt's states at every layer do not depend on the input.  For an input
+token at position t whose prefix (the input tokens before it) is fixed, layer l acts on the
+token's state h as  h -> MLP_l(h + Att_l(h, [S_l, h]))  with S_l the (fixed) prompt and prefix
+states.  The two certified conditions:
+
+* **condition 1** (any prompt length, any prompt norm): every head has W_k^T W_q = 0 (exact), so
+  the attention is the uniform average; ||sum_j W_o^j W_v^j||_2 < 1 and ||W_1||_2 ||W_2||_2 < 1 in
+  every layer.
+* **condition 2** (prompt tokens of 2-norm <= R, any length; inputs of the dataset): every state
+  has norm <= B_l (recursion below); the attention branch has Lipschitz constant
+  L_l = sum_j ||W_o^j W_v^j|| (1 + 2 ||W_k^j^T W_q^j|| B_l^2) < 1 on the ball of radius B_l, and
+  ||W_1|| ||W_2|| < 1.
+
+Either way every layer is bi-Lipschitz on the reachable states with lower constant
+c_l = (1 - a_l)(1 - k_l), so ||g(x) - g(x')|| >= c ||x - x'|| with c = prod_l c_l: two examples
+with the same prefix, different tokens x != x' at position t and targets y, y' at t with
+c ||x - x'|| > ||y - y'|| + 2 tol sqrt(d) are memorized (within tol per entry) by no prompt.
+
+Rigour: every spectral norm is a grid number k / 2^20 with ``t^2 I - W W^T`` positive definite at
+t = k / 2^20 and not at (k - 1) / 2^20 (exact integer Sylvester test), so k is a function of W
+that the checker re-verifies without searching; every other number is an exact rational.  The
+certificate embeds the model and dataset (with sha256) and the checker recomputes everything.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from fractions import Fraction
+from typing import Any, Optional
+
+import numpy as np
+
+from constructions.model import (Dataset, InputError, Model, as_fraction, as_scaled_int, dataset_to_json,
+                                 load_dataset, load_model, model_to_json, sha256_json)
+
+from .registry import Claim
+from .result import Result, Status
+
+__all__ = ["check_multilayer", "certify", "replay_injectivity", "replay_prompt", "z3_crosscheck",
+           "norm_grid", "norm_grid_holds", "CLAIMS", "REPLAYERS", "register", "GRID_BITS"]
+
+GRID_BITS = 20
+GRID = 1 << GRID_BITS
+EXACT_GRAM_MAX = 96      # spectral norms by the exact Gram test up to this size, else sqrt(||W||_1 ||W||_inf)
+CERT_KIND = "multilayer-injectivity"
+WITNESS_KIND = "multilayer-prompt"
 
 
-def register(apps) -> None:
-    """Add this module's commands to the CLI."""
+# =========================================================================== exact helpers
+# (shared by the prover and the checker: exact integer / rational arithmetic only)
+
+def _is_pd(M: list) -> bool:
+    """Exact positive-definiteness of a symmetric integer matrix (Sylvester's criterion; the
+    pivots of fraction-free Bareiss elimination are the leading principal minors)."""
+    M = [list(r) for r in M]
+    n, prev = len(M), 1
+    for k in range(n):
+        p = M[k][k]
+        if p <= 0:
+            return False
+        Mk = M[k]
+        for i in range(k + 1, n):
+            Mi = M[i]
+            mik = Mi[k]
+            for j in range(k + 1, n):
+                Mi[j] = (Mi[j] * p - mik * Mk[j]) // prev
+        prev = p
+    return True
+
+
+def _gram(W: np.ndarray) -> tuple[list, int]:
+    """(G, D) with G integer and W W^T (or W^T W, the smaller) = G / D^2."""
+    N, D = as_scaled_int(np.asarray(W))
+    rows = [[int(v) for v in r] for r in (N if N.shape[0] <= N.shape[1] else N.T)]
+    G = [[sum(a * b for a, b in zip(r1, r2)) for r2 in rows] for r1 in rows]
+    return G, D
+
+
+def _pd_at(G: list, D: int, k: int) -> bool:
+    """Is (k / 2^g)^2 I - G / D^2 positive definite?"""
+    s, c = k * k * D * D, GRID * GRID
+    return _is_pd([[(s if i == j else 0) - c * g for j, g in enumerate(row)] for i, row in enumerate(G)])
+
+
+def _is_zero(W: np.ndarray) -> bool:
+    return all(v == 0 for v in np.asarray(W).reshape(-1))
+
+
+def _ceil_grid(q: Fraction) -> Fraction:
+    return Fraction(math.ceil(Fraction(q) * GRID), GRID)
+
+
+def _cheap_k(W: np.ndarray) -> int:
+    from constructions.datasets import cheap_norm_bound
+    return math.ceil(cheap_norm_bound(W) * GRID)
+
+
+def _big(W: np.ndarray) -> bool:
+    return min(np.asarray(W).shape) > EXACT_GRAM_MAX
+
+
+def norm_grid_holds(W: np.ndarray, k: int) -> bool:
+    """Check that k / 2^20 is *the* grid bound of ||W||_2: 0 iff W = 0, else the least k >= 1
+    with (k / 2^20)^2 I - W W^T positive definite (for large W: ceil(2^20 sqrt(||W||_1 ||W||_inf)))."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        return False
+    if _is_zero(W):
+        return k == 0
+    if _big(W):
+        return k == _cheap_k(W)
+    G, D = _gram(W)
+    return k >= 1 and _pd_at(G, D, k) and not _pd_at(G, D, k - 1)
+
+
+def norm_grid(W: np.ndarray) -> int:
+    """Find the grid bound k of ||W||_2 (floats guess, exact tests decide; see norm_grid_holds)."""
+    if _is_zero(W):
+        return 0
+    if _big(W):
+        return _cheap_k(W)
+    G, D = _gram(W)
+    Wf = np.array([[float(v) for v in r] for r in np.asarray(W)], dtype=np.float64)
+    k = max(1, math.ceil(float(np.linalg.norm(Wf, 2)) * GRID))
+    step = 1
+    while not _pd_at(G, D, k):
+        k += step
+        step *= 2
+    lo = 0  # _pd_at(0) is false; bisect for the least k with _pd_at true
+    if k > 1 and not _pd_at(G, D, k - 1):
+        return k
+    hi = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid >= 1 and _pd_at(G, D, mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _vec_norm_up(v) -> Fraction:
+    """ceil(2^20 ||v||_2) / 2^20, exactly."""
+    s = sum((Fraction(x) ** 2 for x in np.asarray(v).reshape(-1)), Fraction(0))
+    p, q = s.numerator * GRID * GRID, s.denominator
+    k = math.isqrt(p // q)
+    while k * k * q < p:
+        k += 1
+    return Fraction(k, GRID)
+
+
+def _sqrt_up_exact(q: Fraction) -> Fraction:
+    p, d = q.numerator * GRID * GRID, q.denominator
+    k = math.isqrt(p // d)
+    while k * k * d < p:
+        k += 1
+    return Fraction(k, GRID)
+
+
+def _layer_matrices(model: Model) -> dict:
+    """Every matrix whose spectral norm the conditions use, by name: per layer W_1, W_2, the
+    heads' V_j = W_o^j W_v^j and A_j = W_k^j^T W_q^j, and V = sum_j V_j.  Exact products."""
+    out = {}
+    for li, layer in enumerate(model.layers):
+        out[f"layers[{li}].mlp.W_1"] = layer.W_1
+        out[f"layers[{li}].mlp.W_2"] = layer.W_2
+        Vs = []
+        for hj, h in enumerate(layer.heads):
+            V = as_fraction(h.W_o).dot(as_fraction(h.W_v))
+            Vs.append(V)
+            out[f"layers[{li}].heads[{hj}].W_o W_v"] = V
+            out[f"layers[{li}].heads[{hj}].W_k^T W_q"] = as_fraction(h.W_k).T.dot(as_fraction(h.W_q))
+        out[f"layers[{li}].sum_j W_o W_v"] = sum(Vs[1:], Vs[0])
+    return out
+
+
+def _fmt(q: Fraction) -> str:
+    return f"{q.numerator}/{q.denominator}" if q.denominator != 1 else str(q.numerator)
+
+
+def _layer_bounds(model: Model, condition: int, norms: dict, R: Optional[Fraction],
+                  Rx: Optional[Fraction]) -> tuple[list, list, Fraction]:
+    """The exact per-layer numbers of condition 1 or 2 from the grid norms.
+
+    Returns (rows, failures, c): rows[l] = {name: rational string}, failures = messages naming the
+    bound that is not < 1 and by how much, c = prod_l (1 - a_l)(1 - k_l) (0 if anything failed)."""
+    nb = {name: Fraction(k, GRID) for name, k in norms.items()}
+    rows, failures, c = [], [], Fraction(1)
+    B = None
+    if condition == 2:
+        B = _ceil_grid(max(R, Rx))
+    for li, layer in enumerate(model.layers):
+        k_mlp = nb[f"layers[{li}].mlp.W_1"] * nb[f"layers[{li}].mlp.W_2"]
+        row = {"mlp_contraction": k_mlp}
+        if condition == 1:
+            for hj in range(len(layer.heads)):
+                if nb[f"layers[{li}].heads[{hj}].W_k^T W_q"] != 0:
+                    failures.append(f"layers[{li}].attention.heads[{hj}]: W_k^T W_q is not 0 (spectral norm in "
+                                    f"({float(nb[f'layers[{li}].heads[{hj}].W_k^T W_q'] - Fraction(1, GRID)):.6g}, "
+                                    f"{float(nb[f'layers[{li}].heads[{hj}].W_k^T W_q']):.6g}]): scores depend on the query")
+            a = nb[f"layers[{li}].sum_j W_o W_v"]
+            row["attention_lipschitz"] = a
+            what = f"layers[{li}].attention: ||sum_j W_o^j W_v^j||_2"
+        else:
+            a = Fraction(0)
+            for hj, h in enumerate(layer.heads):
+                nA = nb[f"layers[{li}].heads[{hj}].W_k^T W_q"]
+                if layer.kind == "hardmax" and nA != 0:
+                    failures.append(f"layers[{li}].attention.heads[{hj}]: hardmax with W_k^T W_q != 0 is not "
+                                    "Lipschitz (condition 2 needs softmax or zero scores)")
+                a += nb[f"layers[{li}].heads[{hj}].W_o W_v"] * (1 + 2 * nA * B * B)
+            row["state_bound"] = B
+            row["attention_lipschitz"] = a
+            what = (f"layers[{li}].attention: Lipschitz bound sum_j ||W_o^j W_v^j|| (1 + 2 ||W_k^j^T W_q^j|| "
+                    f"B^2) with B = {float(B):.6g}")
+            att = sum((nb[f"layers[{li}].heads[{hj}].W_o W_v"] for hj in range(len(layer.heads))), Fraction(0))
+            B = _ceil_grid(B * (1 + att) * (1 + k_mlp) + nb[f"layers[{li}].mlp.W_2"] * _vec_norm_up(layer.b_1)
+                           + _vec_norm_up(layer.b_2))
+        if a >= 1:
+            failures.append(f"{what} <= {float(a):.6g} (rigorous upper bound) is not < 1: exceeds 1 by {float(a - 1):.6g}")
+        if k_mlp >= 1:
+            failures.append(f"layers[{li}].mlp: ||W_1||_2 ||W_2||_2 <= {float(k_mlp):.6g} is not < 1: exceeds 1 by "
+                            f"{float(k_mlp - 1):.6g} (the MLP may not be injective)")
+        c_l = (1 - a) * (1 - k_mlp) if a < 1 and k_mlp < 1 else Fraction(0)
+        row["lower_lipschitz"] = c_l
+        c *= c_l
+        rows.append({k: _fmt(v) for k, v in row.items()})
+    if failures:
+        c = Fraction(0)
+    return rows, failures, c
+
+
+def _input_norm(ds: Dataset) -> Fraction:
+    return max(_vec_norm_up(x) for ex in ds.examples for x in ex.input)
+
+
+def _same(a, b) -> bool:
+    return all(Fraction(u) == Fraction(v) for u, v in zip(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)))
+
+
+def _pairs(ds: Dataset, causal: bool):
+    """Candidate pairs (i, i2, t, kind): kind "conflict" (same visible input up to t, outputs at t
+    both given) or "injective" (causal only: same tokens before t, different token at t)."""
+    for i in range(len(ds.examples)):
+        for i2 in range(i + 1, len(ds.examples)):
+            A, B = ds.examples[i], ds.examples[i2]
+            for t in range(min(len(A.input), len(B.input))):
+                if A.output[t] is None or B.output[t] is None:
+                    continue
+                if not all(_same(A.input[u], B.input[u]) for u in range(t)):
+                    break
+                if causal or (len(A.input) == len(B.input) and _same(A.input, B.input)):
+                    yield i, i2, t, "conflict" if _same(A.input[t], B.input[t]) else "injective"
+                if not causal:
+                    break
+
+
+def _pair_holds(ds: Dataset, i: int, i2: int, t: int, kind: str, c: Fraction, tol: Fraction) -> bool:
+    """Does the pair rule out memorization (within tol per entry)?"""
+    A, B = ds.examples[i], ds.examples[i2]
+    dy = [Fraction(u) - Fraction(v) for u, v in zip(A.output[t], B.output[t])]
+    if kind == "conflict":
+        return max(abs(v) for v in dy) > 2 * tol
+    dx2 = sum((Fraction(u) - Fraction(v)) ** 2 for u, v in zip(A.input[t], B.input[t]))
+    if c <= 0 or dx2 == 0:
+        return False
+    rhs = _vec_norm_up(dy) + 2 * tol * _sqrt_up_exact(Fraction(len(dy)))
+    return c * c * dx2 > rhs * rhs
+
+
+def _first_pair(ds: Dataset, causal: bool, c: Fraction, tol: Fraction, kinds=("conflict", "injective")):
+    for i, i2, t, kind in _pairs(ds, causal):
+        if kind in kinds and _pair_holds(ds, i, i2, t, kind, c, tol):
+            return {"examples": [i, i2], "position": t, "kind": kind}
+    return None
+
+
+# =========================================================================== the checker
+
+def _model_from_json(obj: dict) -> Model:
+    with tempfile.TemporaryDirectory() as tmp:
+        p = os.path.join(tmp, "model.json")
+        with open(p, "w") as fh:
+            json.dump(obj, fh)
+        return load_model(p)
+
+
+def _dataset_from_json(obj: dict) -> Dataset:
+    with tempfile.TemporaryDirectory() as tmp:
+        p = os.path.join(tmp, "dataset.json")
+        with open(p, "w") as fh:
+            json.dump(obj, fh)
+        return load_dataset(p)
+
+
+def replay_injectivity(res: dict, base_dir: str = ".") -> tuple[bool, str]:
+    """Re-verify a ``multilayer-injectivity`` certificate from the embedded model and dataset.
+
+    Every grid norm is re-tested exactly, every bound recomputed and compared with the
+    certificate (so a changed number fails), and the colliding pair re-derived."""
+    cert = res["certificate"]
+    if sha256_json(cert["model"]) != cert["model_sha256"] or sha256_json(cert["dataset"]) != cert["dataset_sha256"]:
+        return False, "embedded model or dataset does not match its sha256"
+    model, ds = _model_from_json(cert["model"]), _dataset_from_json(cert["dataset"])
+    cond, tol = cert["condition"], Fraction(cert["tolerance"])
+    if model.causal is not True and cond != 0:
+        return False, "conditions 1 and 2 need a causal model (\"causal\": true)"
+    if tol < 0:
+        return False, "negative tolerance"
+    c = Fraction(0)
+    if cond in (1, 2):
+        mats = _layer_matrices(model)
+        if set(cert["norms"]) != set(mats):
+            return False, "the certificate's norm list does not match the model's matrices"
+        for name, W in mats.items():
+            if not norm_grid_holds(W, cert["norms"][name]):
+                return False, f"grid norm of {name} is not {cert['norms'][name]} / 2^{GRID_BITS}"
+        R = Fraction(cert["prompt_norm"]) if cond == 2 else None
+        Rx = _input_norm(ds) if cond == 2 else None
+        if cond == 2 and (R < 0 or _fmt(Rx) != cert["input_norm"]):
+            return False, "prompt or input norm bound does not hold"
+        rows, failures, c = _layer_bounds(model, cond, cert["norms"], R, Rx)
+        if failures:
+            return False, "condition fails: " + "; ".join(failures)
+        if rows != cert["layers"] or _fmt(c) != cert["lower_lipschitz"]:
+            return False, "the certificate's per-layer bounds differ from the recomputed ones"
+    elif cond != 0:
+        return False, f"unknown condition {cond!r}"
+    pair = _first_pair(ds, model.causal, c, tol, ("conflict",) if cond == 0 else ("conflict", "injective"))
+    if pair is None or pair != cert["pair"]:
+        return False, f"the colliding pair does not re-derive (recomputed {pair}, certificate {cert['pair']})"
+    return True, (f"condition {cond} holds on all {len(model.layers)} layers (c = {float(c):.6g}); examples "
+                  f"{pair['examples']} at position {pair['position']} ({pair['kind']}) cannot both be memorized")
+
+
+def replay_prompt(res: dict, base_dir: str = ".") -> tuple[bool, str]:
+    """Replay a ``multilayer-prompt`` witness: the prompt's exact forward pass reproduces every
+    given target (exact for zero-score models; else the rigorous enclosures within tolerance)."""
+    from constructions.forward import forward_exact
+    from constructions.multilayer import forward_uniform_exact, has_zero_scores
+    w = res["witness"]
+    if sha256_json(w["model"]) != w["model_sha256"] or sha256_json(w["dataset"]) != w["dataset_sha256"]:
+        return False, "embedded model or dataset does not match its sha256"
+    model, ds = _model_from_json(w["model"]), _dataset_from_json(w["dataset"])
+    P = np.array([[Fraction(v) for v in row] for row in w["prompt"]], dtype=object).reshape(-1, model.d)
+    tol = Fraction(w.get("tolerance", "0"))
+    exact = has_zero_scores(model)
+    for i, ex in enumerate(ds.examples):
+        out = forward_uniform_exact(model, ex.input, P) if exact else forward_exact(model, ex.input, P)
+        for t, y in enumerate(ex.output):
+            if y is None:
+                continue
+            for e, (o, yv) in enumerate(zip(out[t], y)):
+                yv = Fraction(yv)
+                if exact and abs(o - yv) > tol:
+                    return False, f"examples[{i}].output[{t}][{e}]: prompt gives {float(o)!r}, target {float(yv)!r}"
+                if not exact and (o.lo < yv - tol or o.hi > yv + tol):
+                    return False, f"examples[{i}].output[{t}][{e}]: enclosure {o} not within {float(tol)} of target"
+    return True, (f"the {len(P)}-token prompt reproduces every target "
+                  f"({'exactly' if tol == 0 and exact else f'within {float(tol)}'})")
+
+
+REPLAYERS = {CERT_KIND: replay_injectivity, WITNESS_KIND: replay_prompt}
+
+
+# =========================================================================== the prover
+
+def _statement(cond: int, R: Optional[Fraction]) -> str:
+    if cond == 0:
+        return "no model and no prompt memorizes the dataset: two examples see the same input and need different outputs"
+    if cond == 1:
+        return "no prompt of any length (and any norm) memorizes the dataset"
+    return f"no prompt of any length whose tokens have 2-norm <= {float(R):g} memorizes the dataset"
+
+
+METHODS = {0: "multilayer: conflicting targets", 1: "multilayer condition 1 (query-independent scores)",
+           2: "multilayer condition 2 (bounded prompts, Lipschitz attention)"}
+
+
+def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, prompt_norm=None,
+            tolerance=Fraction(0)) -> tuple[Optional[dict], list[str]]:
+    """Try to certify Theorem M's conclusion for a dataset.
+
+    Parameters
+    ----------
+    model : Model
+        Any number of layers; conditions 1 and 2 need ``model.causal``.
+    dataset : Dataset
+        Tokens of size ``model.d``.
+    condition : {None, 1, 2}
+        None tries conflicting targets, then condition 1, then condition 2 (if ``prompt_norm``).
+    prompt_norm : rational or None
+        Bound R on the 2-norm of every prompt token (condition 2 only).
+    tolerance : rational
+        Memorization within this much per output entry.
+
+    Returns
+    -------
+    (certificate or None, failures)
+        ``failures`` names every bound that failed and by how much."""
+    tol = Fraction(tolerance)
+    R = None if prompt_norm is None else Fraction(prompt_norm)
+    failures: list[str] = []
+    base = {"kind": CERT_KIND, "tolerance": _fmt(tol), "grid_bits": GRID_BITS,
+            "model": model_to_json(model), "dataset": dataset_to_json(dataset)}
+    base["model_sha256"], base["dataset_sha256"] = sha256_json(base["model"]), sha256_json(base["dataset"])
+    if condition is None:
+        pair = _first_pair(dataset, model.causal, Fraction(0), tol, ("conflict",))
+        if pair is not None:
+            return dict(base, condition=0, norms={}, prompt_norm=None, input_norm=None, layers=[],
+                        lower_lipschitz="0", pair=pair), []
+    conds = [condition] if condition is not None else [1, 2]
+    if not model.causal:
+        return None, ["the model is not causal (\"causal\": false, an encoder): prompt states depend on the input, "
+                      "which conditions 1 and 2 do not cover; set \"causal\": true for a decoder"]
+    if not any(k == "injective" for *_, k in _pairs(dataset, True)):
+        return None, ["no two examples share a prefix and differ in the next token with both targets given there: "
+                      "Theorem M rules nothing out for this dataset"]
+    norms = {name: norm_grid(W) for name, W in _layer_matrices(model).items()}
+    for cond in conds:
+        if cond == 2 and R is None:
+            failures.append("condition 2: needs a bound on the prompt tokens' 2-norm (--prompt-norm); none given")
+            continue
+        if cond == 2 and R < 0:
+            raise InputError("--prompt-norm", "a number >= 0", str(R))
+        Rx = _input_norm(dataset) if cond == 2 else None
+        rows, fails, c = _layer_bounds(model, cond, norms, R, Rx)
+        if fails:
+            failures += [f"condition {cond}: {f}" for f in fails]
+            continue
+        pair = _first_pair(dataset, True, c, tol)
+        if pair is None:
+            failures.append(f"condition {cond} holds (lower Lipschitz constant c = {float(c):.6g}) but no pair "
+                            f"has c ||x - x'|| > ||y - y'|| + 2 tol sqrt(d)")
+            continue
+        return dict(base, condition=cond, norms=norms, prompt_norm=None if R is None or cond == 1 else _fmt(R),
+                    input_norm=None if Rx is None else _fmt(Rx), layers=rows, lower_lipschitz=_fmt(c),
+                    pair=pair), []
+    return None, failures
+
+
+def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0),
+                     timeout: float = 60.0, prompt_norm=None, condition: Optional[int] = None,
+                     claim: str = "M") -> Result:
+    """Decide what Theorem M says about a (multi-layer) model and dataset.
+
+    Returns "proved" with a ``multilayer-injectivity`` certificate (already replayed) when targets
+    conflict or condition 1 or 2 holds and two examples collide; "unknown" with a message naming
+    each bound that failed and by how much otherwise.  ``prompt_norm`` (or ``model.meta
+    ["prompt_norm"]``) enables condition 2.  A proof for any length covers ``prompt_length``."""
+    t0 = time.perf_counter()
+    if dataset.d != model.d:
+        raise InputError("examples[0].input", f"tokens of size d = {model.d} (the model's d)", f"size {dataset.d}")
+    if prompt_norm is None and "prompt_norm" in model.meta:
+        prompt_norm = Fraction(str(model.meta["prompt_norm"]))
+    tol = Fraction(tolerance)
+    if tol < 0:
+        raise InputError("--tolerance", "a number >= 0", str(tol))
+    cert, failures = certify(model, dataset, condition, prompt_norm, tol)
+    t1 = time.perf_counter()
+    inputs = {"model_sha256": sha256_json(model_to_json(model)), "dataset_sha256": sha256_json(dataset_to_json(dataset)),
+              "seed": model.meta.get("seed")}
+    if cert is None:
+        return Result(claim=claim, status=Status.UNKNOWN, statement="Theorem M: no prompt memorizes the dataset",
+                      method="multilayer conditions 1-2", prompt_length=prompt_length, inputs=inputs,
+                      seconds={"solve": t1 - t0}, message="not certified: " + "; ".join(failures),
+                      checks={"certificate_checked": False})
+    cond = cert["condition"]
+    res = Result(claim=claim, status=Status.PROVED, statement=_statement(cond, prompt_norm),
+                 method=METHODS[cond], prompt_length=prompt_length, certificate=cert, inputs=inputs)
+    ok, msg = replay_injectivity(res.to_json())
+    t2 = time.perf_counter()
+    res.seconds = {"solve": t1 - t0, "check": t2 - t1}
+    res.checks = {"certificate_checked": ok}
+    if not ok:
+        res.status, res.certificate = Status.ERROR, None
+        res.message = f"internal error: the certificate did not replay ({msg})"
+        return res
+    pair = cert["pair"]
+    res.message = (msg if cond == 0 else
+                   f"{msg}; per-layer attention bounds " +
+                   ", ".join(f"{float(Fraction(r['attention_lipschitz'])):.4g}" for r in cert["layers"]))
+    return res
