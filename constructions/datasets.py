@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from .forward import forward_exact, forward_torch
-from .model import Dataset, Example, Head, Layer, Model, as_float, as_fraction, as_scaled_int
+from .model import Dataset, Example, Head, IntMatrix, Layer, Model, as_float, as_fraction, as_scaled_int
 
 __all__ = ["random_model", "mlp_exact", "mlp_float", "mlp_inverse_float", "l1_dataset", "l3_dataset",
            "planted_dataset", "random_tokens", "head_parts_float", "cheap_norm_bound"]
@@ -87,12 +87,18 @@ def random_tokens(rng: np.random.Generator, n: int, d: int, bits: int = 8, scale
 
 # --------------------------------------------------------------------------- MLP helpers
 
-def mlp_exact(layer: Layer, z) -> np.ndarray:
-    """Exact MLP(z) = z + W_2 relu(W_1 z + b_1) + b_2 for a rational vector z (object array)."""
-    z = as_fraction(np.asarray(z))
-    pre = as_fraction(layer.W_1).dot(z) + as_fraction(layer.b_1)
-    hid = np.array([p if p > 0 else Fraction(0) for p in pre], dtype=object)
-    return z + as_fraction(layer.W_2).dot(hid) + as_fraction(layer.b_2)
+def mlp_exact(layer: Layer, z, _scaled: Optional[tuple] = None) -> np.ndarray:
+    """Exact MLP(z) = z + W_2 relu(W_1 z + b_1) + b_2 for a rational vector z (object array).
+
+    Uses integer matrices (:class:`IntMatrix`), so it is fast even for BERT-sized layers."""
+    z = list(as_fraction(np.asarray(z)))
+    W1, W2 = _scaled or (IntMatrix(layer.W_1), IntMatrix(layer.W_2))
+    pre = W1.mv(z)
+    hid = [max(p + b, Fraction(0)) for p, b in zip(pre, as_fraction(layer.b_1))]
+    post = W2.mv(hid)
+    out = np.empty(len(z), dtype=object)
+    out[:] = [a + b + c for a, b, c in zip(z, post, as_fraction(layer.b_2))]
+    return out
 
 
 def mlp_float(layer: Layer, z: np.ndarray) -> np.ndarray:
@@ -186,14 +192,15 @@ def l1_dataset(model: Model, seed: int = 0, margin: float = 0.5, examples: Optio
             g.append(A[i] + rng.normal(0, max(margin, 0.25), s))
         gq = [_rational_vector(gi, grid) for gi in g]
         gammas.append(gq)
-        Woq = as_fraction(layer.heads[hj].W_o)  # exact
+        Wo_int = IntMatrix(layer.heads[hj].W_o)  # exact
         for i in range(examples):
-            c[i] = c[i] + Woq.dot(gq[i])
+            c[i] = c[i] + np.array(Wo_int.mv(list(gq[i])), dtype=object)
     x0q = as_fraction(x0)
+    scaled = (IntMatrix(layer.W_1), IntMatrix(layer.W_2))
     exs = []
     for i in range(examples):
         z = x0q + c[i]
-        y0 = mlp_exact(layer, z)
+        y0 = mlp_exact(layer, z, scaled)
         exs.append(Example(input=np.stack([xs[i], x0]), output=[None, y0]))
     return Dataset(exs, meta={"builder": "l1_dataset", "seed": seed, "margin": margin, "examples": examples})
 
@@ -204,10 +211,12 @@ def required_examples(model: Model) -> int:
     parts = head_parts_float(model)
     Wo_all = np.concatenate([p[3] for p in parts], axis=1)
     d = model.d
-    if Wo_all.shape[1] <= d and np.linalg.matrix_rank(Wo_all) == Wo_all.shape[1]:
+    if Wo_all.shape[1] == d and abs(np.linalg.slogdet(Wo_all)[1]) < 700 and np.linalg.slogdet(Wo_all)[0] != 0:
         return 2
-    unknowns = sum(np.linalg.matrix_rank(p[4]) + 1 for p in parts)
-    return max(2, unknowns // d + 1)
+    if Wo_all.shape[1] < d and np.linalg.matrix_rank(Wo_all) == Wo_all.shape[1]:
+        return 2
+    unknowns = sum(int(np.linalg.matrix_rank(p[4])) + 1 for p in parts)
+    return int(max(2, unknowns // d + 1))
 
 
 def l3_dataset(model: Model, seed: int = 0, examples: int = 1, margin: float = 0.5,

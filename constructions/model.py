@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = [
     "InputError", "Head", "Layer", "Model", "Example", "Dataset",
-    "as_float", "as_fraction", "as_scaled_int", "is_float_array",
+    "as_float", "as_fraction", "as_scaled_int", "is_float_array", "IntMatrix",
     "load_model", "save_model", "load_dataset", "save_dataset",
     "model_to_json", "dataset_to_json", "number_to_json", "sha256_file", "sha256_json",
     "atomic_write_text",
@@ -149,12 +149,29 @@ def as_fraction(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _dyadic_int64(a: np.ndarray):
+    """(N, E) with a == N / 2**E exactly and N int64 (|N| < 2**62), or None."""
+    if a.size == 0:
+        return np.zeros(a.shape, dtype=np.int64), 0
+    amax = float(np.max(np.abs(a)))
+    for e in range(0, 1075):
+        b = a * (2.0 ** e)  # exact: scaling by a power of two (no overflow checked below)
+        if not np.all(np.isfinite(b)) or amax * 2.0 ** e >= 2.0 ** 62:
+            return None
+        if np.all(b == np.floor(b)):
+            return b.astype(np.int64), e
+    return None
+
+
 def as_scaled_int(a: np.ndarray) -> tuple[np.ndarray, int]:
     """Exact integer form: returns ``(N, D)`` with ``a == N / D`` entry-wise, N an object
     array of Python ints and D a positive int (a power of two for float arrays)."""
     if a.dtype == np.float64:
         if a.size == 0:
             return np.zeros(a.shape, dtype=object), 1
+        fast = _dyadic_int64(a)
+        if fast is not None:
+            return fast[0].astype(object), 1 << fast[1]
         m, e = np.frexp(a)
         mant = (m * 2.0 ** 53).astype(np.int64)  # exact: |m| < 1
         e = e.astype(np.int64) - 53
@@ -174,6 +191,55 @@ def as_scaled_int(a: np.ndarray) -> tuple[np.ndarray, int]:
     flat = out.reshape(-1)
     flat[:] = [int(x.numerator * (den // x.denominator)) for x in a.reshape(-1)]
     return out, den
+
+
+class IntMatrix:
+    """An exact rational matrix N / D with integer N, with fast exact products.
+
+    When N fits in 32 bits, products with big-integer vectors split the vector into 16-bit
+    limbs and use int64 matrix products (no overflow: n * 2**32 * 2**16 < 2**63 for n < 2**15)."""
+
+    def __init__(self, a: np.ndarray):
+        self.N, self.D = as_scaled_int(np.asarray(a))
+        self.shape = self.N.shape
+        self.N64 = None
+        if self.N.size and self.shape[1] < (1 << 15):
+            big = max(abs(int(v)) for v in (self.N.max(), self.N.min()))
+            if big < (1 << 32):
+                self.N64 = self.N.astype(np.int64)
+
+    def _prod(self, M64, Mobj, xi: list[int]) -> list[int]:
+        if M64 is None or not xi:
+            v = np.empty(len(xi), dtype=object)
+            v[:] = xi
+            return [int(t) for t in Mobj.dot(v)] if len(xi) else [0] * Mobj.shape[0]
+        nb = max(abs(v).bit_length() for v in xi)
+        nch = max(1, (nb + 15) // 16)
+        X = np.zeros((len(xi), nch), dtype=np.int64)
+        for k, v in enumerate(xi):
+            sgn, m = (1, v) if v >= 0 else (-1, -v)
+            for c in range(nch):
+                X[k, c] = sgn * ((m >> (16 * c)) & 0xFFFF)
+        R = M64 @ X
+        return [sum(int(R[r, c]) << (16 * c) for c in range(nch)) for r in range(R.shape[0])]
+
+    @staticmethod
+    def _ints(x) -> tuple[list[int], int]:
+        L = 1
+        for v in x:
+            L = L * v.denominator // math.gcd(L, v.denominator)
+        return [int(v * L) for v in x], L
+
+    def mv(self, x) -> list[Fraction]:
+        """Exact (N / D) @ x for a rational vector x."""
+        xi, L = self._ints([Fraction(v) for v in x])
+        return [Fraction(v, self.D * L) for v in self._prod(self.N64, self.N, xi)]
+
+    def vm(self, y) -> list[Fraction]:
+        """Exact y^T (N / D)."""
+        yi, L = self._ints([Fraction(v) for v in y])
+        NT64 = None if self.N64 is None else np.ascontiguousarray(self.N64.T)
+        return [Fraction(v, self.D * L) for v in self._prod(NT64, self.N.T, yi)]
 
 
 def number_to_json(x):
@@ -327,6 +393,12 @@ def model_to_json(model: Model, include_arrays: bool = True) -> dict:
     return out
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write a file so that a reader never sees it half-written."""
     d = os.path.dirname(os.path.abspath(path)) or "."
@@ -335,6 +407,7 @@ def atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -363,6 +436,7 @@ def save_model(model: Model, path: str) -> None:
         os.close(fd)
         try:
             np.savez(tmp, **arrays)
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -1,5 +1,124 @@
-"""Core commands: prove limitation, check, bench limitation."""
+"""Core commands: ``prove limitation`` and ``check``."""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Optional
+
+import typer
+
+from constructions.model import InputError
+
+__all__ = ["register", "parse_prompt_length", "parse_tolerance"]
+
+
+def parse_prompt_length(v: str):
+    if v == "any":
+        return "any"
+    try:
+        k = int(v)
+    except ValueError:
+        raise InputError("--prompt-length", "a positive integer or 'any'", repr(v)) from None
+    if k < 1:
+        raise InputError("--prompt-length", "a positive integer or 'any'", repr(v))
+    return k
+
+
+def parse_tolerance(v: str) -> Fraction:
+    try:
+        q = Fraction(v)
+    except (ValueError, ZeroDivisionError):
+        raise InputError("--tolerance", "a number >= 0 such as 1e-9 or 1/1000", repr(v)) from None
+    if q < 0:
+        raise InputError("--tolerance", "a number >= 0", repr(v))
+    return q
+
+
+def _side(json_out: Optional[str]) -> Optional[str]:
+    if not json_out:
+        return None
+    base = json_out[:-5] if json_out.endswith(".json") else json_out
+    return base
+
+
+def _positive(name: str, v: Optional[int]) -> None:
+    if v is not None and v < 1:
+        raise InputError(name, "a positive integer", str(v))
 
 
 def register(apps) -> None:
-    """Add the core commands to the CLI."""
+    prove_app, root, bench = apps["prove"], apps["root"], apps["bench"]
+
+    @prove_app.command("limitation")
+    def prove_limitation_cmd(
+        d: int = typer.Option(3, "--d", help="token dimension"),
+        heads: int = typer.Option(1, "--heads", help="number of attention heads"),
+        head_size: Optional[int] = typer.Option(None, "--head-size", help="head size s (default d // heads)"),
+        mlp_width: Optional[int] = typer.Option(None, "--mlp-width", help="MLP width r (default 2 d)"),
+        seed: int = typer.Option(0, "--seed", help="seed of the random model and dataset"),
+        margin: float = typer.Option(0.5, "--margin", help="half the separation of the two rays of L1"),
+        kind: str = typer.Option("softmax", "--kind", help="softmax (hardmax layers only admit L3 certificates)"),
+        timeout: float = typer.Option(120.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
+        json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
+        artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
+        save_model: Optional[str] = typer.Option(None, "--save-model", help="also write the model (.json or .npz)"),
+        save_dataset: Optional[str] = typer.Option(None, "--save-dataset", help="also write the dataset (.json)"),
+        expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
+    ):
+        """Build a random single-layer model meeting the assumptions and the dataset of Theorem L1,
+        and prove that no prompt of any length memorizes it (certificate re-verified exactly)."""
+        from constructions.model import save_dataset as _sd, save_model as _sm
+        from verify.cli import emit, fail_input
+        from verify.prover import prove_limitation
+        try:
+            for name, v in (("--d", d), ("--heads", heads), ("--head-size", head_size), ("--mlp-width", mlp_width)):
+                _positive(name, v)
+            if kind not in ("softmax", "hardmax"):
+                raise InputError("--kind", "softmax or hardmax", repr(kind))
+            if margin <= 0:
+                raise InputError("--margin", "a number > 0", str(margin))
+            res, model, ds = prove_limitation(d=d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed,
+                                              kind=kind, margin=margin, artifacts=artifacts, timeout=timeout,
+                                              side_files=_side(json_out))
+        except InputError as exc:
+            fail_input(exc)
+        if save_model:
+            _sm(model, save_model)
+        if save_dataset:
+            _sd(ds, save_dataset)
+        if json_out and "dataset" not in res.inputs:
+            _sd(ds, _side(json_out) + ".dataset.json")
+            res.inputs["dataset_file"] = os.path.basename(_side(json_out) + ".dataset.json")
+        emit(res, json_out, expect)
+
+    @root.command("check")
+    def check_cmd(
+        model: str = typer.Option(..., "--model", help="ptverify-model/1 file (.json or .npz)"),
+        dataset: str = typer.Option(..., "--dataset", help="ptverify-dataset/1 file (.json)"),
+        prompt_length: str = typer.Option("any", "--prompt-length", help="K (a positive integer) or 'any'"),
+        tolerance: str = typer.Option("0", "--tolerance", help="max-norm error allowed (default 0: exact)"),
+        timeout: float = typer.Option(60.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
+        json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
+        artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
+        expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
+    ):
+        """Decide whether some prompt memorizes a dataset under a model (files in the documented
+        formats): proved (certificate), memorized (replayed witness) or unknown."""
+        from constructions.model import load_dataset, load_model, save_dataset as _sd
+        from verify.cli import emit, fail_input
+        from verify.prover import check_memorization
+        try:
+            pl = parse_prompt_length(prompt_length)
+            tol = parse_tolerance(tolerance)
+            if timeout <= 0:
+                raise InputError("--timeout", "a number of seconds > 0", str(timeout))
+            m = load_model(model)
+            ds = load_dataset(dataset, d=m.d)
+            res = check_memorization(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, artifacts=artifacts,
+                                     claim="check", side_files=_side(json_out))
+        except InputError as exc:
+            fail_input(exc)
+        if json_out and "dataset" not in res.inputs:
+            _sd(ds, _side(json_out) + ".dataset.json")
+            res.inputs["dataset_file"] = os.path.basename(_side(json_out) + ".dataset.json")
+        emit(res, json_out, expect)

@@ -1,0 +1,560 @@
+"""Theorem U: one frozen transformer that a prompt turns into any Lipschitz function.
+
+The network ``g`` reads the prompt as a lookup table.  With ``K = 1/delta`` grid steps per
+coordinate and ``N = K^(d n)`` grid cells, the prompt has ``m_p = n N`` tokens: token
+``n c + s`` holds ``fbar(c)_s``, the quantized value of ``f`` at output position ``s`` on cell
+``c``.  Tokens are rows of ``d`` numbers; every layer is ``tau(Z) = MLP(Z + Att(Z, Z))``.
+
+Layers (``proofs/universality.md`` gives the argument):
+
+``Q1`` (MLP only)
+    ReLU staircases with ramps of width ``w`` just left of each threshold ``j/K``: coordinate
+    ``i >= 1`` of every token becomes its grid index, coordinate 0 of input token ``t`` becomes
+    ``E_t + S n K^(t d) k_{t,0}``; the prompt region of coordinate 0 is left unchanged.
+``Q2`` (MLP only, only when ``d >= 2``)
+    Gated units (``relu(L + M(z_0 - theta)) - relu(M(z_0 - theta))``) add the other grid indices
+    of an input token into its coordinate 0 and erase its coordinates ``i >= 1``; prompt tokens are
+    gated off.  Input token ``t`` then holds ``V_t = E_t + S n sum_i k_{t,i} K^(t d + i)``.
+``G`` (rank-1 attention, then a scalar piecewise-linear MLP on coordinate 0)
+    A head whose score is ``key_0 * query_0`` adds the largest coordinate 0 of the sequence (the
+    top input token); for ``n = 2`` a second head adds the smallest (the bottom input token).
+    Every token, prompt tokens included, gains ``A = S n c``.  The MLP (a "tent") then maps the
+    prompt token of cell ``c`` and position 0 to ``H + y_0`` (the largest value), that of position
+    1 to ``-H - y_0`` (the smallest) and every other token to a fixed level.
+``F`` (rank-1 attention that copies whole tokens, then a clipping MLP)
+    Input position 0 has query ``+Q`` and reads the largest key, position 1 has ``-Q`` and reads
+    the smallest: each copies its prompt token; the MLP removes the offsets, rescales the grid
+    indices by ``1/K`` and clips every coordinate to ``[0, 1]``.
+
+Positional encodings (added to coordinate 0 only) are part of ``g``: ``E_t`` for input position
+``t`` and ``E^P_j`` for prompt position ``j``.  The "exact" version uses hardmax attention; the
+"standard" one softmax, with the scores divided by a temperature ``T`` (folded into ``W_k``).
+Supported sizes: any ``d >= 1`` and ``n in {1, 2}`` (the gather uses the max and the min of one
+coordinate; see the proof file for the limit).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .model import Head, InputError, Layer, Model
+
+__all__ = [
+    "UniversalNetwork", "Target", "TARGETS", "build_network", "build_prompt", "build_target",
+    "quantized_function", "decode_prompt", "grid_index", "cell_index", "cell_digits", "delta_K",
+    "ramp_width", "default_temperature", "pl_units", "forward_float",
+]
+
+S_SPACING = 4          # distance between consecutive prompt windows on coordinate 0
+H_LEVEL = 2            # level of the matching prompt token after the tent
+Q_LEVEL = 1            # query level of the input tokens in the lookup layer
+
+
+# =========================================================================== sizes
+
+def delta_K(eps: Fraction, L: Fraction, d: int, n: int, p: Fraction) -> int:
+    """Smallest integer K with 1/K <= eps / (2 (L + 1) (d n)^(1/p)) (THEORY.md section 4).
+
+    Decided exactly: K >= 2 (L + 1) (d n)^(1/p) / eps  iff  (K eps / (2 (L + 1)))^p >= d n."""
+    eps, L, p = Fraction(eps), Fraction(L), Fraction(p)
+    base = 2 * (L + 1) / eps
+    guess = max(1, int(math.floor(float(base) * float(d * n) ** (1.0 / float(p)))) - 2)
+
+    def ok(K: int) -> bool:
+        q = K / base  # (q)^p >= dn  with p = u/v:  q^u >= (dn)^v
+        return q ** p.numerator >= Fraction(d * n) ** p.denominator
+    K = guess
+    while not ok(K):
+        K += 1
+    while K > 1 and ok(K - 1):
+        K -= 1
+    return max(K, 2)
+
+
+def ramp_width(eps: Fraction, p: Fraction, d: int, n: int, K: int) -> Fraction:
+    """Ramp width ``w = 1 / (K 2^k)``, the largest such with ``(dn)^2 (K - 1) w <= (eps/4)^p``,
+    so that the ramp region costs at most eps/4 of d_p (its measure is at most dn (K-1) w and
+    there the error is at most (dn)^(1/p))."""
+    eps, p = Fraction(eps), Fraction(p)
+    k = 1
+    while True:
+        w = Fraction(1, K * (1 << k))
+        lhs = Fraction((d * n) ** 2 * (K - 1)) * w   # compare lhs <= (eps/4)^p exactly
+        if (lhs ** p.denominator) <= (eps / 4) ** p.numerator:
+            return w
+        k += 1
+
+
+def default_temperature() -> Fraction:
+    """The softmax temperature reported for the standard version (scores divided by T)."""
+    return Fraction(1, 64)
+
+
+# =========================================================================== PL helpers
+
+def pl_units(points: Sequence[tuple], left_slope, right_slope) -> tuple[list, Fraction]:
+    """Residual form of a continuous piecewise-linear map ``F`` of one coordinate.
+
+    ``F`` passes through ``points`` (strictly increasing abscissae) and has the given tail slopes.
+    Returns ``(units, c)`` with ``F(z) = z + c + sum coef * relu(sign * (z - b))`` for
+    ``units = [(sign, b, coef)]``."""
+    pts = [(Fraction(a), Fraction(b)) for a, b in points]
+    for (a0, _), (a1, _) in zip(pts, pts[1:]):
+        if not a1 > a0:
+            raise ValueError(f"breakpoints must increase: {a0} then {a1}")
+    sl, sr = Fraction(left_slope), Fraction(right_slope)
+    slopes = [(v1 - v0) / (a1 - a0) for (a0, v0), (a1, v1) in zip(pts, pts[1:])] + [sr]
+    b0, v0 = pts[0]
+    units = []
+    if sl - 1 != 0:
+        units.append((-1, b0, -(sl - 1)))
+    prev = sl - 1
+    for (a, _), s in zip(pts, slopes):
+        delta = (s - 1) - prev
+        if delta != 0:
+            units.append((1, a, delta))
+        prev = s - 1
+    return units, v0 - b0
+
+
+def _pl_eval(points, left_slope, right_slope, z: Fraction) -> Fraction:
+    """Direct evaluation of the piecewise-linear map (used by tests)."""
+    pts = [(Fraction(a), Fraction(b)) for a, b in points]
+    if z <= pts[0][0]:
+        return pts[0][1] + Fraction(left_slope) * (z - pts[0][0])
+    for (a0, v0), (a1, v1) in zip(pts, pts[1:]):
+        if z <= a1:
+            return v0 + (v1 - v0) * (z - a0) / (a1 - a0)
+    return pts[-1][1] + Fraction(right_slope) * (z - pts[-1][0])
+
+
+class _MLPBuilder:
+    """Collects hidden units for one residual MLP on d coordinates."""
+
+    def __init__(self, d: int):
+        self.d = d
+        self.rows: list = []      # (W_1 row as dict {coord: weight}, bias, {coord: out weight})
+        self.b2 = [Fraction(0)] * d
+
+    def add_pl(self, coord: int, points, left_slope, right_slope) -> None:
+        units, c = pl_units(points, left_slope, right_slope)
+        for sign, b, coef in units:
+            self.rows.append(({coord: Fraction(sign)}, Fraction(-sign) * b, {coord: coef}))
+        self.b2[coord] += c
+
+    def add_unit(self, w_in: dict, bias, w_out: dict) -> None:
+        self.rows.append(({k: Fraction(v) for k, v in w_in.items()}, Fraction(bias),
+                          {k: Fraction(v) for k, v in w_out.items()}))
+
+    def arrays(self):
+        r = max(1, len(self.rows))
+        W1 = np.full((r, self.d), Fraction(0), dtype=object)
+        b1 = np.full(r, Fraction(0), dtype=object)
+        W2 = np.full((self.d, r), Fraction(0), dtype=object)
+        for k, (wi, b, wo) in enumerate(self.rows):
+            for j, v in wi.items():
+                W1[k, j] = v
+            b1[k] = b
+            for i, v in wo.items():
+                W2[i, k] = v
+        b2 = np.array(self.b2, dtype=object)
+        return W1, b1, W2, b2
+
+
+def _zeros(shape) -> np.ndarray:
+    return np.full(shape, Fraction(0), dtype=object)
+
+
+def _zero_head(d: int) -> Head:
+    return Head(_zeros((1, d)), _zeros((1, d)), _zeros((1, d)), _zeros((d, 1)))
+
+
+# =========================================================================== the network
+
+@dataclass
+class UniversalNetwork:
+    """The frozen network g: positional encodings plus a :class:`Model` on tokens of size d."""
+
+    d: int
+    n: int
+    K: int
+    w: Fraction
+    kind: str                          # "hardmax" (exact version) or "softmax" (standard)
+    temperature: Optional[Fraction]    # softmax only: scores divided by T
+    model: Model
+    pos_input: np.ndarray              # (n, d) Fractions added to the input tokens
+    pos_prompt: np.ndarray             # (m_p, d) Fractions added to the prompt tokens
+    layout: dict = field(default_factory=dict)
+
+    @property
+    def N(self) -> int:
+        return self.K ** (self.d * self.n)
+
+    @property
+    def m_p(self) -> int:
+        return self.n * self.N
+
+    def encode_input(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=object)
+        return X + self.pos_input
+
+    def encode_prompt(self, P) -> np.ndarray:
+        return np.asarray(P, dtype=object) + self.pos_prompt
+
+    def counts(self) -> dict:
+        """Depth, heads, widths and parameter counts (positional encodings counted apart)."""
+        layers = self.model.layers
+        arrays = list(self.model.arrays())
+        return {
+            "depth": len(layers),
+            "heads_per_layer": [len(la.heads) for la in layers],
+            "heads_total": sum(len(la.heads) for la in layers),
+            "head_sizes": [[h.s for h in la.heads] for la in layers],
+            "mlp_widths": [la.r for la in layers],
+            "mlp_width": max(la.r for la in layers),
+            "parameters": int(sum(a.size for _, a in arrays)),
+            "nonzero_parameters": int(sum(int(np.count_nonzero(a != 0)) for _, a in arrays)),
+            "positional_encoding_entries": int((self.n + self.m_p) * self.d),
+        }
+
+
+def build_network(d: int, n: int, K: int, w: Fraction, kind: str = "hardmax",
+                  temperature: Optional[Fraction] = None) -> UniversalNetwork:
+    """Build the frozen network g of Theorem U (module docstring) for ``delta = 1/K``.
+
+    Parameters
+    ----------
+    d, n : token size and number of input tokens (``n`` must be 1 or 2).
+    K : grid steps per coordinate (``delta = 1/K``).
+    w : ramp width of the ReLU staircases, ``0 < w < 1/K``.
+    kind : ``"hardmax"`` (exact version) or ``"softmax"`` (standard version).
+    temperature : softmax temperature T > 0 (scores are divided by T); ignored for hardmax.
+    """
+    if n not in (1, 2):
+        raise InputError("--n", "1 or 2 (the gather layer reads the largest and the smallest token)", str(n))
+    if d < 1:
+        raise InputError("--d", "a positive integer", str(d))
+    if K < 2:
+        raise InputError("delta", "1/K with K >= 2", f"K = {K}")
+    w = Fraction(w)
+    if not 0 < w < Fraction(1, K):
+        raise InputError("ramp width", f"0 < w < 1/K = 1/{K}", str(w))
+    if kind not in ("hardmax", "softmax"):
+        raise InputError("kind", "\"hardmax\" or \"softmax\"", repr(kind))
+    T = Fraction(1) if kind == "hardmax" else Fraction(temperature if temperature is not None else default_temperature())
+    if T <= 0:
+        raise InputError("--softmax-temperature", "a positive number", str(T))
+    S, H, Q = S_SPACING, H_LEVEL, Q_LEVEL
+    N = K ** (d * n)
+    m_p = n * N
+    span = 2 * S * n * N                         # room for an input token after the gather
+    # ---- layout of coordinate 0 (positional encodings)
+    if n == 2:
+        E = [1, None]
+        P0 = E[0] + span + 4
+        E[1] = P0 + span + 5
+        bottom, top = [0], [1]
+    else:
+        P0 = 1
+        E = [P0 + span + 5]
+        bottom, top = [], [0]
+    pos_input = _zeros((n, d))
+    for t in range(n):
+        pos_input[t, 0] = Fraction(E[t])
+    pos_prompt = _zeros((m_p, d))
+    for c in range(N):
+        for s in range(n):
+            pos_prompt[n * c + s, 0] = Fraction(P0 + S * (n * (N - 1) - n * c + s))
+    mult = [S * n * K ** (t * d) for t in range(n)]   # coordinate-0 multiplier of token t's digit 0
+    layers: list[Layer] = []
+    # ---- Q1: staircases
+    q1 = _MLPBuilder(d)
+    pts0 = []
+    for t in sorted(range(n), key=lambda t: E[t]):
+        e = Fraction(E[t])
+        pts0.append((e, e))
+        for j in range(1, K):
+            pts0.append((e + Fraction(j, K) - w, e + mult[t] * (j - 1)))
+            pts0.append((e + Fraction(j, K), e + mult[t] * j))
+        pts0.append((e + 1, e + mult[t] * (K - 1)))
+        pts0.append((e + 2, e + 2))
+    q1.add_pl(0, pts0, 1, 1)
+    stair = []
+    for j in range(1, K):
+        stair.append((Fraction(j, K) - w, j - 1))
+        stair.append((Fraction(j, K), j))
+    for i in range(1, d):
+        q1.add_pl(i, stair, 0, 0)
+    W1, b1, W2, b2 = q1.arrays()
+    layers.append(Layer(kind, [_zero_head(d)], W1, b1, W2, b2))
+    # ---- Q2: gates (d >= 2)
+    if d >= 2:
+        q2 = _MLPBuilder(d)
+        for t in range(n):
+            coef = {i: S * n * K ** (t * d + i) for i in range(1, d)}
+            Lmax = sum(c * (K - 1) for c in coef.values())
+            M = max(Lmax, K) // 2 + 1
+            if t in top:
+                theta = Fraction(E[t]) - Fraction(1, 2)
+                g_in = {0: M}
+                g_b = -M * theta
+            else:
+                theta = Fraction(E[t]) + mult[t] * (K - 1) + Fraction(1, 2)
+                g_in = {0: -M}
+                g_b = M * theta
+            # coordinate 0 += relu(L + g) - relu(g) = L when the gate g >= 0 is open, 0 when
+            # g <= -max(L, z_i) is closed; coordinate i -= relu(z_i + g) - relu(g) likewise
+            w_in = dict(g_in)
+            for i, c in coef.items():
+                w_in[i] = c
+            q2.add_unit(w_in, g_b, {0: 1})
+            out = {0: -1}
+            for i in range(1, d):
+                out[i] = 1
+            q2.add_unit(g_in, g_b, out)
+            for i in range(1, d):
+                wi = dict(g_in)
+                wi[i] = 1
+                q2.add_unit(wi, g_b, {i: -1})
+        W1, b1, W2, b2 = q2.arrays()
+        layers.append(Layer(kind, [_zero_head(d)], W1, b1, W2, b2))
+    # ---- G: gather (max head, and min head for n = 2) + tent MLP
+    heads = []
+    for sign in ([1, -1] if n == 2 else [1]):
+        W_q = _zeros((1, d)); W_q[0, 0] = Fraction(sign)
+        W_k = _zeros((1, d)); W_k[0, 0] = 1 / T
+        W_v = _zeros((1, d)); W_v[0, 0] = Fraction(1)
+        W_o = _zeros((d, 1)); W_o[0, 0] = Fraction(1)
+        heads.append(Head(W_q, W_k, W_v, W_o))
+    shift = sum(E)                                # constant part of what the heads add
+    Zs = P0 + S * n * (N - 1)                     # window of the matching prompt token (s = 0)
+    p_end = P0 + S * (n * N - 1) + 1 + S * n * (N - 1)
+    tent = []
+    if n == 2:
+        tent += [(E[0], Q), (E[0] + span, Q), (E[0] + span + 1, 0)]
+    tent += [(Zs - 1, 0), (Zs, H), (Zs + 1, H + 1), (Zs + 2, 0)]
+    if n == 2:
+        tent += [(Zs + S - 1, 0), (Zs + S, -H), (Zs + S + 1, -H - 1), (Zs + S + 2, 0)]
+    last = tent[-1][0]
+    top_level = -Q if n == 2 else Q
+    tent += [(max(p_end + 1, last + 1), 0), (E[top[0]] - 1, 0), (E[top[0]], top_level),
+             (E[top[0]] + span, top_level)]
+    tent = [(Fraction(a) + shift, Fraction(v)) for a, v in tent]
+    gm = _MLPBuilder(d)
+    gm.add_pl(0, tent, 0, 0)
+    W1, b1, W2, b2 = gm.arrays()
+    layers.append(Layer(kind, heads, W1, b1, W2, b2))
+    # ---- F: lookup + clip
+    W_q = _zeros((d, d)); W_q[0, 0] = Fraction(1)
+    W_k = _zeros((d, d)); W_k[0, 0] = 1 / T
+    W_v = _zeros((d, d)); W_o = _zeros((d, d))
+    for i in range(d):
+        W_v[i, i] = Fraction(1)
+        W_o[i, i] = Fraction(1)
+    fm = _MLPBuilder(d)
+    off = Q + H
+    fm.add_pl(0, [(-off - 1, 1), (-off, 0), (off, 0), (off + 1, 1)], 0, 0)
+    for i in range(1, d):
+        fm.add_pl(i, [(0, 0), (K, 1)], 0, 0)
+    W1, b1, W2, b2 = fm.arrays()
+    layers.append(Layer(kind, [Head(W_q, W_k, W_v, W_o)], W1, b1, W2, b2))
+    model = Model(d=d, layers=layers, causal=False,
+                  meta={"builder": "universality", "d": d, "n": n, "K": K, "w": str(w), "kind": kind,
+                        "temperature": None if kind == "hardmax" else str(T)})
+    layout = {"E_input": E, "P0": P0, "S": S, "H": H, "Q": Q, "span": span, "window": Zs + shift,
+              "bottom": bottom, "top": top}
+    return UniversalNetwork(d, n, K, w, kind, None if kind == "hardmax" else T, model,
+                            pos_input, pos_prompt, layout)
+
+
+# =========================================================================== cells and prompts
+
+def grid_index(v: Fraction, K: int) -> int:
+    """Index of the grid cell [k/K, (k+1)/K) holding v in [0, 1] (1 goes to K - 1)."""
+    return min(int(math.floor(Fraction(v) * K)), K - 1)
+
+
+def cell_index(digits: Sequence[int], K: int) -> int:
+    """c = sum_e k_e K^e over the flattened entries e = t d + i."""
+    return sum(int(k) * K ** e for e, k in enumerate(digits))
+
+
+def cell_digits(c: int, K: int, dn: int) -> list[int]:
+    out = []
+    for _ in range(dn):
+        out.append(c % K)
+        c //= K
+    return out
+
+
+def quantized_function(target: "Target", K: int) -> list[list[int]]:
+    """fbar on every cell, as grid indices: fbar(c) = quant(f(quant X)) with quant = floor(K .)
+    (clipped to K - 1); entry e of cell c is ``out[c][e]`` (the value is ``out[c][e] / K``)."""
+    dn = target.d * target.n
+    out = []
+    for c in range(K ** dn):
+        corner = [Fraction(k, K) for k in cell_digits(c, K, dn)]
+        out.append([grid_index(v, K) for v in target.f_exact(corner)])
+    return out
+
+
+def build_prompt(fbar: list[list[int]], d: int, n: int, K: int) -> np.ndarray:
+    """The prompt P_f (m_p x d grid values, before positional encodings): token n c + s holds
+    fbar(c) at output position s."""
+    N = len(fbar)
+    P = _zeros((n * N, d))
+    for c, vals in enumerate(fbar):
+        for s in range(n):
+            for i in range(d):
+                P[n * c + s, i] = Fraction(vals[s * d + i], K)
+    return P
+
+
+def decode_prompt(P: np.ndarray, d: int, n: int, K: int) -> list[list[int]]:
+    """Inverse of :func:`build_prompt` (so distinct fbar give distinct prompts)."""
+    N = P.shape[0] // n
+    return [[int(P[n * c + s, i] * K) for s in range(n) for i in range(d)] for c in range(N)]
+
+
+# =========================================================================== targets in F_L
+
+def _clip01(v: Fraction) -> Fraction:
+    return min(max(v, Fraction(0)), Fraction(1))
+
+
+def _op_norm_bound(W: np.ndarray) -> Fraction:
+    """max(||W||_1, ||W||_inf): an upper bound on ||W||_{p -> p} for every p >= 1 (Riesz-Thorin)."""
+    A = np.vectorize(lambda x: abs(Fraction(x)), otypes=[object])(W)
+    return max(max(sum(A[:, j]) for j in range(A.shape[1])), max(sum(A[i, :]) for i in range(A.shape[0])))
+
+
+@dataclass
+class Target:
+    """A target f in F_L with a certified Lipschitz constant ``lipschitz`` <= L (entry-wise p-norm,
+    valid for every p >= 1).  ``f_exact`` maps a list of dn Fractions (entry e = t d + i) to dn
+    Fractions in [0, 1]; ``f_float`` maps an array (B, dn) to (B, dn)."""
+
+    name: str
+    d: int
+    n: int
+    L: Fraction
+    lipschitz: Fraction
+    f_exact: Callable
+    f_float: Callable
+    params: dict
+    description: str
+
+
+def _token_mix(d: int, n: int, L: Fraction, seed: int) -> Target:
+    dn = d * n
+    if n >= 2:
+        perm = [((e // d + 1) % n) * d + e % d for e in range(dn)]   # next token, same coordinate
+    else:
+        perm = [(e + 1) % dn for e in range(dn)]                      # next coordinate
+    half = Fraction(1, 2)
+
+    def fe(x):
+        return [_clip01(half + L * ((x[e] + x[perm[e]]) / 2 - half)) for e in range(dn)]
+
+    def ff(X):
+        X = np.asarray(X, dtype=np.float64)
+        return np.clip(0.5 + float(L) * ((X + X[:, perm]) / 2 - 0.5), 0, 1)
+    # f = clip(1/2 + L (M x - 1/2)), M doubly stochastic: ||M||_1 = ||M||_inf = 1
+    return Target("token-mix", d, n, L, L, fe, ff, {"perm": perm},
+                  "clip(1/2 + L((X_t + X_{t+1})/2 - 1/2)): a token-mixing average")
+
+
+def _smooth(d: int, n: int, L: Fraction, seed: int) -> Target:
+    dn = d * n
+    perm = [(e + d) % dn if n >= 2 else (e + 1) % dn for e in range(dn)]
+    half = Fraction(1, 2)
+    a = 2 * L / 3   # smoothstep s(x) = 3x^2 - 2x^3 has |s'| <= 3/2 on [0, 1]
+
+    def fe(x):
+        out = []
+        for e in range(dn):
+            v = min(max(x[perm[e]], Fraction(0)), Fraction(1))
+            out.append(_clip01(half + a * (3 * v * v - 2 * v * v * v - half)))
+        return out
+
+    def ff(X):
+        V = np.clip(np.asarray(X, dtype=np.float64)[:, perm], 0, 1)
+        return np.clip(0.5 + float(a) * (3 * V ** 2 - 2 * V ** 3 - 0.5), 0, 1)
+    return Target("smooth", d, n, L, L, fe, ff, {"perm": perm},
+                  "clip(1/2 + (2L/3)(smoothstep(X_perm) - 1/2)): a clipped smooth map")
+
+
+def _relu_net(d: int, n: int, L: Fraction, seed: int, hidden: int = 8, bits: int = 4) -> Target:
+    dn = d * n
+    rng = np.random.default_rng(seed)
+
+    def dy(shape, scale):
+        return np.vectorize(lambda v: Fraction(int(round(v * (1 << bits))), 1 << bits), otypes=[object])(
+            rng.normal(0, scale, shape))
+    W1 = dy((hidden, dn), 1.5)
+    b1 = dy((hidden,), 0.5)
+    W2 = dy((dn, hidden), 1.0)
+    lam = _op_norm_bound(W1) * _op_norm_bound(W2)
+    if lam == 0:
+        lam = Fraction(1)
+    scale = L / lam
+    half = Fraction(1, 2)
+
+    def net(x):
+        h = [max(sum(W1[k, j] * x[j] for j in range(dn)) + b1[k], Fraction(0)) for k in range(hidden)]
+        return [sum(W2[e, k] * h[k] for k in range(hidden)) for e in range(dn)]
+    ref = net([half] * dn)
+
+    def fe(x):
+        y = net(list(x))
+        return [_clip01(half + scale * (y[e] - ref[e])) for e in range(dn)]
+    W1f, b1f, W2f = (np.vectorize(float)(a) for a in (W1, b1, W2))
+    reff = np.array([float(v) for v in ref])
+
+    def ff(X):
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.maximum(X @ W1f.T + b1f, 0) @ W2f.T
+        return np.clip(0.5 + float(scale) * (Y - reff), 0, 1)
+    return Target("relu-net", d, n, L, scale * lam, fe, ff,
+                  {"hidden": hidden, "seed": seed, "bits": bits, "network_lipschitz": str(lam)},
+                  "clip(1/2 + (L/Lambda)(net(X) - net(1/2))), net a random ReLU network with "
+                  "certified Lambda = prod_l max(||W_l||_1, ||W_l||_inf)")
+
+
+#: registry of target builders: name -> builder(d, n, L, seed) -> Target
+TARGETS: dict = {"token-mix": _token_mix, "smooth": _smooth, "relu-net": _relu_net}
+
+
+def build_target(name: str, d: int, n: int, L, seed: int = 0) -> Target:
+    """A registered target in F_L (certified Lipschitz constant <= L)."""
+    if name not in TARGETS:
+        raise InputError("--target", f"one of {sorted(TARGETS)}", repr(name))
+    L = Fraction(L)
+    if L <= 0:
+        raise InputError("--lipschitz", "a positive number", str(L))
+    t = TARGETS[name](d, n, L, seed)
+    if t.lipschitz > L:  # pragma: no cover - a builder bug
+        raise AssertionError(f"target {name}: certified constant {t.lipschitz} exceeds L = {L}")
+    return t
+
+
+# =========================================================================== float evaluation
+
+def forward_float(net: UniversalNetwork, P: np.ndarray, X: np.ndarray, batch: int = 8) -> np.ndarray:
+    """g([P_f, X])_{:, m_p:} in float64 with :func:`constructions.forward.forward_torch`;
+    ``X`` has shape (B, n, d).  Returns (B, n, d)."""
+    import torch
+    from .forward import forward_torch
+    Pe = np.vectorize(float, otypes=[np.float64])(net.encode_prompt(P))
+    pe = np.vectorize(float, otypes=[np.float64])(net.pos_input)
+    out = []
+    X = np.asarray(X, dtype=np.float64)
+    for b in range(0, X.shape[0], batch):
+        xb = torch.as_tensor(X[b:b + batch] + pe[None], dtype=torch.float64)
+        with torch.no_grad():
+            out.append(forward_torch(net.model, xb, torch.as_tensor(Pe)).numpy())
+    return np.concatenate(out, axis=0) if out else np.zeros((0, net.n, net.d))

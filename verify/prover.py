@@ -1,0 +1,846 @@
+"""The single-layer prover: relaxation R (Lemma D) in Z3, exact Farkas certificates, Theorems
+L1/L2/L3 and Proposition E.
+
+For every query token x that carries constrained outputs (a *group*; several examples sharing x is
+the L1/L2 situation) the prover looks for one *block* whose linear system has no solution:
+
+* ``subspace`` (Theorem L3): a functional phi with phi^T W_o^j W_v^j = 0 for every head and
+  phi^T (z_i - x) != 0, where z_i = MLP^{-1}(y_i) is the attention input the target needs;
+* ``head`` (Theorems L1/L2): for one head j, coordinates in which only head j is seen -- either a
+  functional block Phi annihilating every other head's W_o W_v ("annihilator" form), or, when the
+  stacked W_o = [W_o^1 ... W_o^h] has full column rank, the exact head coordinates gamma_i with
+  W_o gamma_i = z_i - x ("direct-sum" form).  In those coordinates Lemma D gives, for every
+  example i of the group, V (sum_t e_it X_i[t] + pi) = (Z_i + alpha) tau_i with unknowns alpha >= 0,
+  pi in R^d and every fixed-token exponential e inside a rigorous enclosure: a *linear* system.
+  Z3 decides it (LRA); when it is infeasible, Z3 also solves the dual and returns an exact Farkas
+  vector, which :mod:`verify.checker` re-verifies without any solver.
+
+Tolerance EPS (max-norm) and inexact preimages are carried to the attention input through the
+inverse-Lipschitz bound ||z - z'|| <= ||MLP(z) - MLP(z')|| / (1 - k), and the Farkas inequality must
+hold with that slack (see proofs/tolerance.md).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+from constructions.forward import exp_enclosure, forward_torch
+from constructions.model import (Dataset, InputError, IntMatrix, Model, as_float, as_fraction,
+                                 dataset_to_json, model_to_json, sha256_json)
+
+from .assumptions import certify_mlp, rank_certificate, sqrt_up
+from .result import Result, Status, solver_info
+
+__all__ = ["check_memorization", "prove_limitation", "ExactLayer", "LIMITATION_STATEMENT", "CERT_KIND"]
+
+CERT_KIND = "ptverify-limitation-farkas/1"
+LIMITATION_STATEMENT = "no prompt of any length memorizes the dataset"
+_SMALL_D = 48      # up to this d, exact annihilators (which support tolerance) are preferred
+_INLINE_LIMIT = 200_000  # numbers; larger models/datasets are written next to the result
+
+
+# --------------------------------------------------------------------------- exact helpers
+
+def _frac_vec(v) -> list[Fraction]:
+    return [x if isinstance(x, Fraction) else Fraction(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
+
+
+def _dotq(a: list[Fraction], b: list[Fraction]) -> Fraction:
+    return sum((x * y for x, y in zip(a, b)), Fraction(0))
+
+
+def _rat_str(q: Fraction) -> str:
+    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
+
+
+def _vec_str(v) -> list[str]:
+    return [_rat_str(Fraction(x)) for x in v]
+
+
+class ExactLayer:
+    """Integer-scaled copies of one layer's matrices for fast exact arithmetic."""
+
+    def __init__(self, model: Model, index: int = 0):
+        layer = model.layers[index]
+        self.layer = layer
+        self.kind = layer.kind
+        self.d = model.d
+        self.W1, self.W2 = IntMatrix(layer.W_1), IntMatrix(layer.W_2)
+        self.b1, self.b2 = _frac_vec(as_fraction(layer.b_1)), _frac_vec(as_fraction(layer.b_2))
+        self.heads = [{n: IntMatrix(getattr(h, n)) for n in ("W_q", "W_k", "W_v", "W_o")} for h in layer.heads]
+
+    def mlp(self, z: list[Fraction]) -> list[Fraction]:
+        pre = self.W1.mv(z)
+        hid = [max(p + b, Fraction(0)) for p, b in zip(pre, self.b1)]
+        post = self.W2.mv(hid)
+        return [a + b + c for a, b, c in zip(z, post, self.b2)]
+
+    def scores(self, j: int, x: list[Fraction], keys: list[list[Fraction]]) -> list[Fraction]:
+        q = self.heads[j]["W_q"].mv(x)
+        return [_dotq(self.heads[j]["W_k"].mv(k), q) for k in keys]
+
+
+def _left_null_exact(A: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Exact basis of {phi : phi^T A = 0} for a rational d x n matrix A (rows as lists)."""
+    import sympy
+    if not A or not A[0]:
+        d = len(A)
+        return [[Fraction(int(i == k)) for k in range(d)] for i in range(d)]
+    M = sympy.Matrix([[sympy.Rational(v.numerator, v.denominator) for v in row] for row in A]).T
+    out = []
+    for vec in M.nullspace():
+        den = 1
+        for v in vec:
+            den = sympy.ilcm(den, sympy.Rational(v).q)
+        out.append([Fraction(int(sympy.Rational(v) * den)) for v in vec])
+    return out
+
+
+# --------------------------------------------------------------------------- data of a check
+
+@dataclass
+class Member:
+    example: int
+    position: int
+    y: list[Fraction]
+    z: list[Fraction]                # claimed attention input (exact rational)
+    exact: bool                      # MLP(z) == y exactly
+    resid2: Fraction                 # ||y - MLP(z)||_2^2
+    keys: list[list[Fraction]]       # visible input tokens (the attended part of X_i)
+
+
+@dataclass
+class Group:
+    x: list[Fraction]
+    members: list[Member] = field(default_factory=list)
+
+
+class _LazyRows:
+    """Rows of an IntMatrix as Fractions, built on first use."""
+
+    def __init__(self, M: IntMatrix):
+        self.M, self._rows = M, None
+
+    def _get(self):
+        if self._rows is None:
+            self._rows = [[Fraction(int(v), self.M.D) for v in row] for row in self.M.N]
+        return self._rows
+
+    def __len__(self):
+        return self.M.shape[0]
+
+    def __getitem__(self, i):
+        return self._get()[i]
+
+    def __iter__(self):
+        return iter(self._get())
+
+
+@dataclass
+class Block:
+    """A linear system V (sum_t e_t X[t] + pi) = (Z + alpha) tau_i for one head (or V = 0 for the
+    subspace form), with its certificate data."""
+    form: str                        # "subspace" | "annihilator" | "direct-sum"
+    head: Optional[int]
+    V: list[list[Fraction]]          # q x d
+    taus: list[list[Fraction]]
+    Phi: Optional[list[list[Fraction]]] = None
+    gammas: Optional[list[list[Fraction]]] = None
+    scores: list[list[Fraction]] = field(default_factory=list)   # per member, per visible key
+    VX: list = field(default_factory=list)                        # per member, per key: V key
+    Vmat: Optional[IntMatrix] = None                              # V as an integer matrix (direct-sum)
+
+    def __post_init__(self):
+        if self.V is None:  # direct-sum: V = W_v^j, materialised as Fractions only on demand
+            self.V = _LazyRows(self.Vmat)
+
+    def lamV(self, lam_total: list[Fraction]) -> list[Fraction]:
+        """lam^T V, exactly."""
+        if self.Vmat is not None:
+            return self.Vmat.vm(lam_total)
+        d = len(self.V[0])
+        return [sum((lam_total[r] * self.V[r][c] for r in range(len(self.V)) if lam_total[r]), Fraction(0)) for c in range(d)]
+
+
+def _weights(k: Fraction, d: int, tol: Fraction, members: list[Member]) -> list[Fraction]:
+    """rho_i: radius (2-norm) around z_i that the true attention input may lie in."""
+    if k >= 1:
+        raise ValueError("k >= 1")
+    sd = sqrt_up(Fraction(d))
+    return [(sqrt_up(m.resid2) + sd * tol) / (1 - k) for m in members]
+
+
+def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]], rhos: list[Fraction]) -> Optional[Fraction]:
+    """Exact evaluation of a Farkas vector: returns the certified margin (> 0 proves the block
+    infeasible) or None when the vector is not a valid certificate.  Mirrors the checker."""
+    q = len(block.V)
+    d = len(block.V[0]) if q else 0
+    if block.form == "subspace":
+        # need |phi^T tau_i| > ||phi|| rho_i for some member (one functional, lam unused)
+        return None
+    lam_total = [sum((lam[i][r] for i in range(len(members))), Fraction(0)) for r in range(q)]
+    if any(block.lamV(lam_total)):
+        return None
+    g: dict = {}
+    g_alpha = Fraction(0)
+    w_alpha = Fraction(0)
+    for i, m in enumerate(members):
+        kap = _kappa(block, lam[i])
+        w = kap * rhos[i]
+        if w and block.form == "direct-sum":
+            return None
+        g_alpha -= _dotq(lam[i], block.taus[i])
+        w_alpha += w
+        for t, key in enumerate(m.keys):
+            vx = block.VX[i][t]
+            coef = _dotq(lam[i], [a - b for a, b in zip(vx, block.taus[i])])
+            s = block.scores[i][t]
+            c0, w0 = g.get(s, (Fraction(0), Fraction(0)))
+            g[s] = (c0 + coef, w0 + w)
+    if g_alpha - w_alpha < 0:
+        return None
+    total = Fraction(0)
+    for s, (coef, w) in g.items():
+        lo, hi = exp_enclosure(s)
+        h = coef - w
+        total += h * lo if h > 0 else h * hi
+    return total if total > 0 else None
+
+
+def _kappa(block: Block, lam_i: list[Fraction]) -> Fraction:
+    if block.form == "direct-sum":
+        return Fraction(0) if not any(lam_i) else Fraction(1)  # slack not supported: weight marks it
+    Phi = block.Phi
+    d = len(Phi[0])
+    v = [sum((lam_i[r] * Phi[r][c] for r in range(len(Phi))), Fraction(0)) for c in range(d)]
+    return sqrt_up(sum((x * x for x in v), Fraction(0)))
+
+
+# --------------------------------------------------------------------------- Z3 encodings
+
+def _z3q(z3, q: Fraction):
+    return z3.RealVal(f"{q.numerator}/{q.denominator}")
+
+
+def _primal_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool):
+    """Relaxation R restricted to one block: is there alpha >= 0, pi, e in enclosures with
+    V(sum_t e_t X[t] + pi) = (Z + alpha) tau_i for all members?  Returns (answer, solver)."""
+    s = z3.SolverFor("QF_LRA")
+    s.set("timeout", timeout_ms)
+    alpha = z3.Real("alpha")
+    s.add(alpha > 0)
+    q = len(block.V)
+    d = len(block.V[0])
+    if v_free:
+        vv = [z3.Real(f"v{r}") for r in range(q)]
+    else:
+        pi = [z3.Real(f"pi{c}") for c in range(d)]
+        vv = [z3.Sum([_z3q(z3, block.V[r][c]) * pi[c] for c in range(d) if block.V[r][c]] or [z3.RealVal(0)]) for r in range(q)]
+    evars: dict = {}
+    for i, m in enumerate(members):
+        for t, sc in enumerate(block.scores[i]):
+            if sc not in evars:
+                e = z3.Real(f"e{len(evars)}")
+                lo, hi = exp_enclosure(sc)
+                s.add(e >= _z3q(z3, lo), e <= _z3q(z3, hi))
+                evars[sc] = e
+    for i, m in enumerate(members):
+        Z = z3.Sum([evars[sc] for sc in block.scores[i]])
+        for r in range(q):
+            lhs = z3.Sum([evars[sc] * _z3q(z3, vx[r]) for sc, vx in zip(block.scores[i], block.VX[i])]) + vv[r]
+            s.add(lhs == (Z + alpha) * _z3q(z3, block.taus[i][r]))
+    ans = s.check()
+    return str(ans), s
+
+
+def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool) -> Optional[list[list[Fraction]]]:
+    """Exact Farkas vector for an infeasible block via Z3 (LRA), or None."""
+    q = len(block.V)
+    d = len(block.V[0])
+    K = len(members)
+    s = z3.SolverFor("QF_LRA")
+    s.set("timeout", timeout_ms)
+    lam = [[z3.Real(f"l{i}_{r}") for r in range(q)] for i in range(K)]
+    if v_free:
+        for r in range(q):
+            s.add(z3.Sum([lam[i][r] for i in range(K)]) == 0)
+    else:
+        for c in range(d):
+            terms = [lam[i][r] * _z3q(z3, block.V[r][c]) for i in range(K) for r in range(q) if block.V[r][c]]
+            if terms:
+                s.add(z3.Sum(terms) == 0)
+    g_alpha = -z3.Sum([lam[i][r] * _z3q(z3, block.taus[i][r]) for i in range(K) for r in range(q) if block.taus[i][r]] or [z3.RealVal(0)])
+    s.add(g_alpha >= 0)
+    g: dict = {}
+    for i, m in enumerate(members):
+        for t, key in enumerate(m.keys):
+            vx = block.VX[i][t]
+            coefs = [a - b for a, b in zip(vx, block.taus[i])]
+            term = z3.Sum([lam[i][r] * _z3q(z3, coefs[r]) for r in range(q) if coefs[r]] or [z3.RealVal(0)])
+            sc = block.scores[i][t]
+            g[sc] = g[sc] + term if sc in g else term
+    ms = []
+    for n, (sc, expr) in enumerate(g.items()):
+        lo, hi = exp_enclosure(sc)
+        mv = z3.Real(f"m{n}")
+        s.add(mv <= expr * _z3q(z3, lo), mv <= expr * _z3q(z3, hi))
+        ms.append(mv)
+    s.add(z3.Sum(ms) >= 1)
+    if s.check() != z3.sat:
+        return None
+    mdl = s.model()
+
+    def val(v):
+        r = mdl.eval(v, model_completion=True)
+        return Fraction(r.numerator_as_long(), r.denominator_as_long())
+    return [[val(lam[i][r]) for r in range(q)] for i in range(K)]
+
+
+# --------------------------------------------------------------------------- the prover
+
+def _preimage(ex: ExactLayer, y: list[Fraction]) -> tuple[list[Fraction], bool, Fraction]:
+    """z with MLP(z) = y: a float fixed point, rounded to the simplest rationals that pass a float
+    residual test, then checked exactly.  Returns (z, exact, ||y - MLP(z)||^2)."""
+    from constructions.datasets import mlp_float, mlp_inverse_float
+    yf = np.array([float(v) for v in y])
+    zf = mlp_inverse_float(ex.layer, yf)
+    z, r2 = None, None
+    for z in _rational_candidates(zf, lambda zr: np.max(np.abs(mlp_float(ex.layer, zr) - yf)) <= 1e-10 * (1.0 + float(np.max(np.abs(yf))))):
+        r = [a - b for a, b in zip(y, ex.mlp(z))]
+        r2 = sum((v * v for v in r), Fraction(0))
+        if r2 == 0:
+            return z, True, r2
+    z = [Fraction(float(v)) for v in zf]
+    r = [a - b for a, b in zip(y, ex.mlp(z))]
+    return z, False, sum((v * v for v in r), Fraction(0))
+
+
+def _rational_candidates(vf: np.ndarray, ok, limit: int = 3):
+    """Rational vectors near the float vector vf, simplest first: dyadic roundings 2^-k (cheap
+    exact arithmetic), then continued-fraction roundings (small vectors only), then vf itself.
+    ``ok`` is a float pre-test; at most ``limit`` candidates are yielded."""
+    n = 0
+    seen = set()
+    gens = [[Fraction(round(float(v) * (1 << k)), 1 << k) for v in vf] for k in range(4, 62, 2)]
+    if len(vf) <= 64:
+        gens += [[Fraction(float(v)).limit_denominator(1 << k) for v in vf] for k in (6, 10, 16, 24, 32)]
+    gens.append([Fraction(float(v)) for v in vf])
+    for z in gens:
+        key = tuple(z)
+        if key in seen:
+            continue
+        seen.add(key)
+        if ok(np.array([float(v) for v in z])):
+            yield z
+            n += 1
+            if n >= limit:
+                return
+
+
+def _groups(model: Model, ds: Dataset, ex: ExactLayer) -> list[Group]:
+    groups: dict = {}
+    for i, e in enumerate(ds.examples):
+        Xq = [_frac_vec(as_fraction(row)) for row in e.input]
+        for t, y in enumerate(e.output):
+            if y is None:
+                continue
+            key = tuple(Xq[t])
+            g = groups.setdefault(key, Group(x=list(key)))
+            keys = Xq[: t + 1] if model.causal else Xq
+            yq = _frac_vec(as_fraction(y))
+            z, exact, r2 = _preimage(ex, yq)
+            g.members.append(Member(i, t, yq, z, exact, r2, keys))
+    return sorted(groups.values(), key=lambda g: -len(g.members))
+
+
+def _direct_sum(ex: ExactLayer, model: Model) -> Optional[dict]:
+    layer = model.layers[0]
+    Wf = np.concatenate([as_float(h.W_o) for h in layer.heads], axis=1)
+    if Wf.shape[1] > Wf.shape[0]:
+        return None
+    if Wf.shape[1] < Wf.shape[0] and np.linalg.matrix_rank(Wf) < Wf.shape[1]:
+        return None
+    W = np.concatenate([h.W_o for h in layer.heads], axis=1)
+    if W.dtype != np.float64:
+        W = W.astype(object)
+    cert = rank_certificate(W)
+    if cert is None:
+        return None
+    return {"W": W, "Wf": Wf, "rank": cert, "Wint": IntMatrix(W)}
+
+
+def _solve_gammas(ds_info: dict, cs: list[list[Fraction]]) -> Optional[list[list[Fraction]]]:
+    """Exact head coordinates gamma with W_o gamma = c: float solve, simplest rationals, exact check."""
+    Wf = ds_info["Wf"]
+    C = np.array([[float(v) for v in c] for c in cs]).T
+    if Wf.shape[0] == Wf.shape[1]:
+        sol = np.linalg.solve(Wf, C)
+    else:
+        sol = np.linalg.lstsq(Wf, C, rcond=None)[0]
+    out = []
+    for col, c in zip(sol.T, cs):
+        found = None
+        cf = np.array([float(v) for v in c])
+        for g in _rational_candidates(col, lambda gr: np.max(np.abs(Wf @ gr - cf)) <= 1e-10 * (1 + np.max(np.abs(cf)))):
+            if ds_info["Wint"].mv(g) == c:
+                found = g
+                break
+        if found is None:
+            found = _flint_solve(ds_info, c)
+        if found is None:
+            return None
+        out.append(found)
+    return out
+
+
+def _flint_solve(ds_info: dict, c: list[Fraction]) -> Optional[list[Fraction]]:
+    try:
+        import flint  # optional exact solver (pip install "ptverify[exact]")
+    except ImportError:
+        return None
+    Wq = as_fraction(ds_info["W"])
+    if Wq.shape[0] != Wq.shape[1]:
+        return None
+    A = flint.fmpq_mat([[flint.fmpq(v.numerator, v.denominator) for v in row] for row in Wq.tolist()])
+    b = flint.fmpq_mat([[flint.fmpq(v.numerator, v.denominator)] for v in c])
+    x = A.solve(b)
+    g = [Fraction(int(x[r, 0].p), int(x[r, 0].q)) for r in range(x.nrows())]
+    return g if ds_info["Wint"].mv(g) == c else None
+
+
+def _M_exact(model: Model, j: int) -> list[list[Fraction]]:
+    h = model.layers[0].heads[j]
+    return as_fraction(h.W_o).dot(as_fraction(h.W_v)).tolist()
+
+
+def _matmul(A, B):
+    return [[sum((A[i][k] * B[k][j] for k in range(len(B))), Fraction(0)) for j in range(len(B[0]))] for i in range(len(A))]
+
+
+def _hstack(mats):
+    return [sum((m[r] for m in mats), []) for r in range(len(mats[0]))]
+
+
+def _v_full_row_rank(V) -> bool:
+    if isinstance(V, _LazyRows):
+        Vf = V.M.N.astype(np.float64) / V.M.D
+        if np.linalg.matrix_rank(Vf) < Vf.shape[0]:
+            return False
+        return rank_certificate(np.ascontiguousarray(Vf.T)) is not None
+    Vf = np.array([[float(x) for x in row] for row in V])
+    if Vf.shape[0] > Vf.shape[1] or np.linalg.matrix_rank(Vf) < Vf.shape[0]:
+        return False
+    return rank_certificate(np.array(V, dtype=object).T) is not None
+
+
+def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0),
+                       timeout: float = 60.0, artifacts: Optional[str] = None, claim: str = "L1",
+                       search_witness: bool = True, inputs_extra: Optional[dict] = None,
+                       side_files: Optional[str] = None) -> Result:
+    """Decide whether some prompt memorizes ``dataset`` (single-layer ``model``).
+
+    Returns "proved" only with a certificate re-verified by :mod:`verify.checker`; "memorized"
+    only with a replayed witness; otherwise "unknown".  Models too large to inline in the result
+    are written to ``side_files + ".model.npz"`` (default: a temporary folder) and referenced by
+    name and sha256, so ``ptverify replay`` can find them next to the result file."""
+    import z3
+    t0 = time.perf_counter()
+    tol = Fraction(tolerance)
+    if tol < 0:
+        raise InputError("--tolerance", "a number >= 0", str(tolerance))
+    if prompt_length != "any" and (not isinstance(prompt_length, int) or prompt_length < 1):
+        raise InputError("--prompt-length", "a positive integer or 'any'", repr(prompt_length))
+    for i, e in enumerate(dataset.examples):
+        if e.input.shape[1] != model.d:
+            raise InputError(f"examples[{i}].input", f"tokens of d = {model.d} entries (the model's d)",
+                             f"{e.input.shape[1]} entries")
+    if len(model.layers) > 1:
+        from . import multilayer
+        fn = getattr(multilayer, "check_multilayer", None)
+        if fn is None:
+            return Result(claim=claim, status=Status.UNKNOWN, message="multi-layer models are not supported by this build")
+        return fn(model, dataset, prompt_length=prompt_length, tolerance=tol, timeout=timeout)
+    inputs = _inputs(model, dataset, inputs_extra)
+    model_src = inputs.get("model")
+    if model_src is None:
+        model_src = _write_side_model(model, side_files, inputs)
+    res = Result(claim=claim, status=Status.UNKNOWN, statement=_statement(prompt_length, tol),
+                 prompt_length=prompt_length, solver=solver_info(), inputs=inputs)
+    layer = model.layers[0]
+    mlpc = certify_mlp(layer)
+    res.checks["mlp_injective"] = bool(mlpc["injective"])
+    res.extra["assumptions"] = {"mlp_lipschitz_bound": float(mlpc["k"]), "mlp_bound_methods": mlpc["methods"]}
+    ex = ExactLayer(model)
+    groups = _groups(model, dataset, ex)
+    res.seconds["build"] = time.perf_counter() - t0
+    if not groups:
+        res.message = "the dataset constrains no output; the empty prompt memorizes it"
+        return _with_witness(res, model, dataset, np.zeros((0, model.d)), tol)
+    if not mlpc["injective"]:
+        res.message = (f"assumption 'injective MLP' not certified: the rigorous bound ||W_1|| ||W_2|| <= "
+                       f"{float(mlpc['k']):.6g} is not < 1; no limitation is claimed")
+        res.checks["assumption_failed"] = "injective MLP"
+        if search_witness:
+            _search_witness(res, model, dataset, tol, prompt_length)
+        return res
+    t1 = time.perf_counter()
+    k = mlpc["k"]
+    h = len(layer.heads)
+    ds_info = _direct_sum(ex, model) if h > 1 else None
+    if h > 1 and ds_info is None and model.d > _SMALL_D:
+        pass
+    res.extra["assumptions"]["direct_sum"] = ds_info is not None if h > 1 else "single head"
+    deadline = t1 + timeout
+    found = None
+    log: list = []
+    for g in groups:
+        rhos = _weights(k, model.d, tol, g.members)
+        blk = _try_subspace(model, g, rhos)
+        if blk is not None:
+            found = (g, blk, None, rhos)
+            log.append("subspace functional found")
+            break
+        blocks = _head_blocks(model, ex, g, ds_info, rhos)
+        for blk in blocks:
+            remaining = max(1, int((deadline - time.perf_counter()) * 1000))
+            if remaining <= 1:
+                break
+            v_free = _v_full_row_rank(blk.V)
+            ans, solver = _primal_block(z3, blk, g.members, remaining, v_free)
+            log.append(f"group x={_short(g.x)} head {blk.head} ({blk.form}): R {ans}")
+            if artifacts:
+                os.makedirs(artifacts, exist_ok=True)
+                with open(os.path.join(artifacts, f"R_group{groups.index(g)}_head{blk.head}.smt2"), "w") as fh:
+                    fh.write(solver.to_smt2())
+            if ans != "unsat":
+                continue
+            lam = _dual_block(z3, blk, g.members, remaining, v_free)
+            if lam is None:
+                log.append("  no Farkas vector found")
+                continue
+            if farkas_margin(blk, g.members, lam, rhos) is None:
+                log.append("  Farkas vector does not survive the tolerance slack")
+                continue
+            found = (g, blk, lam, rhos)
+            break
+        if found:
+            break
+    if found is None and h > 1 and ds_info is None and time.perf_counter() < deadline:
+        ans = _nonlinear_R(z3, model, ex, groups, k, tol, int((deadline - time.perf_counter()) * 1000), artifacts)
+        res.solver["nonlinear_R"] = ans
+        log.append(f"nonlinear R (QF_NRA, all heads jointly): {ans}")
+    res.seconds["solve"] = time.perf_counter() - t1
+    res.extra["log"] = log
+    if found is not None:
+        g, blk, lam, rhos = found
+        cert = _certificate(model, g, blk, lam, tol, mlpc, ds_info)
+        res.certificate = cert
+        res.method = {"subspace": "attention-subspace functional (L3)",
+                      "annihilator": "relaxation R, projected head system, Farkas certificate",
+                      "direct-sum": "relaxation R, decoupled heads (direct sum), Farkas certificate"}[blk.form]
+        if len(g.members) >= 2 and blk.form != "subspace":
+            res.method += f"; {len(g.members)} examples share the query token (L1/L2)"
+        t2 = time.perf_counter()
+        from .checker import check_limitation_certificate
+        ok, msg = check_limitation_certificate(model_src, dataset_to_json(dataset), cert,
+                                               os.path.dirname(model_src) if isinstance(model_src, str) else ".")
+        res.seconds["check"] = time.perf_counter() - t2
+        res.checks["certificate_checked"] = ok
+        if ok:
+            res.status = Status.PROVED
+            res.extra["certified_min_error"] = _rat_str(_min_error(model, g, blk, lam, k)) if blk.form != "direct-sum" else "0"
+            res.message = f"certificate re-verified: {msg}"
+        else:
+            res.status = Status.UNKNOWN
+            res.message = f"a certificate was found but the independent checker rejected it: {msg}"
+        return res
+    if search_witness:
+        _search_witness(res, model, dataset, tol, prompt_length)
+    if res.status == Status.UNKNOWN and not res.message:
+        res.message = "relaxation R is feasible for every block tried and no witness prompt was found"
+    return res
+
+
+def _short(v) -> str:
+    return "[" + ", ".join(f"{float(x):.3g}" for x in v[:4]) + (", ...]" if len(v) > 4 else "]")
+
+
+def _statement(prompt_length, tol) -> str:
+    what = "of any length" if prompt_length == "any" else f"of length {prompt_length}"
+    s = f"no prompt {what} memorizes the dataset"
+    if tol:
+        s += f" to within max-norm error {float(tol):g}"
+    return s
+
+
+def _try_subspace(model: Model, g: Group, rhos: list[Fraction]) -> Optional[Block]:
+    d = model.d
+    layer = model.layers[0]
+    hs = sum(h.s for h in layer.heads)
+    if hs >= d or d > 96:
+        return None
+    Ms = _hstack([_M_exact(model, j) for j in range(len(layer.heads))])
+    basis = _left_null_exact(Ms)
+    for i, m in enumerate(g.members):
+        c = [a - b for a, b in zip(m.z, g.x)]
+        for phi in basis:
+            v = _dotq(phi, c)
+            nphi = sqrt_up(sum((x * x for x in phi), Fraction(0)))
+            if abs(v) > nphi * rhos[i]:
+                return Block("subspace", None, [], [c], Phi=[phi], scores=[[]])
+    return None
+
+
+def _head_blocks(model: Model, ex: ExactLayer, g: Group, ds_info: Optional[dict], rhos) -> list[Block]:
+    layer = model.layers[0]
+    h = len(layer.heads)
+    out = []
+    xs = g.x
+    scores_all = [[ex.scores(j, xs, m.keys) for m in g.members] for j in range(h)]
+    if ds_info is not None and all(r == 0 for r in rhos) and model.d > _SMALL_D:
+        gammas = _solve_gammas(ds_info, [[a - b for a, b in zip(m.z, xs)] for m in g.members])
+        if gammas is not None:
+            off = 0
+            for j, hd in enumerate(layer.heads):
+                s = hd.s
+                Wv = ex.heads[j]["W_v"]
+                VX = [[Wv.mv(key) for key in m.keys] for m in g.members]
+                out.append(Block("direct-sum", j, None,
+                                 [gm[off:off + s] for gm in gammas], gammas=gammas,
+                                 scores=scores_all[j], VX=VX, Vmat=Wv))
+                off += s
+            return out
+    if model.d > 96:
+        return out
+    Ms = [_M_exact(model, j) for j in range(h)]
+    for j in range(h):
+        others = [Ms[o] for o in range(h) if o != j]
+        if others:
+            Phi = _left_null_exact(_hstack(others))
+        else:
+            Phi = [[Fraction(int(r == c)) for c in range(model.d)] for r in range(model.d)]
+        if not Phi:
+            continue
+        V = _matmul(Phi, Ms[j])
+        if not any(any(row) for row in V):
+            continue
+        taus = [[_dotq(phi, [a - b for a, b in zip(m.z, xs)]) for phi in Phi] for m in g.members]
+        VX = [[[_dotq(row, key) for row in V] for key in m.keys] for m in g.members]
+        out.append(Block("annihilator", j, V, taus, Phi=Phi, scores=scores_all[j], VX=VX))
+    return out
+
+
+def _nonlinear_R(z3, model: Model, ex: ExactLayer, groups: list[Group], k, tol, timeout_ms: int, artifacts) -> str:
+    """Relaxation R with all heads jointly (bilinear): decided by Z3's nonlinear arithmetic."""
+    s = z3.SolverFor("QF_NRA")
+    s.set("timeout", max(1, timeout_ms))
+    layer = model.layers[0]
+    d = model.d
+    for gi, g in enumerate(groups):
+        rhos = _weights(k, d, tol, g.members)
+        alphas, betas = [], []
+        for j, hd in enumerate(layer.heads):
+            a = z3.Real(f"alpha_{gi}_{j}")
+            s.add(a > 0)
+            pi = [z3.Real(f"pi_{gi}_{j}_{c}") for c in range(d)]
+            M = _M_exact(model, j)
+            betas.append([z3.Sum([_z3q(z3, M[r][c]) * pi[c] for c in range(d) if M[r][c]] or [z3.RealVal(0)]) for r in range(d)])
+            alphas.append(a)
+        for mi, m in enumerate(g.members):
+            qs = []
+            for j, hd in enumerate(layer.heads):
+                scores = ex.scores(j, g.x, m.keys)
+                es = []
+                for n, sc in enumerate(scores):
+                    e = z3.Real(f"e_{gi}_{mi}_{j}_{n}")
+                    lo, hi = exp_enclosure(sc)
+                    s.add(e >= _z3q(z3, lo), e <= _z3q(z3, hi))
+                    es.append(e)
+                M = _M_exact(model, j)
+                qv = [z3.Real(f"q_{gi}_{mi}_{j}_{r}") for r in range(d)]
+                Z = z3.Sum(es)
+                for r in range(d):
+                    N = z3.Sum([es[n] * _z3q(z3, _dotq(M[r], key)) for n, key in enumerate(m.keys)])
+                    s.add((Z + alphas[j]) * qv[r] == N + betas[j][r])
+                qs.append(qv)
+            for r in range(d):
+                target = _z3q(z3, m.z[r] - g.x[r])
+                tot = z3.Sum([qv[r] for qv in qs])
+                if rhos[mi] == 0:
+                    s.add(tot == target)
+                else:
+                    s.add(tot >= target - _z3q(z3, rhos[mi]), tot <= target + _z3q(z3, rhos[mi]))
+    if artifacts:
+        os.makedirs(artifacts, exist_ok=True)
+        with open(os.path.join(artifacts, "R_nonlinear.smt2"), "w") as fh:
+            fh.write(s.to_smt2())
+    return str(s.check())
+
+
+def _min_error(model, g, blk, lam, k) -> Fraction:
+    """Largest EPS (found by bisection, each step exact) for which the certificate still holds:
+    every prompt has max-norm error > EPS on this group's outputs."""
+    d = model.d
+    lo, hi = Fraction(0), Fraction(1)
+    # grow hi until the certificate fails
+    def holds(eps):
+        rh = _weights(k, d, eps, g.members)
+        if blk.form == "subspace":
+            phi = blk.Phi[0]
+            nphi = sqrt_up(sum((x * x for x in phi), Fraction(0)))
+            return any(abs(_dotq(phi, [a - b for a, b in zip(m.z, g.x)])) > nphi * r for m, r in zip(g.members, rh))
+        return farkas_margin(blk, g.members, lam, rh) is not None
+    if not holds(Fraction(0)):
+        return Fraction(0)
+    while holds(hi) and hi < 2 ** 40:
+        lo, hi = hi, hi * 4
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if holds(mid):
+            lo = mid
+        else:
+            hi = mid
+    return Fraction(lo).limit_denominator(1 << 60) if holds(Fraction(lo).limit_denominator(1 << 60)) else lo
+
+
+def _model_json_for_check(model: Model) -> dict:
+    return model_to_json(model)
+
+
+def model_sha256(model: Model) -> str:
+    """sha256 of the canonical JSON of a small model; of its arrays' bytes for a large one."""
+    if model.n_parameters() <= _INLINE_LIMIT:
+        return sha256_json(model_to_json(model))
+    import hashlib
+    h = hashlib.sha256()
+    for key, a in model.arrays():
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(as_float(a)).tobytes())
+    return h.hexdigest()
+
+
+def _write_side_model(model: Model, side_files: Optional[str], inputs: dict) -> str:
+    import hashlib
+    import tempfile
+    from constructions.model import save_model
+    if side_files is None:
+        side_files = os.path.join(tempfile.mkdtemp(prefix="ptverify-"), "result")
+    path = os.path.abspath(side_files + ".model.npz")
+    save_model(model, path)
+    with open(path, "rb") as fh:
+        inputs["model_file_sha256"] = hashlib.sha256(fh.read()).hexdigest()
+    inputs["model_file"] = os.path.basename(path)
+    return path
+
+
+def _inputs(model: Model, dataset: Dataset, extra: Optional[dict]) -> dict:
+    dj = dataset_to_json(dataset)
+    out = {"model_sha256": model_sha256(model), "dataset_sha256": sha256_json(dj)}
+    if model.n_parameters() <= _INLINE_LIMIT:
+        out["model"] = model_to_json(model)
+    if sum(e.input.size for e in dataset.examples) * 2 <= _INLINE_LIMIT:
+        out["dataset"] = dj
+    if extra:
+        out.update(extra)
+    return out
+
+
+def _certificate(model, g: Group, blk: Block, lam, tol, mlpc, ds_info) -> dict:
+    cert = {
+        "kind": CERT_KIND,
+        "tolerance": _rat_str(tol),
+        "query": _vec_str(g.x),
+        "members": [{"example": m.example, "position": m.position, "z": _vec_str(m.z)} for m in g.members],
+        "form": blk.form,
+        "head": blk.head,
+        "mlp_bound": {"b1": _rat_str(mlpc["bound_W1"]), "b2": _rat_str(mlpc["bound_W2"]),
+                      "k": _rat_str(mlpc["k"]), "methods": mlpc["methods"]},
+    }
+    if blk.form == "subspace":
+        cert["phi"] = _vec_str(blk.Phi[0])
+    elif blk.form == "annihilator":
+        cert["Phi"] = [_vec_str(r) for r in blk.Phi]
+        cert["multipliers"] = [_vec_str(r) for r in lam]
+    else:
+        cert["gammas"] = [_vec_str(gm) for gm in blk.gammas]
+        cert["rank"] = ds_info["rank"]
+        cert["multipliers"] = [_vec_str(r) for r in lam]
+    return cert
+
+
+# --------------------------------------------------------------------------- witnesses
+
+def _with_witness(res: Result, model, dataset, prompt: np.ndarray, tol: Fraction) -> Result:
+    from .checker import replay_witness
+    w = {"kind": "ptverify-prompt-witness/1", "prompt": prompt.tolist(), "tolerance": _rat_str(max(tol, Fraction(0)))}
+    ok, msg, err = replay_witness(_model_json_for_check(model), dataset_to_json(dataset), w)
+    res.checks["witness_replayed"] = ok
+    if ok:
+        res.status = Status.MEMORIZED
+        res.witness = w
+        res.method = res.method or "witness prompt"
+        res.message = (res.message + "; " if res.message else "") + msg
+    return res
+
+
+def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, prompt_length) -> None:
+    """Gradient prompt tuning in float64; a prompt counts only if its replay meets the tolerance."""
+    if model.d * sum(len(h.heads) for h in model.layers) > 64 or len(dataset.examples) > 32:
+        return
+    import torch
+    ys = []
+    for e in dataset.examples:
+        ys.append([None if y is None else torch.tensor(as_float(np.asarray(y))) for y in e.output])
+    lengths = [prompt_length] if prompt_length != "any" else [1, 2, 4]
+    best = None
+    for L in lengths:
+        for seed in range(3):
+            g = torch.Generator().manual_seed(seed)
+            P = torch.randn(L, model.d, generator=g, dtype=torch.float64, requires_grad=True)
+            opt = torch.optim.LBFGS([P], max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-18)
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.zeros((), dtype=torch.float64)
+                for e, yy in zip(dataset.examples, ys):
+                    out = forward_torch(model, e.input, P)
+                    for t, y in enumerate(yy):
+                        if y is not None:
+                            loss = loss + ((out[t] - y) ** 2).sum()
+                loss.backward()
+                return loss
+            for _ in range(3):
+                loss = opt.step(closure)
+            err = float(loss)
+            if best is None or err < best[0]:
+                best = (err, P.detach().numpy().copy())
+    if best is None:
+        return
+    res.extra["witness_search"] = {"best_squared_error": best[0]}
+    _with_witness(res, model, dataset, best[1], tol)
+
+
+# --------------------------------------------------------------------------- prove limitation
+
+def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None, mlp_width: Optional[int] = None,
+                     seed: int = 0, kind: str = "softmax", margin: float = 0.5, artifacts: Optional[str] = None,
+                     timeout: float = 60.0, examples: Optional[int] = None,
+                     side_files: Optional[str] = None) -> tuple[Result, Model, Dataset]:
+    """Build a random single-layer model meeting the assumptions and the L1 dataset, and prove it."""
+    from constructions.datasets import l1_dataset, random_model
+    t0 = time.perf_counter()
+    model = random_model(d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed, kind=kind)
+    ds = l1_dataset(model, seed=seed, margin=margin, examples=examples)
+    tb = time.perf_counter() - t0
+    extra = {"seed": seed, "builder": {"d": d, "heads": heads, "head_size": model.meta["head_size"],
+                                       "mlp_width": model.meta["mlp_width"], "kind": kind, "margin": margin}}
+    res = check_memorization(model, ds, artifacts=artifacts, timeout=timeout, claim="L1",
+                             search_witness=False, inputs_extra=extra, side_files=side_files)
+    res.seconds["build"] = res.seconds.get("build", 0.0) + tb
+    return res, model, ds
