@@ -1,0 +1,471 @@
+"""``ptverify experiment prompt-vs-lora``: gradient prompt tuning against LoRA, in torch float64.
+
+What is measured
+----------------
+The loss of a run is ``sum_i sum_t ||g([P, X_i])_t - y_it||^2`` over the *constrained* output
+positions (outputs that are not ``None``), in float64.  On the L1 datasets the constrained
+positions are exactly the shared query tokens, so this is the very quantity that
+:func:`verify.loss_bound.certified_min_loss` bounds from below for every prompt of every length;
+on the L3 datasets the bound is the off-subspace part; on generic datasets (every query token
+distinct, V = R^d) the bound is 0.  A prompt run that ends below the certified bound would be a
+bug (in the bound, the forward pass or the bookkeeping), and is reported as a violation.
+
+Schedule (both methods, the same budget): Adam with a cosine learning rate from ``lr`` to
+``lr / 1000`` over ``steps`` steps, then ``polish`` iterations of L-BFGS (strong Wolfe line
+search), all float64, seeded.  Prompt runs: lengths 1, 2, 4, 8, 16, 32 (quick: 1, 2, 4, 8),
+several initializations (prompt entries N(0, 1)).  LoRA runs: ranks 1, 2, 4 on W_2, W_v and W_q
+(B = 0, A ~ N(0, 1 / cols) as usual, so training starts at the frozen model).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+from constructions.datasets import l1_dataset, l3_dataset, mlp_exact, random_model, random_tokens
+from constructions.lora import constrained_positions
+from constructions.model import Dataset, Example, Model, as_float, as_fraction, atomic_write_text
+
+__all__ = ["run_experiment", "TorchLayerModel", "generic_dataset", "EXPERIMENT_FORMAT", "FIT_TOL"]
+
+EXPERIMENT_FORMAT = "ptverify-experiment/1"
+#: a run "fits" when its final loss is below this
+FIT_TOL = 1e-8
+
+
+# --------------------------------------------------------------------------- torch model
+
+class TorchLayerModel:
+    """Float64 torch forward of a :class:`Model` whose weights may carry LoRA deltas.
+
+    Matches :func:`constructions.forward.forward_torch` (tested); weights are tensors so gradients
+    flow into ``deltas`` (a dict ``(layer, head or None, name) -> tensor`` added to the weight)."""
+
+    def __init__(self, model: Model):
+        import torch
+        self.torch = torch
+        self.model = model
+        self.w = []
+        for layer in model.layers:
+            heads = [{k: torch.as_tensor(as_float(getattr(h, k)), dtype=torch.float64) for k in ("W_q", "W_k", "W_v", "W_o")}
+                     for h in layer.heads]
+            mlp = {k: torch.as_tensor(as_float(getattr(layer, k)), dtype=torch.float64) for k in ("W_1", "b_1", "W_2", "b_2")}
+            self.w.append((layer.kind, heads, mlp))
+
+    def __call__(self, X, prompt=None, deltas: Optional[dict] = None):
+        """``X``: (B, m, d) tensor; ``prompt``: (B, m_p, d) tensor or None.  Returns (B, m, d)."""
+        torch = self.torch
+        deltas = deltas or {}
+        S = X if prompt is None else torch.cat([prompt, X], dim=1)
+        m_p = 0 if prompt is None else prompt.shape[1]
+        n = S.shape[1]
+        mask = torch.ones(n, n, dtype=torch.bool).tril() if self.model.causal else None
+        for li, (kind, heads, mlp) in enumerate(self.w):
+            att = torch.zeros_like(S)
+            for hj, h in enumerate(heads):
+                W = {k: h[k] + deltas[(li, hj, k)] if (li, hj, k) in deltas else h[k] for k in h}
+                q, k, v = S @ W["W_q"].T, S @ W["W_k"].T, S @ W["W_v"].T
+                sc = q @ k.transpose(1, 2)
+                if mask is not None:
+                    sc = sc.masked_fill(~mask, float("-inf"))
+                if kind == "hardmax":
+                    mx = sc.max(dim=-1, keepdim=True).values
+                    ind = (sc == mx).to(torch.float64)
+                    wts = ind / ind.sum(dim=-1, keepdim=True)
+                else:
+                    wts = torch.softmax(sc, dim=-1)
+                att = att + (wts @ v) @ W["W_o"].T
+            Z = S + att
+            M = {k: mlp[k] + deltas[(li, None, k)] if (li, None, k) in deltas else mlp[k] for k in mlp}
+            S = Z + torch.relu(Z @ M["W_1"].T + M["b_1"]) @ M["W_2"].T + M["b_2"]
+        return S[:, m_p:]
+
+
+def _targets(dataset: Dataset):
+    """``(X, Y, mask)`` tensors: inputs (N, m, d), targets with zeros where unconstrained, mask."""
+    import torch
+    X = torch.as_tensor(np.stack([as_float(ex.input) for ex in dataset.examples]), dtype=torch.float64)
+    N, m, d = X.shape
+    Y = torch.zeros(N, m, d, dtype=torch.float64)
+    mask = torch.zeros(N, m, 1, dtype=torch.float64)
+    for i, ex in enumerate(dataset.examples):
+        for t, y in enumerate(ex.output):
+            if y is not None:
+                Y[i, t] = torch.as_tensor(as_float(np.asarray(y)))
+                mask[i, t] = 1.0
+    return X, Y, mask
+
+
+# --------------------------------------------------------------------------- datasets
+
+def generic_dataset(model: Model, examples: int, length: int = 2, seed: int = 0, scale: float = 0.5) -> Dataset:
+    """N examples of ``length`` random tokens, every output constrained: y = MLP(x + c) with c a
+    random dyadic vector (a continuous-looking, almost surely generic target set)."""
+    rng = np.random.default_rng(40_000 + seed)
+    layer = model.layers[0]
+    exs = []
+    for _ in range(examples):
+        X = random_tokens(rng, length, model.d)
+        C = random_tokens(rng, length, model.d, bits=10, scale=scale)
+        exs.append(Example(X, [mlp_exact(layer, as_fraction(X[t]) + as_fraction(C[t])) for t in range(length)]))
+    return Dataset(exs, meta={"builder": "generic_dataset", "seed": seed, "examples": examples, "length": length})
+
+
+# --------------------------------------------------------------------------- training
+
+def _schedule(steps: int, lr: float):
+    return lambda k: lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+
+
+def _train(params: list, loss_fn, steps: int, polish: int, lr: float, record: list) -> tuple[list, float]:
+    """Adam (cosine lr) then L-BFGS; ``loss_fn()`` returns a tensor of per-run losses (R,).
+    Returns (curve as list of (step, per-run losses), final per-run losses)."""
+    import torch
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = _schedule(steps, lr)
+    curve = []
+    rec = set(record)
+    for k in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = sched(k)
+        opt.zero_grad()
+        losses = loss_fn()
+        if k in rec:
+            curve.append((k, losses.detach().tolist()))
+        losses.sum().backward()
+        opt.step()
+    if polish:
+        lb = torch.optim.LBFGS(params, lr=1, max_iter=polish, history_size=50, line_search_fn="strong_wolfe",
+                               tolerance_grad=1e-30, tolerance_change=1e-40)
+
+        def closure():
+            lb.zero_grad()
+            ls = loss_fn().sum()
+            ls.backward()
+            return ls
+        lb.step(closure)
+    with torch.no_grad():
+        final = loss_fn().tolist()
+    curve.append((steps + polish, final))
+    return curve, final
+
+
+def _record_points(steps: int, n: int = 40) -> list:
+    pts = sorted({0, steps - 1} | {int(round(x)) for x in np.geomspace(1, max(steps - 1, 1), n)})
+    return [p for p in pts if 0 <= p < steps]
+
+
+def _prompt_runs(tm: TorchLayerModel, dataset: Dataset, lengths, inits: int, steps, polish, lr, seed) -> list:
+    import torch
+    X, Y, mask = _targets(dataset)
+    N, m, d = X.shape
+    out = []
+    rec = _record_points(steps)
+    for L in lengths:
+        g = torch.Generator().manual_seed(1000 * seed + L)
+        runs = []
+        for i in range(inits):  # one optimization per initialization (L-BFGS line searches stay separate)
+            P = torch.randn(1, L, d, generator=g, dtype=torch.float64).requires_grad_(True)
+
+            def loss_fn(P=P):
+                o = tm(X, P.expand(N, L, d))
+                return (((o - Y) ** 2) * mask).sum().reshape(1)
+            curve, final = _train([P], loss_fn, steps, polish, lr, rec)
+            runs.append({"method": "prompt", "length": L, "init": i, "params": L * d, "final_loss": final[0],
+                         "curve": [[k, v[0]] for k, v in curve], "prompt": P.detach()[0].tolist()})
+        out.extend(runs)
+    return out
+
+
+_SHAPES = {"W_2": lambda mdl, lay: (mdl.d, lay.W_2.shape[1]), "W_v": lambda mdl, lay: lay.heads[0].W_v.shape,
+           "W_q": lambda mdl, lay: lay.heads[0].W_q.shape}
+
+
+def _lora_runs(tm: TorchLayerModel, model: Model, dataset: Dataset, targets, ranks, inits, steps, polish, lr, seed) -> list:
+    import torch
+    X, Y, mask = _targets(dataset)
+    layer = model.layers[0]
+    out = []
+    rec = _record_points(steps)
+    for tgt in targets:
+        rows, cols = _SHAPES[tgt](model, layer)
+        for k in ranks:
+            if k > min(rows, cols):
+                continue
+            for i in range(inits):
+                g = torch.Generator().manual_seed(7000 * seed + 100 * k + i + {"W_2": 11, "W_v": 23, "W_q": 37}[tgt])
+                A = (torch.randn(k, cols, generator=g, dtype=torch.float64) / math.sqrt(cols)).requires_grad_(True)
+                B = torch.zeros(rows, k, dtype=torch.float64, requires_grad=True)
+                heads = [None] if tgt == "W_2" else list(range(len(layer.heads)))
+
+                def loss_fn(A=A, B=B, heads=heads, tgt=tgt):
+                    D = B @ A
+                    o = tm(X, None, {(0, h, tgt): D for h in heads})
+                    return (((o - Y) ** 2) * mask).sum().reshape(1)
+                curve, final = _train([A, B], loss_fn, steps, polish, lr, rec)
+                out.append({"method": "lora", "target": tgt, "rank": k, "init": i, "params": k * (rows + cols),
+                            "final_loss": final[0], "curve": [[s, v[0]] for s, v in curve]})
+    return out
+
+
+# --------------------------------------------------------------------------- analysis
+
+def _w2_floor(model: Model, dataset: Dataset) -> dict:
+    """For LoRA on W_2 (attention frozen): with E = Y - Yhat and H the features, the best rank-k
+    update leaves sum_{i>k} sigma_i(E')^2 where E' = E restricted by H (Eckart-Young; exact when
+    H has full column rank, since then Delta W_2 H ranges over all rank <= k matrices).  Floats:
+    this is a prediction to compare the optimizer with, not a certificate."""
+    layer = model.layers[0]
+    tm = TorchLayerModel(model)
+    X, Y, mask = _targets(dataset)
+    import torch
+    W1, b1 = (torch.as_tensor(as_float(a)) for a in (layer.W_1, layer.b_1))
+    with torch.no_grad():
+        Zm = TorchLayerModel(_zero_mlp(model))(X)  # pre-MLP rows
+        H = torch.relu(Zm @ W1.T + b1)
+        out = tm(X)
+    pos = constrained_positions(dataset)
+    Hc = np.stack([H[i, t].numpy() for i, t in pos], axis=1)
+    E = np.stack([(Y[i, t] - out[i, t]).numpy() for i, t in pos], axis=1)
+    sv = np.linalg.svd(E, compute_uv=False)
+    hrank = int(np.linalg.matrix_rank(Hc))
+    return {"n_tokens": len(pos), "feature_rank": hrank, "full_column_rank": hrank == len(pos),
+            "residual_singular_values": sv.tolist(),
+            "rank_needed": int((sv > 1e-12 * max(1.0, sv.max(initial=0))).sum()),
+            "floor_by_rank": {k: float((sv[k:] ** 2).sum()) for k in (1, 2, 4)}}
+
+
+def _zero_mlp(model: Model) -> Model:
+    import copy
+    m = copy.deepcopy(model)
+    m.layers[0].W_2 = np.zeros_like(as_float(m.layers[0].W_2))
+    m.layers[0].b_2 = np.zeros_like(as_float(m.layers[0].b_2))
+    return m
+
+
+def _plot(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.6 * len(names), 8.4), squeeze=False)
+    floor = 1e-30
+    for col, name in enumerate(names):
+        r = results[name]
+        ax = axes[0][col]
+        lengths = sorted({p["length"] for p in r["prompt_runs"]})
+        cmap = plt.get_cmap("viridis")
+        for li, L in enumerate(lengths):
+            runs = [p for p in r["prompt_runs"] if p["length"] == L]
+            best = min(runs, key=lambda p: p["final_loss"])
+            xs = [max(s, 1) for s, _ in best["curve"]]
+            ax.plot(xs, [max(v, floor) for _, v in best["curve"]], color=cmap(li / max(1, len(lengths) - 1)),
+                    lw=1.6, label=f"prompt m_p={L}")
+        styles = {"W_2": "--", "W_v": ":", "W_q": "-."}
+        reds = {1: "#f4a582", 2: "#d6604d", 4: "#67001f"}
+        for tgt in ("W_2", "W_v", "W_q"):
+            for k in (1, 2, 4):
+                runs = [p for p in r["lora_runs"] if p["target"] == tgt and p["rank"] == k]
+                if not runs:
+                    continue
+                best = min(runs, key=lambda p: p["final_loss"])
+                ax.plot([max(s, 1) for s, _ in best["curve"]], [max(v, floor) for _, v in best["curve"]],
+                        styles[tgt], color=reds[k], lw=1.2, label=f"LoRA {tgt} rank {k}")
+        cb = r["certified_min_loss"]
+        if cb > 0:
+            ax.axhline(cb, color="k", lw=2, label=f"certified bound {cb:.3g}")
+        ax.axhline(FIT_TOL, color="gray", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(max(1e-20, floor), None)
+        ax.set_title(f"{name}: loss (best init) vs step", fontsize=10)
+        ax.set_xlabel("optimizer step (last point: after L-BFGS polish)")
+        ax.set_ylabel("sum of squared errors at constrained outputs")
+        if col == len(names) - 1:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        ax2 = axes[1][col]
+        pr = r["prompt_runs"]
+        ax2.scatter([p["params"] for p in pr], [max(p["final_loss"], 1e-20) for p in pr], marker="o",
+                    color="tab:blue", label="prompt (each init)")
+        for tgt, mk in (("W_2", "s"), ("W_v", "^"), ("W_q", "v")):
+            lr_ = [p for p in r["lora_runs"] if p["target"] == tgt]
+            if lr_:
+                ax2.scatter([p["params"] for p in lr_], [max(p["final_loss"], 1e-20) for p in lr_], marker=mk,
+                            color="tab:red", alpha=0.7, label=f"LoRA {tgt}")
+        if cb > 0:
+            ax2.axhline(cb, color="k", lw=2, label="certified bound")
+        ax2.axhline(FIT_TOL, color="gray", lw=0.8, ls=":", label=f"fit tolerance {FIT_TOL:g}")
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+        ax2.set_title(f"{name}: final loss vs trainable parameters", fontsize=10)
+        ax2.set_xlabel("trainable parameters")
+        ax2.set_ylabel("final loss (values < 1e-20 drawn at 1e-20)")
+        if col == len(names) - 1:
+            ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Prompt tuning vs LoRA (float64, Adam + L-BFGS); black line: certified lower bound for every prompt")
+    fig.tight_layout()
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, ".tmp-" + os.path.basename(path))
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- driver
+
+def _config(quick: bool) -> dict:
+    if quick:
+        return {"lengths": [1, 2, 4, 8], "inits": 2, "steps": 300, "polish": 60, "lr": 0.05,
+                "ranks": [1, 2, 4], "lora_targets": ["W_2", "W_v", "W_q"], "lora_inits": 1,
+                "datasets": ["L1", "generic-N1", "generic-N2"], "d": 4}
+    return {"lengths": [1, 2, 4, 8, 16, 32], "inits": 3, "steps": 2000, "polish": 200, "lr": 0.05,
+            "ranks": [1, 2, 4], "lora_targets": ["W_2", "W_v", "W_q"], "lora_inits": 2,
+            "datasets": ["L1", "L3", "generic-N1", "generic-N2", "generic-N4"], "d": 4}
+
+
+def _instance(name: str, d: int, seed: int):
+    """(model, dataset) for a dataset name."""
+    if name == "L1":
+        model = random_model(d, heads=1, head_size=d, mlp_width=2 * d, seed=seed)
+        return model, l1_dataset(model, seed)
+    if name == "L3":
+        model = random_model(d, heads=1, head_size=max(1, d // 2), mlp_width=2 * d, seed=seed)
+        return model, l3_dataset(model, seed, examples=2)
+    if name.startswith("generic-N"):
+        N = int(name[len("generic-N"):])
+        model = random_model(d, heads=1, head_size=d, mlp_width=4 * d, seed=seed)
+        return model, generic_dataset(model, N, 2, seed)
+    raise ValueError(f"dataset name: expected L1, L3 or generic-N<k>, found {name!r}")
+
+
+def run_experiment(out: str, quick: bool = False, seed: int = 0, progress=None, config: Optional[dict] = None) -> dict:
+    """Run the experiment; write ``out/prompt_vs_lora.json``, ``out/prompt_vs_lora.png`` and
+    ``out/prompt_vs_lora.md`` (the table); return the JSON object."""
+    import torch
+
+    from .loss_bound import certified_min_loss
+    torch.set_num_threads(1)
+    cfg = dict(_config(quick), **(config or {}))
+    t0 = time.perf_counter()
+    results: dict = {}
+    for name in cfg["datasets"]:
+        if progress:
+            progress(f"{name}: building instance and certified bound")
+        model, ds = _instance(name, cfg["d"], seed)
+        tb = time.perf_counter()
+        cb = certified_min_loss(model, ds)
+        t_bound = time.perf_counter() - tb
+        tm = TorchLayerModel(model)
+        if progress:
+            progress(f"{name}: prompt tuning, lengths {cfg['lengths']}")
+        pr = _prompt_runs(tm, ds, cfg["lengths"], cfg["inits"], cfg["steps"], cfg["polish"], cfg["lr"], seed)
+        if progress:
+            progress(f"{name}: LoRA on {cfg['lora_targets']}, ranks {cfg['ranks']}")
+        lr_ = _lora_runs(tm, model, ds, cfg["lora_targets"], cfg["ranks"], cfg["lora_inits"], cfg["steps"],
+                         cfg["polish"], cfg["lr"], seed)
+        X0 = ds.examples[0].input
+        N, m = len(ds.examples), X0.shape[0]
+        n_con = len(constrained_positions(ds))
+        floor = _w2_floor(model, ds)
+        bound = float(cb.value)
+        violations = [{"length": p["length"], "init": p["init"], "final_loss": p["final_loss"]}
+                      for p in pr if p["final_loss"] < bound]
+        best_by_len = {L: min(p["final_loss"] for p in pr if p["length"] == L) for L in cfg["lengths"]}
+        fit_len = next((L for L in cfg["lengths"] if best_by_len[L] < FIT_TOL), None)
+        w2 = {k: min(p["final_loss"] for p in lr_ if p["target"] == "W_2" and p["rank"] == k)
+              for k in cfg["ranks"] if any(p["target"] == "W_2" and p["rank"] == k for p in lr_)}
+        w2_fit_rank = next((k for k in sorted(w2) if w2[k] < FIT_TOL), None)
+        results[name] = {
+            "d": model.d, "heads": len(model.layers[0].heads), "head_size": model.layers[0].heads[0].W_q.shape[0],
+            "mlp_width": model.layers[0].W_1.shape[0], "examples": N, "length": m, "constrained_outputs": n_con,
+            "certified_min_loss": bound, "certified_min_loss_exact": cb.certificate["value"],
+            "certified_bound_seconds": round(t_bound, 3), "bound_combine": cb.combine, "bound_k": float(cb.k),
+            "prompt_runs": pr, "lora_runs": lr_,
+            "best_prompt_loss_by_length": {str(k): v for k, v in best_by_len.items()},
+            "smallest_fitting_prompt_length": fit_len,
+            "L4_prompt_length_lower_bound": n_con if name.startswith("generic") else None,
+            "lora_w2_best_by_rank": {str(k): v for k, v in w2.items()},
+            "smallest_fitting_lora_w2_rank": w2_fit_rank,
+            "L5_rank_bound": min(model.d, n_con),
+            "lora_w2_prediction": floor,
+            "checks": {
+                "bound_positive": bound > 0,
+                "every_prompt_at_or_above_bound": not violations,
+                "violations": violations,
+                "lora_w2_rank_ge_needed_below_fit_tol": all(v < FIT_TOL for k, v in w2.items()
+                                                            if k >= floor["rank_needed"]),
+                "lora_w2_fit_rank_le_L5_bound": w2_fit_rank is not None and w2_fit_rank <= min(model.d, n_con),
+            },
+        }
+    secs = time.perf_counter() - t0
+    table = []
+    for name, r in results.items():
+        for p in r["prompt_runs"]:
+            table.append({"dataset": name, "method": f"prompt m_p={p['length']}", "init": p["init"],
+                          "params": p["params"], "final_loss": p["final_loss"]})
+        for p in r["lora_runs"]:
+            table.append({"dataset": name, "method": f"LoRA {p['target']} rank {p['rank']}", "init": p["init"],
+                          "params": p["params"], "final_loss": p["final_loss"]})
+    findings = _findings(results)
+    obj = {"format": EXPERIMENT_FORMAT, "experiment": "prompt-vs-lora", "quick": quick, "seed": seed,
+           "loss": "sum over constrained output positions of the squared Euclidean error (float64)",
+           "schedule": {"optimizer": "Adam, cosine lr from lr to lr/1000, then L-BFGS (strong Wolfe)",
+                        "lr": cfg["lr"], "adam_steps": cfg["steps"], "lbfgs_iterations": cfg["polish"],
+                        "prompt_init": "N(0, 1) entries", "lora_init": "B = 0, A ~ N(0, 1/cols)",
+                        "prompt_inits": cfg["inits"], "lora_inits": cfg["lora_inits"]},
+           "fit_tolerance": FIT_TOL,
+           "certified_min_loss": results["L1"]["certified_min_loss"] if "L1" in results else None,
+           "datasets": results, "table": table, "findings": findings, "seconds": round(secs, 2)}
+    os.makedirs(out, exist_ok=True)
+    import json
+    png = os.path.join(out, "prompt_vs_lora.png")
+    _plot(results, png)
+    obj["plot"] = png
+    atomic_write_text(os.path.join(out, "prompt_vs_lora.json"), json.dumps(obj, indent=1))
+    atomic_write_text(os.path.join(out, "prompt_vs_lora.md"), _table_md(obj))
+    return obj
+
+
+def _findings(results: dict) -> list:
+    f = []
+    for name, r in results.items():
+        c = r["checks"]
+        bp = min(p["final_loss"] for p in r["prompt_runs"])
+        f.append(f"{name}: certified bound {r['certified_min_loss']:.4g}; best prompt loss {bp:.4g}; "
+                 f"every prompt at or above the bound: {c['every_prompt_at_or_above_bound']}")
+        w2 = r["lora_w2_best_by_rank"]
+        need = r["lora_w2_prediction"]["rank_needed"]
+        f.append(f"{name}: LoRA W_2 best loss by rank {w2}; rank(Y - Yhat) = {need} (a rank-k update cannot go "
+                 f"below sum_(i>k) sigma_i^2 = {r['lora_w2_prediction']['floor_by_rank']}); smallest rank below "
+                 f"{FIT_TOL:g}: {r['smallest_fitting_lora_w2_rank']} (L5 bound min(d, n) = {r['L5_rank_bound']})")
+        if name.startswith("generic"):
+            f.append(f"{name}: smallest prompt length below {FIT_TOL:g}: {r['smallest_fitting_prompt_length']} "
+                     f"(L4 lower bound m N = {r['L4_prompt_length_lower_bound']})")
+    return f
+
+
+def _table_md(obj: dict) -> str:
+    lines = ["# prompt vs LoRA: trainable parameters and final loss", "",
+             f"Loss: {obj['loss']}. Schedule: {obj['schedule']['optimizer']}, {obj['schedule']['adam_steps']} Adam "
+             f"steps + {obj['schedule']['lbfgs_iterations']} L-BFGS iterations. Seed {obj['seed']}; "
+             f"{'quick' if obj['quick'] else 'full'} mode; {obj['seconds']} s.", ""]
+    for name, r in obj["datasets"].items():
+        lines += [f"## {name} (d={r['d']}, heads={r['heads']}, s={r['head_size']}, r={r['mlp_width']}, "
+                  f"N={r['examples']}, m={r['length']}, constrained outputs={r['constrained_outputs']})", "",
+                  f"Certified lower bound for every prompt of every length: {r['certified_min_loss']:.6g}", "",
+                  "| method | trainable params | best final loss | worst final loss |", "|---|---|---|---|"]
+        groups: dict = {}
+        for p in r["prompt_runs"]:
+            groups.setdefault((f"prompt m_p={p['length']}", p["params"]), []).append(p["final_loss"])
+        for p in r["lora_runs"]:
+            groups.setdefault((f"LoRA {p['target']} rank {p['rank']}", p["params"]), []).append(p["final_loss"])
+        for (meth, par), v in groups.items():
+            lines.append(f"| {meth} | {par} | {min(v):.4g} | {max(v):.4g} |")
+        lines.append("")
+    lines += ["## Findings", ""] + [f"- {x}" for x in obj["findings"]] + [""]
+    return "\n".join(lines)
