@@ -112,7 +112,7 @@ def pl_units(points: Sequence[tuple], left_slope, right_slope) -> tuple[list, Fr
     units = []
     if sl - 1 != 0:
         units.append((-1, b0, -(sl - 1)))
-    prev = sl - 1
+    prev = Fraction(0)  # the left unit contributes slope sl - 1 before b0 and 0 after it
     for (a, _), s in zip(pts, slopes):
         delta = (s - 1) - prev
         if delta != 0:
