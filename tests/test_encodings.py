@@ -308,3 +308,14 @@ def test_exp_enclosure_at_zero_and_one():
     # 2.718281828459045235360 < e < 2.718281828459045235361
     assert lo < Fraction(2718281828459045235361, 10**21) and hi > Fraction(2718281828459045235360, 10**21)
     assert hi - lo < Fraction(1, 10**25)
+
+
+def test_lemma_d_sympy_script_passes():
+    """proofs/lemma_d_sympy.py proves the identity symbolically and exits 0."""
+    import pathlib
+    import subprocess
+    import sys
+    script = pathlib.Path(__file__).resolve().parent.parent / "proofs" / "lemma_d_sympy.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FAILED" not in proc.stdout and "all checks passed" in proc.stdout
