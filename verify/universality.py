@@ -1,7 +1,783 @@
-"""Placeholder: filled in by its issue."""
-CLAIMS: list = []
-REPLAYERS: dict = {}
+"""Theorem U, measured: d_p(g([P_f, .])_{:, m_p:}, f) <= epsilon with a rigorous upper bound.
 
+The bound (``proofs/universality.md``):
+
+* [0,1]^{d n} is split into the flat boxes ``B_c = prod_e [k_e/K, (k_e+1)/K - w]`` (the last step
+  of a coordinate reaches 1) and the ramp region R, their complement.
+* On each box the network is evaluated exactly: the token-wise layers (attention that is exactly
+  zero) as affine functions of the input whose ReLUs are shown sign-stable on the box, so the
+  tokens are constants there; the later layers exactly in rationals (rank-1 hardmax heads: the
+  arg-max depends only on the sign of the query).  The softmax version adds a rigorous
+  perturbation radius ``eta`` (score margins, ``exp`` enclosures, Lipschitz constants of MLPs).
+* With X_0 the centre of B_c and c its output:
+  ||f(X) - g(X)||_p <= ||f(X_0) - c||_p + Lip(f) ||X - X_0||_p + (dn)^{1/p} eta.
+* On R, f and g both lie in [0,1] (the last MLP clips), so ||f - g||_p^p <= d n.
+
+Everything is exact rational arithmetic (p-th roots rounded outward on a 2^-64 grid);
+"verified" only when the upper bound on d_p^p is at most eps^p.  The measured error is a Monte
+Carlo estimate in float64 (``forward_torch``) with a Hoeffding 95% bound, reported, never used
+for the verdict.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+from constructions.forward import exp_enclosure
+from constructions.model import InputError, model_to_json, sha256_json
+from constructions.universality import (UniversalNetwork, build_network, build_prompt, build_target,
+                                        cell_digits, default_temperature, delta_K, forward_float,
+                                        quantized_function, ramp_width, TARGETS)
+
+from .registry import Claim
+from .result import Result, Status
+
+__all__ = ["CLAIMS", "REPLAYERS", "register", "CERT_KIND", "certify", "evaluate_cells", "run_universality",
+           "replay_universality", "parse_number", "rpow_up", "rpow_down", "sweep"]
+
+CERT_KIND = "universality-dp-bound/1"
+ROOT_BITS = 64
+MAX_CELLS = 20000
+
+
+# =========================================================================== exact powers and roots
+
+def _iroot(x: int, k: int) -> int:
+    """floor(x^(1/k)) for an integer x >= 0."""
+    if x < 2:
+        return x
+    r = 1 << ((x.bit_length() + k - 1) // k)
+    while True:
+        y = ((k - 1) * r + x // r ** (k - 1)) // k
+        if y >= r:
+            break
+        r = y
+    while r ** k > x:
+        r -= 1
+    while (r + 1) ** k <= x:
+        r += 1
+    return r
+
+
+def _root(x: Fraction, k: int, up: bool) -> Fraction:
+    if k == 1 or x == 0:
+        return x
+    S = 1 << ROOT_BITS
+    t = x * S ** k
+    r = _iroot(t.numerator // t.denominator, k)
+    if up:
+        while Fraction(r, S) ** k < x:
+            r += 1
+    return Fraction(r, S)
+
+
+def rpow_up(x: Fraction, p: Fraction) -> Fraction:
+    """A rational >= x^p (x >= 0, p > 0 rational)."""
+    x, p = Fraction(x), Fraction(p)
+    return _root(x ** p.numerator, p.denominator, True)
+
+
+def rpow_down(x: Fraction, p: Fraction) -> Fraction:
+    """A rational <= x^p (x >= 0, p > 0 rational)."""
+    x, p = Fraction(x), Fraction(p)
+    return _root(x ** p.numerator, p.denominator, False)
+
+
+# =========================================================================== exact cell evaluation
+
+class NotCertified(Exception):
+    """The exact evaluation could not certify a box (unstable ReLU, tie, zero query, ...)."""
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _prep(layer) -> dict:
+    """Sparse rational views of a layer's MLP and the rank-1 factors of its heads."""
+    W1, b1, W2, b2 = layer.W_1, layer.b_1, layer.W_2, layer.b_2
+    r, d = W1.shape
+    units = []
+    for k in range(r):
+        row = [(j, Fraction(W1[k, j])) for j in range(d) if W1[k, j] != 0]
+        outs = [(i, Fraction(W2[i, k])) for i in range(d) if W2[i, k] != 0]
+        if outs:
+            units.append((row, Fraction(b1[k]), outs))
+    heads = []
+    for h in layer.heads:
+        Wov = np.dot(h.W_o, h.W_v)
+        if not np.any(Wov != 0):
+            continue
+        B = np.dot(h.W_k.T, h.W_q)  # score(a <- b) = z_b^T B z_a
+        nz = np.argwhere(B != 0)
+        if len(nz) == 0:
+            raise NotCertified("a head with zero scores (uniform attention) is not supported")
+        i0, j0 = nz[0]
+        v = [Fraction(x) for x in B[i0, :]]
+        u = [Fraction(B[i, j0]) / Fraction(B[i0, j0]) for i in range(B.shape[0])]
+        if any(Fraction(B[i, j]) != u[i] * v[j] for i in range(B.shape[0]) for j in range(B.shape[1])):
+            raise NotCertified("a head whose score matrix W_k^T W_q has rank > 1")
+        heads.append({"u": u, "v": v, "Wov": [[Fraction(x) for x in row] for row in Wov]})
+    lip = 1 + max(sum(abs(co) * sum(abs(w) for _, w in row) for row, _, outs in units for i2, co in outs if i2 == i)
+                  for i in range(d)) if units else Fraction(1)
+    return {"units": units, "b2": [Fraction(x) for x in b2], "heads": heads, "lip": Fraction(lip), "d": d}
+
+
+def _scaled(vals: list, D: int):
+    """Integer numerators of rationals over the common denominator D."""
+    return [int(Fraction(v) * D) for v in vals]
+
+
+def _mlp_int(pr: dict, Zn: np.ndarray, D: int):
+    """Exact residual MLP on integer numerators: values Zn / D.  Returns (Zn', D')."""
+    d = pr["d"]
+    acts = []
+    Lc = 1
+    for row, b, outs in pr["units"]:
+        den = b.denominator
+        for _, w in row:
+            den = _lcm(den, w.denominator)
+        pre = Zn[:, 0] * 0 + int(b * den) * D
+        for j, w in row:
+            pre = pre + int(w * den) * Zn[:, j]
+        h = np.where(pre > 0, pre, 0)
+        acts.append((h, den, outs))
+        for _, co in outs:
+            Lc = _lcm(Lc, den * co.denominator)
+    for bb in pr["b2"]:
+        Lc = _lcm(Lc, bb.denominator)
+    out = Zn * Lc
+    for i in range(d):
+        out[:, i] = out[:, i] + int(pr["b2"][i] * D * Lc)
+    for h, den, outs in acts:
+        for i, co in outs:
+            out[:, i] = out[:, i] + int(co * Lc / den) * h
+    D2 = D * Lc
+    g = D2
+    for x in out.reshape(-1):
+        g = math.gcd(g, int(x))
+        if g == 1:
+            break
+    return (out // g if g > 1 else out), D2 // g
+
+
+def _mlp_frac(pr: dict, z: list) -> list:
+    out = list(z)
+    for i in range(pr["d"]):
+        out[i] += pr["b2"][i]
+    for row, b, outs in pr["units"]:
+        pre = b + sum(w * z[j] for j, w in row)
+        if pre > 0:
+            for i, co in outs:
+                out[i] += co * pre
+    return out
+
+
+def _affine_mlp(pr: dict, z: list, mid: list, half: list) -> list:
+    """The MLP on affine forms [const, c_0, ..., c_{nv-1}] over a box; raises NotCertified when a
+    ReLU changes sign on the box."""
+    nv = len(mid)
+    out = [list(f) for f in z]
+    for i in range(pr["d"]):
+        out[i][0] += pr["b2"][i]
+    for row, b, outs in pr["units"]:
+        pre = [b] + [Fraction(0)] * nv
+        for j, w in row:
+            zj = z[j]
+            for q in range(nv + 1):
+                if zj[q]:
+                    pre[q] += w * zj[q]
+        cen = pre[0] + sum(pre[q + 1] * mid[q] for q in range(nv) if pre[q + 1])
+        rad = sum(abs(pre[q + 1]) * half[q] for q in range(nv) if pre[q + 1])
+        if cen - rad >= 0:
+            for i, co in outs:
+                for q in range(nv + 1):
+                    if pre[q]:
+                        out[i][q] += co * pre[q]
+        elif cen + rad <= 0:
+            continue
+        else:
+            raise NotCertified("a ReLU changes sign inside a flat box")
+    return out
+
+
+def _attend(pr: dict, Zn: np.ndarray, D: int, queries: list, e: Fraction, softmax: bool):
+    """Exact hardmax attention of rank-1 heads for the given query rows, plus the softmax
+    perturbation bound.  Returns (groups, error radius added): ``groups`` is a list of
+    (query rows, d-vector of Fractions added to each of them), one per head and query sign."""
+    m, d = Zn.shape
+    groups = []
+    err = Fraction(0)
+    zmax = Fraction(max(abs(int(x)) for x in Zn.reshape(-1)), D)
+    for hd in pr["heads"]:
+        u, v, Wov = hd["u"], hd["v"], hd["Wov"]
+        du = 1
+        for x in u:
+            du = _lcm(du, x.denominator)
+        dv = 1
+        for x in v:
+            dv = _lcm(dv, x.denominator)
+        ui, vi = [int(x * du) for x in u], [int(x * dv) for x in v]
+        kap = sum(Zn[:, j] * ui[j] for j in range(d) if ui[j])
+        kl = [int(x) for x in kap]
+        kmax, kmin = max(kl), min(kl)
+        amax = [b for b in range(m) if kl[b] == kmax]
+        amin = [b for b in range(m) if kl[b] == kmin]
+
+        def value(rows):
+            vec = [Fraction(sum(int(Zn[b, j]) for b in rows), D * len(rows)) for j in range(d)]
+            return [sum(Wov[i][j] * vec[j] for j in range(d) if Wov[i][j]) for i in range(d)]
+        qarr = Zn[queries]
+        lam = [int(x) for x in sum(qarr[:, j] * vi[j] for j in range(d) if vi[j])] if any(vi) else [0] * len(queries)
+        for sgn in (1, -1, 0):
+            rows = [a for a, lq in zip(queries, lam) if (lq > 0) - (lq < 0) == sgn]
+            if rows:
+                groups.append((rows, value(amax if sgn > 0 else amin if sgn < 0 else list(range(m)))))
+        if softmax:
+            wnorm = max(sum(abs(x) for x in row) for row in Wov)
+            n1u, n1v = sum(abs(x) for x in u), sum(abs(x) for x in v)
+            dk, dl = n1u * e, n1v * e
+            rho = Fraction(0)
+            for sgn in (1, -1):
+                qs = [abs(Fraction(lq, D * dv)) for lq in lam if (lq > 0) - (lq < 0) == sgn]
+                if not qs:
+                    continue
+                best = amax if sgn > 0 else amin
+                if len(best) != 1:
+                    raise NotCertified("a tie for the largest score: the softmax error cannot be bounded")
+                others = [kl[b] for b in range(m) if b != best[0]]
+                if not others:
+                    continue
+                gap_k = Fraction(abs(kl[best[0]] - (max(others) if sgn > 0 else min(others))), D * du)
+                lmin = min(qs)
+                if lmin - dl <= 0 or gap_k - 2 * dk <= 0:
+                    raise NotCertified("softmax score margin too small for the perturbation bound")
+                G = (lmin - dl) * (gap_k - 2 * dk)
+                rho = max(rho, (m - 1) * exp_enclosure(-G)[1])
+            if any(x == 0 for x in lam):
+                raise NotCertified("a query with zero score (uniform softmax) cannot be bounded")
+            err += wnorm * e + rho * 2 * wnorm * (zmax + e)
+    return groups, err
+
+
+def _add_att(Zn: np.ndarray, D: int, groups: list):
+    den = 1
+    for _, vec in groups:
+        for x in vec:
+            den = _lcm(den, Fraction(x).denominator)
+    L = den // math.gcd(den, D)
+    out = Zn * L
+    D2 = D * L
+    for rows, vec in groups:
+        idx = np.array(rows)
+        for i, x in enumerate(vec):
+            if x:
+                out[idx, i] = out[idx, i] + int(Fraction(x) * D2)
+    return out, D2
+
+
+def _to_int(rows: list, d: int):
+    D = 1
+    for r in rows:
+        for x in r:
+            D = _lcm(D, Fraction(x).denominator)
+    Zn = np.empty((len(rows), d), dtype=object)
+    for a, r in enumerate(rows):
+        for i, x in enumerate(r):
+            Zn[a, i] = int(Fraction(x) * D)
+    return Zn, D
+
+
+def _prefix_token(preps: list, pos, box: tuple) -> list:
+    """One input token through the token-wise layers, as affine forms of its own d coordinates
+    over their box; returns its (constant) state or raises NotCertified."""
+    d = len(box)
+    mid = [(lo + hi) / 2 for lo, hi in box]
+    half = [(hi - lo) / 2 for lo, hi in box]
+    tok = []
+    for i in range(d):
+        f = [Fraction(pos[i])] + [Fraction(0)] * d
+        f[1 + i] = Fraction(1)
+        tok.append(f)
+    for pr in preps:
+        tok = _affine_mlp(pr, tok, mid, half)
+    if any(any(f[1:]) for f in tok):
+        raise NotCertified("an input token is not constant on its flat box")
+    return [f[0] for f in tok]
+
+
+def cell_box(c: int, K: int, w: Fraction, dn: int) -> list:
+    """The flat box of cell c: per entry (lo, hi)."""
+    out = []
+    for k in cell_digits(c, K, dn):
+        lo = Fraction(k, K)
+        hi = Fraction(1) if k == K - 1 else Fraction(k + 1, K) - w
+        out.append((lo, hi))
+    return out
+
+
+def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None):
+    """Exact outputs of g([P, X]) on the flat box of every cell.
+
+    Returns ``(values, eta)``: ``values[c]`` is the list of d n exact outputs (entry e = t d + i)
+    on the whole box of cell c, and ``eta[c]`` an upper bound on the distance (per entry) of the
+    softmax network's outputs from them (0 for hardmax).  Raises :class:`NotCertified` when a box
+    cannot be certified."""
+    model, d, n = net.model, net.d, net.n
+    preps = [_prep(la) for la in model.layers]
+    npref = 0
+    while npref < len(preps) and not preps[npref]["heads"]:
+        npref += 1
+    if npref == len(preps):
+        raise NotCertified("no attention layer: the prompt cannot reach the outputs")
+    softmax = net.kind == "softmax"
+    Pe = net.encode_prompt(P)
+    Zp, Dp = _to_int([list(r) for r in Pe], d)
+    for li in range(npref):
+        Zp, Dp = _mlp_int(preps[li], Zp, Dp)
+    m_p = Pe.shape[0]
+    dn = d * n
+    values, etas = [], []
+    prefix_cache: dict = {}
+    cells = range(net.N) if cells is None else cells
+    for c in cells:
+        box = cell_box(c, net.K, net.w, dn)
+        pts = []
+        for t in range(n):
+            own = tuple(box[t * d:(t + 1) * d])
+            if (t, own) not in prefix_cache:
+                prefix_cache[(t, own)] = _prefix_token(preps[:npref], net.pos_input[t], own)
+            pts.append(prefix_cache[(t, own)])
+        Zi, Di = _to_int(pts, d)
+        D = _lcm(Dp, Di)
+        Zn = np.concatenate([Zp * (D // Dp), Zi * (D // Di)], axis=0)
+        e = Fraction(0)
+        for li in range(npref, len(preps)):
+            pr = preps[li]
+            last = li == len(preps) - 1
+            queries = list(range(m_p, m_p + n)) if last else list(range(m_p + n))
+            groups, err = _attend(pr, Zn, D, queries, e, softmax)
+            e = e + err
+            if last:
+                outs = []
+                for a in queries:
+                    z = [Fraction(int(Zn[a, i]), D) for i in range(d)]
+                    for rows, vec in groups:
+                        if a in rows:
+                            z = [zi + vi for zi, vi in zip(z, vec)]
+                    outs.append(_mlp_frac(pr, z))
+                e = e * pr["lip"]
+                values.append([outs[t][i] for t in range(n) for i in range(d)])
+                etas.append(e)
+            else:
+                Zn, D = _add_att(Zn, D, groups)
+                Zn, D = _mlp_int(pr, Zn, D)
+                e = e * pr["lip"]
+    return values, etas
+
+
+# =========================================================================== the bound
+
+def parse_number(text, field: str, positive: bool = True) -> Fraction:
+    """A decimal or rational string ("0.25", "1/4") as an exact Fraction."""
+    try:
+        q = Fraction(str(text).strip())
+    except (ValueError, ZeroDivisionError):
+        raise InputError(field, "a number such as 0.25 or a rational such as 1/4", repr(text)) from None
+    if positive and q <= 0:
+        raise InputError(field, "a positive number", str(q))
+    return q
+
+
+def _fmt(q: Fraction) -> str:
+    q = Fraction(q)
+    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def setup(d: int, n: int, L, p, eps, target: str, seed: int = 0, temperature=None, K: Optional[int] = None):
+    """Validate the inputs and build (net, prompt, target, fbar, params)."""
+    if not isinstance(d, int) or d < 1:
+        raise InputError("--d", "a positive integer", repr(d))
+    if n not in (1, 2):
+        raise InputError("--n", "1 or 2 (the construction's gather reads the largest and smallest token)", repr(n))
+    L = parse_number(L, "--lipschitz")
+    p = parse_number(p, "--p")
+    if p < 1:
+        raise InputError("--p", "a number p >= 1", str(p))
+    if p.numerator > 64 or p.denominator > 16:
+        raise InputError("--p", "a rational p = u/v with u <= 64 and v <= 16", str(p))
+    eps = parse_number(eps, "--eps")
+    Kf = delta_K(eps, L, d, n, p)
+    override = K is not None
+    if override:
+        if not isinstance(K, int) or K < 2:
+            raise InputError("--delta", "1/K with an integer K >= 2", repr(K))
+    else:
+        K = Kf
+    if K ** (d * n) > MAX_CELLS:
+        raise InputError("--eps", f"a size with at most {MAX_CELLS} grid cells K^(dn)",
+                         f"K = {K}, dn = {d * n}: {K ** (d * n)} cells", "Use a larger --eps or smaller --d/--n.")
+    if target not in TARGETS:
+        raise InputError("--target", f"one of {sorted(TARGETS)}", repr(target))
+    kind = "hardmax" if temperature is None else "softmax"
+    T = None if temperature is None else parse_number(temperature, "--softmax-temperature")
+    w = ramp_width(eps, p, d, n, K)
+    net = build_network(d, n, K, w, kind=kind, temperature=T)
+    tgt = build_target(target, d, n, L, seed=seed)
+    fbar = quantized_function(tgt, K)
+    P = build_prompt(fbar, d, n, K)
+    params = {"d": d, "n": n, "lipschitz": _fmt(L), "p": _fmt(p), "eps": _fmt(eps), "target": target,
+              "seed": int(seed), "kind": kind, "temperature": None if T is None else _fmt(T),
+              "K": int(K), "delta_override": bool(override), "K_formula": int(Kf), "w": _fmt(w)}
+    return net, P, tgt, fbar, params
+
+
+def certify(net: UniversalNetwork, P: np.ndarray, tgt, fbar: list, params: dict) -> dict:
+    """The exact certificate: hashes, per-cell evaluation summary, the bound and its split."""
+    p, eps, Lf = Fraction(params["p"]), Fraction(params["eps"]), tgt.lipschitz
+    d, n, K = net.d, net.n, net.K
+    dn = d * n
+    values, etas = evaluate_cells(net, P)
+    ip = 1 / p
+    dn_root = rpow_up(Fraction(dn), ip)
+    tot, totq, low, vol_sum = Fraction(0), Fraction(0), Fraction(0), Fraction(0)
+    exact_cells = 0
+    radius_cache = {}
+    for c in range(net.N):
+        box = cell_box(c, K, net.w, dn)
+        vol = Fraction(1)
+        for lo, hi in box:
+            vol *= hi - lo
+        vol_sum += vol
+        mid = [(lo + hi) / 2 for lo, hi in box]
+        key = tuple(hi - lo for lo, hi in box)
+        if key not in radius_cache:
+            radius_cache[key] = rpow_up(sum(rpow_up((hi - lo) / 2, p) for lo, hi in box), ip)
+        r = radius_cache[key]
+        fx = tgt.f_exact(mid)
+        diffs = [abs(a - b) for a, b in zip(fx, values[c])]
+        sp_up = sum(rpow_up(x, p) for x in diffs)
+        sp_dn = sum(rpow_down(x, p) for x in diffs)
+        a_up, a_dn = rpow_up(sp_up, ip), rpow_down(sp_dn, ip)
+        et = dn_root * etas[c]
+        tot += vol * rpow_up(a_up + Lf * r + et, p)
+        totq += vol * rpow_up(a_up + Lf * r, p)
+        lo_term = a_dn - Lf * r - et
+        if lo_term > 0:
+            low += vol * rpow_down(lo_term, p)
+        if values[c] == [Fraction(v, K) for v in fbar[c]]:
+            exact_cells += 1
+    ramp_measure = 1 - vol_sum
+    ramp_p = ramp_measure * dn
+    B_p = tot + ramp_p
+    eps_lo, eps_hi = rpow_down(eps, p), rpow_up(eps, p)
+    status = "verified" if B_p <= eps_lo else ("refuted" if low > eps_hi else "unknown")
+    bound = rpow_up(B_p, ip)
+    bq = rpow_up(totq, ip)
+    br = rpow_up(ramp_p, ip)
+    soft = max(bound - rpow_down(totq + ramp_p, ip), Fraction(0)) if net.kind == "softmax" else Fraction(0)
+    eta_max = max(etas) if etas else Fraction(0)
+    return {
+        "kind": CERT_KIND,
+        "params": params,
+        "model_sha256": sha256_json(model_to_json(net.model)),
+        "positional_sha256": _sha([[_fmt(x) for x in row] for row in net.pos_prompt.tolist()]
+                                  + [[_fmt(x) for x in row] for row in net.pos_input.tolist()]),
+        "prompt_sha256": _sha([[_fmt(x) for x in row] for row in P.tolist()]),
+        "target_lipschitz": _fmt(Lf),
+        "cells": net.N,
+        "cells_equal_fbar": exact_cells,
+        "values_sha256": _sha([[_fmt(x) for x in v] for v in values]),
+        "eta_max": _fmt(eta_max),
+        "flat_volume": _fmt(vol_sum),
+        "ramp_measure": _fmt(ramp_measure),
+        "bound_p": _fmt(B_p),
+        "quantization_p": _fmt(totq),
+        "ramp_p": _fmt(ramp_p),
+        "lower_p": _fmt(low),
+        "eps_p_lower": _fmt(eps_lo),
+        "eps_p_upper": _fmt(eps_hi),
+        "margin_p": _fmt(eps_lo - B_p),
+        "bound": _fmt(bound),
+        "lower": _fmt(rpow_down(low, ip)),
+        "split": {"quantization": _fmt(bq), "ramps": _fmt(br), "softmax": _fmt(soft)},
+        "verdict": status,
+    }
+
+
+def measure_mc(net: UniversalNetwork, P: np.ndarray, tgt, p: Fraction, samples: int, seed: int) -> dict:
+    """Monte Carlo estimate of d_p in float64 (forward_torch), with a one-sided Hoeffding 95% bound."""
+    if samples <= 0:
+        return {"samples": 0}
+    rng = np.random.default_rng(seed + 7919)
+    dn = net.d * net.n
+    X = rng.random((samples, net.n, net.d))
+    G = forward_float(net, P, X).reshape(samples, dn)
+    Fv = tgt.f_float(X.reshape(samples, dn))
+    vals = (np.abs(G - Fv) ** float(p)).sum(axis=1)
+    mean = float(vals.mean())
+    half = dn * math.sqrt(math.log(1 / 0.05) / (2 * samples))
+    return {"samples": samples, "estimate": mean ** (1 / float(p)),
+            "upper_95": min(mean + half, dn) ** (1 / float(p)),
+            "note": "Monte Carlo in float64 with forward_torch; Hoeffding bound, values in [0, dn]"}
+
+
+def run_universality(d: int = 1, n: int = 2, L="1", p="2", eps="1/4", target: str = "token-mix",
+                     seed: int = 0, temperature=None, K: Optional[int] = None, samples: int = 64,
+                     claim: str = "U") -> Result:
+    """Build g and P_f, certify the d_p bound exactly, measure it by Monte Carlo; a Result."""
+    t0 = time.perf_counter()
+    net, P, tgt, fbar, params = setup(d, n, L, p, eps, target, seed, temperature, K)
+    t1 = time.perf_counter()
+    statement = (f"d_p(g([P_f, X])_(:, m_p:), f) <= eps = {params['eps']} (p = {params['p']}) for the "
+                 f"{target} target in F_L, L = {params['lipschitz']}, d = {d}, n = {n}")
+    try:
+        cert = certify(net, P, tgt, fbar, params)
+    except NotCertified as exc:
+        return Result(claim=claim, status=Status.UNKNOWN, statement=statement, method="exact cell evaluation",
+                      prompt_length=net.m_p, inputs={"seed": seed}, seconds={"build": t1 - t0,
+                      "certify": time.perf_counter() - t1}, message=f"not certified: {exc}")
+    t2 = time.perf_counter()
+    mc = measure_mc(net, P, tgt, Fraction(params["p"]), samples, seed)
+    t3 = time.perf_counter()
+    report = _report(net, cert, params, mc, tgt)
+    status = Status(cert["verdict"])
+    msg = (f"bound {float(Fraction(cert['bound'])):.5g} vs eps {float(Fraction(params['eps'])):.5g} "
+           f"(quantization {float(Fraction(cert['split']['quantization'])):.4g}, ramps "
+           f"{float(Fraction(cert['split']['ramps'])):.4g}, softmax {float(Fraction(cert['split']['softmax'])):.3g}); "
+           f"measured {mc.get('estimate', float('nan')):.4g}; delta = 1/{net.K}, m_p = {net.m_p} "
+           f"(formula n (1/delta)^(dn) = {report['m_p_formula']}), depth {report['depth']}, "
+           f"MLP width {report['mlp_width']}, {report['parameters']} parameters")
+    if status == Status.UNKNOWN:
+        msg = "the rigorous upper bound exceeds eps and no lower bound refutes it: " + msg
+    res = Result(claim=claim, status=status, statement=statement,
+                 method=("exact box evaluation (hardmax)" if net.kind == "hardmax" else
+                         f"exact box evaluation + softmax perturbation bound (T = {params['temperature']})"),
+                 prompt_length=net.m_p, certificate=cert,
+                 checks={"certificate_checked": True, "cells_constant_on_flat_boxes": True,
+                         "cells_equal_fbar": f"{cert['cells_equal_fbar']}/{cert['cells']}"},
+                 inputs={"seed": seed, "model_sha256": cert["model_sha256"], "prompt_sha256": cert["prompt_sha256"]},
+                 seconds={"build": t1 - t0, "certify": t2 - t1, "measure": t3 - t2},
+                 message=msg, extra={"report": report})
+    return res
+
+
+def _report(net: UniversalNetwork, cert: dict, params: dict, mc: dict, tgt) -> dict:
+    cnt = net.counts()
+    d, n, K = net.d, net.n, net.K
+    dn = d * n
+    N = K ** dn
+    return {
+        "delta": f"1/{K}", "K": K, "K_formula": params["K_formula"],
+        "delta_formula": "delta <= eps / (2 (L + 1) (d n)^(1/p))",
+        "ramp_width": params["w"],
+        "softmax_temperature": params["temperature"],
+        "recommended_softmax_temperature": _fmt(default_temperature()),
+        "C": f"{N}^{N}", "log10_C": N * math.log10(N),
+        "C_formula": "((1/delta)^(dn))^((1/delta)^(dn))",
+        "m_p": net.m_p, "m_p_formula": n * K ** dn, "m_p_formula_text": "m_p >= n (1/delta)^(dn)",
+        "depth": cnt["depth"], "heads_per_layer": cnt["heads_per_layer"], "heads": cnt["heads_total"],
+        "head_sizes": cnt["head_sizes"], "mlp_widths": cnt["mlp_widths"], "mlp_width": cnt["mlp_width"],
+        "parameters": cnt["parameters"], "nonzero_parameters": cnt["nonzero_parameters"],
+        "positional_encoding_entries": cnt["positional_encoding_entries"],
+        "prompt_parameters": net.m_p * d,
+        "target": tgt.name, "target_description": tgt.description, "target_lipschitz": cert["target_lipschitz"],
+        "bound": float(Fraction(cert["bound"])), "bound_exact": cert["bound"],
+        "lower_bound": float(Fraction(cert["lower"])),
+        "eps": float(Fraction(params["eps"])),
+        "split": {k: float(Fraction(v)) for k, v in cert["split"].items()},
+        "measured": mc,
+    }
+
+
+# =========================================================================== replay
+
+def replay_universality(res: dict, base_dir: str = ".") -> tuple[bool, str]:
+    """Rebuild g, P_f and f from the certificate's parameters, recompute every number of the
+    certificate in exact arithmetic and compare; then check the verdict's inequality."""
+    cert = res["certificate"]
+    pr = cert["params"]
+    net, P, tgt, fbar, params = setup(int(pr["d"]), int(pr["n"]), pr["lipschitz"], pr["p"], pr["eps"],
+                                      pr["target"], int(pr["seed"]), pr["temperature"],
+                                      int(pr["K"]) if pr["delta_override"] else None)
+    if params != pr:
+        return False, "the parameters do not rebuild to themselves (K, w or K_formula altered)"
+    try:
+        again = certify(net, P, tgt, fbar, params)
+    except NotCertified as exc:
+        return False, f"the exact evaluation no longer certifies the boxes: {exc}"
+    diff = [k for k in set(again) | set(cert) if again.get(k) != cert.get(k)]
+    if diff:
+        return False, f"recomputed certificate differs in {sorted(diff)}"
+    B_p, eps_lo, eps_hi, low = (Fraction(cert[k]) for k in ("bound_p", "eps_p_lower", "eps_p_upper", "lower_p"))
+    status = res.get("status")
+    if status == "verified" and not B_p <= eps_lo:
+        return False, "bound_p > eps^p: 'verified' does not hold"
+    if status == "refuted" and not low > eps_hi:
+        return False, "lower_p <= eps^p: 'refuted' does not hold"
+    if status != cert["verdict"]:
+        return False, f"status {status!r} differs from the certificate's verdict {cert['verdict']!r}"
+    return True, (f"d_p bound {float(Fraction(cert['bound'])):.6g} "
+                  f"{'<=' if status == 'verified' else '>'} eps {float(Fraction(pr['eps'])):.6g} re-derived "
+                  f"exactly over {cert['cells']} cells")
+
+
+REPLAYERS = {CERT_KIND: replay_universality}
+
+
+# =========================================================================== sweep
+
+def sweep(out: str, d: int = 1, n: int = 2, L="1", p="2", target: str = "token-mix",
+          eps_values=("1", "3/4", "1/2", "3/8", "1/4"), seed: int = 0, temperature=None,
+          samples: int = 128) -> dict:
+    """Run the measurement for several eps; write universality_sweep.json and .png into ``out``."""
+    from constructions.model import atomic_write_text
+    rows = []
+    for e in eps_values:
+        r = run_universality(d, n, L, p, e, target, seed, temperature, None, samples, claim="U-sweep")
+        rep = r.extra.get("report", {})
+        rows.append({"eps": float(Fraction(e)), "eps_exact": str(e), "status": Status(r.status).value,
+                     "bound": rep.get("bound"), "measured": rep.get("measured", {}).get("estimate"),
+                     "measured_upper_95": rep.get("measured", {}).get("upper_95"),
+                     "m_p": rep.get("m_p"), "m_p_formula": rep.get("m_p_formula"), "K": rep.get("K"),
+                     "seconds": r.total_seconds})
+    os.makedirs(out, exist_ok=True)
+    data = {"format": "ptverify-universality-sweep/1", "d": d, "n": n, "lipschitz": str(L), "p": str(p),
+            "target": target, "kind": "hardmax" if temperature is None else "softmax", "rows": rows}
+    atomic_write_text(os.path.join(out, "universality_sweep.json"), json.dumps(data, indent=1))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    es = [r["eps"] for r in rows]
+    ax1.plot(es, es, "k--", label="epsilon (the target: error <= epsilon)")
+    ax1.plot(es, [r["bound"] for r in rows], "o-", color="C0", label="rigorous upper bound on d_p")
+    ax1.plot(es, [r["measured"] for r in rows], "s-", color="C1", label="measured d_p (Monte Carlo)")
+    ax1.set_xscale("log"); ax1.set_yscale("log")
+    ax1.set_xlabel("epsilon"); ax1.set_ylabel(f"d_p error (p = {p})")
+    ax1.set_title(f"Theorem U: error vs epsilon ({target}, d={d}, n={n}, L={L})")
+    ax1.legend(fontsize=8); ax1.grid(True, which="both", alpha=0.3)
+    ax2.plot(es, [r["m_p"] for r in rows], "o-", color="C2", label="m_p used")
+    ax2.plot(es, [r["m_p_formula"] for r in rows], "x--", color="k", label="n (1/delta)^(dn)")
+    ax2.set_xscale("log"); ax2.set_yscale("log")
+    ax2.set_xlabel("epsilon"); ax2.set_ylabel("prompt length m_p")
+    ax2.set_title("required prompt length"); ax2.legend(fontsize=8); ax2.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    png = os.path.join(out, "universality_sweep.png")
+    tmp = png + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return data
+
+
+# =========================================================================== claims
+
+def _claim_run(base: dict):
+    def run(params: dict, outdir: str) -> Result:
+        q = dict(base)
+        q.update(params)
+        return run_universality(d=int(q["d"]), n=int(q["n"]), L=q["L"], p=q["p"], eps=q["eps"],
+                                target=q["target"], seed=int(q.get("seed", 0)), temperature=q.get("T"),
+                                samples=int(q.get("samples", 64)), claim=q["claim"])
+    return run
+
+
+def _claim(cid, title, quick, default, cmd):
+    return Claim(id=cid, title=title,
+                 statement="a prompt makes the frozen network g within eps of the target in d_p "
+                           "(rigorous upper bound <= eps)",
+                 expected=Status.VERIFIED, run=_claim_run({"claim": cid}), quick=quick, default=default,
+                 command=cmd, proof="proofs/universality.md",
+                 test="tests/test_universality.py::test_bound_verified_and_replays")
+
+
+_Q = {"L": "1", "p": "2", "samples": 64}
+CLAIMS = [
+    _claim("U-hardmax", "Theorem U, exact (hardmax) version, d=1 n=2",
+           dict(_Q, d=1, n=2, eps="1/2", target="relu-net"), dict(_Q, d=1, n=2, eps="1/4", target="relu-net"),
+           "ptverify universality --d 1 --n 2 --lipschitz 1 --p 2 --eps 0.25 --target relu-net --expect verified"),
+    _claim("U-softmax", "Theorem U, standard (softmax) version at T = 1/64, d=1 n=2",
+           dict(_Q, d=1, n=2, eps="1/2", target="smooth", T="1/64"),
+           dict(_Q, d=1, n=2, eps="1/4", target="smooth", T="1/64"),
+           "ptverify universality --d 1 --n 2 --lipschitz 1 --p 2 --eps 0.25 --target smooth "
+           "--softmax-temperature 1/64 --expect verified"),
+    _claim("U-d2", "Theorem U, exact version, d=2 n=1",
+           dict(_Q, d=2, n=1, eps="1/2", target="token-mix"), dict(_Q, d=2, n=1, eps="1/4", target="token-mix"),
+           "ptverify universality --d 2 --n 1 --lipschitz 1 --p 2 --eps 0.25 --target token-mix --expect verified"),
+]
+
+
+# =========================================================================== CLI
 
 def register(apps) -> None:
-    """Add this module's commands to the CLI."""
+    """Add ``ptverify universality``."""
+    import typer
+
+    @apps["root"].command("universality")
+    def universality_cmd(
+            d: int = typer.Option(1, "--d", help="token size d"),
+            n: int = typer.Option(2, "--n", help="number of input tokens n (1 or 2)"),
+            lipschitz: str = typer.Option("1", "--lipschitz", help="Lipschitz constant L of the class F_L"),
+            p: str = typer.Option("2", "--p", help="the p of d_p (a rational >= 1)"),
+            eps: str = typer.Option("0.25", "--eps", help="target accuracy epsilon"),
+            target: str = typer.Option("token-mix", "--target", help=f"target function: {', '.join(sorted(TARGETS))}"),
+            softmax_temperature: Optional[str] = typer.Option(
+                None, "--softmax-temperature",
+                help="use the standard softmax version with scores divided by T (e.g. 1/64); default: hardmax"),
+            delta: Optional[str] = typer.Option(None, "--delta", help="override delta = 1/K (e.g. 1/4)"),
+            samples: int = typer.Option(64, "--samples", help="Monte Carlo samples for the measured error"),
+            seed: int = typer.Option(0, "--seed", help="seed (random targets, Monte Carlo)"),
+            json_out: Optional[str] = typer.Option(None, "--json", help="write the ptverify-result/1 file here"),
+            expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
+            do_sweep: bool = typer.Option(False, "--sweep", help="plot error and m_p against epsilon (PNG + JSON)"),
+            out: str = typer.Option("ptverify-out", "--out", help="output folder for --sweep"),
+    ):
+        """Build the frozen network g of Theorem U and the prompt P_f of a target f, and bound
+        d_p(g([P_f, .]), f) rigorously (verified only when the bound is <= eps)."""
+        from verify.cli import emit, fail_input
+        try:
+            if samples < 0:
+                raise InputError("--samples", "a non-negative integer", str(samples))
+            if do_sweep:
+                data = sweep(out, d, n, lipschitz, p, target, seed=seed, temperature=softmax_temperature,
+                             samples=min(samples, 128))
+                for r in data["rows"]:
+                    print(f"eps {r['eps']:<8.4g} {r['status']:<9} bound {r['bound']:.4g}  measured "
+                          f"{r['measured']:.4g}  m_p {r['m_p']}  ({r['seconds']:.1f} s)")
+                print(f"sweep written to {os.path.join(out, 'universality_sweep.png')} and .json")
+                return
+            K = None
+            if delta is not None:
+                q = parse_number(delta, "--delta")
+                if q.numerator != 1 or q.denominator < 2:
+                    raise InputError("--delta", "1/K with an integer K >= 2", delta)
+                K = q.denominator
+            res = run_universality(d, n, lipschitz, p, eps, target, seed, softmax_temperature, K, samples)
+        except InputError as exc:
+            fail_input(exc)
+        rep = res.extra.get("report")
+        if rep:
+            print(f"delta = {rep['delta']} (formula K >= {rep['K_formula']}), C = {rep['C']} quantized functions, "
+                  f"m_p = {rep['m_p']} (m_p >= n (1/delta)^(dn) = {rep['m_p_formula']})")
+            print(f"depth {rep['depth']}, heads {rep['heads_per_layer']}, MLP widths {rep['mlp_widths']}, "
+                  f"{rep['parameters']} parameters ({rep['nonzero_parameters']} nonzero) + "
+                  f"{rep['positional_encoding_entries']} positional-encoding entries")
+            sp = rep["split"]
+            mc = rep["measured"]
+            print(f"error budget: quantization {sp['quantization']:.4g} + ramps {sp['ramps']:.4g} + softmax "
+                  f"{sp['softmax']:.3g}; rigorous bound {rep['bound']:.5g}, lower bound {rep['lower_bound']:.4g}, "
+                  f"eps {rep['eps']:.4g}; measured {mc.get('estimate', float('nan')):.4g} "
+                  f"(95% <= {mc.get('upper_95', float('nan')):.4g}, {mc.get('samples', 0)} samples)")
+        emit(res, json_out, expect)
