@@ -233,17 +233,20 @@ def _row_line(row) -> str:
 
 
 def print_table(report: dict, console) -> None:
+    from rich import box
     from rich.table import Table
     t = Table(title=f"bench limitation: structured (any prompt length) vs naive Z3 (prompt length "
                     f"{report['naive_prompt_length']}, limit {report['naive_timeout_s']:g} s)",
-              caption="* certificate re-verified in exact arithmetic")
-    for col in ("d", "h", "r", "struct. s", "verdict", "naive s", "naive", "speedup"):
+              caption="* certificate re-verified in exact arithmetic; skipped: not run after the "
+                      "naive encoding first timed out", box=box.SIMPLE_HEAD)
+    for col in ("d", "heads", "r", "structured s", "verdict", "naive s", "naive", "speedup"):
         t.add_column(col, justify="left" if col in ("verdict", "naive") else "right", no_wrap=True)
     for row in report["rows"]:
         st, nv = row["structured"], row["naive"]
         verdict = st["status"] + ("*" if st["certificate_checked"] else "")
+        answer = "skipped" if nv["answer"] == "timeout (skipped)" else nv["answer"]
         t.add_row(str(row["d"]), str(row["heads"]), str(row["mlp_width"]), f"{st['seconds']:.3f}", verdict,
-                  "-" if nv["seconds"] is None else f"{nv['seconds']:.3f}", nv["answer"], _fmt_speedup(row))
+                  "-" if nv["seconds"] is None else f"{nv['seconds']:.3f}", answer, _fmt_speedup(row))
     console.print(t)
 
 
