@@ -44,6 +44,17 @@ __all__ = ["CLAIMS", "REPLAYERS", "register", "CERT_KIND", "certify", "evaluate_
 
 CERT_KIND = "universality-dp-bound/1"
 ROOT_BITS = 64
+EXP_CAP = 256
+_EXP_CACHE: dict = {}
+
+
+def _exp_neg_up(G: Fraction) -> Fraction:
+    """A rational >= exp(-G) for rational G >= 0 (rigorous enclosure, cached)."""
+    G = Fraction(G)
+    Gr = Fraction(math.floor(G * 1024), 1024)  # exp(-G) <= exp(-Gr) since Gr <= G
+    if Gr not in _EXP_CACHE:
+        _EXP_CACHE[Gr] = exp_enclosure(-Gr)[1]
+    return _EXP_CACHE[Gr]
 MAX_CELLS = 20000
 
 
@@ -259,8 +270,8 @@ def _attend(pr: dict, Zn: np.ndarray, D: int, queries: list, e: Fraction, softma
                 lmin = min(qs)
                 if lmin - dl <= 0 or gap_k - 2 * dk <= 0:
                     raise NotCertified("softmax score margin too small for the perturbation bound")
-                G = (lmin - dl) * (gap_k - 2 * dk)
-                rho = max(rho, (m - 1) * exp_enclosure(-G)[1])
+                G = min((lmin - dl) * (gap_k - 2 * dk), Fraction(EXP_CAP))  # exp(-G) <= exp(-min(G, cap))
+                rho = max(rho, (m - 1) * _exp_neg_up(G))
             if any(x == 0 for x in lam):
                 raise NotCertified("a query with zero score (uniform softmax) cannot be bounded")
             err += wnorm * e + rho * 2 * wnorm * (zmax + e)
