@@ -17,11 +17,10 @@ from typing import Optional
 import numpy as np
 
 from .datasets import random_model, random_tokens
-from .forward import forward_torch
 from .model import Dataset, Example, Head, Layer, Model, as_float, as_fraction
 
 __all__ = ["condition1_model", "condition2_model", "collision_dataset", "violating_model",
-           "violating_dataset", "has_zero_scores", "forward_uniform_exact"]
+           "violating_dataset", "has_zero_scores", "forward_uniform_exact", "forward_float"]
 
 
 def _dyadic(a: np.ndarray, bits: int) -> np.ndarray:
@@ -131,6 +130,30 @@ def forward_uniform_exact(model: Model, X: np.ndarray, prompt: Optional[np.ndarr
     return S[m_p:]
 
 
+def forward_float(model: Model, X: np.ndarray, prompt: Optional[np.ndarray] = None) -> np.ndarray:
+    """Float64 forward pass in numpy (softmax or hardmax, causal or not); rows at the inputs."""
+    S = np.concatenate([np.zeros((0, model.d)) if prompt is None else as_float(np.asarray(prompt)),
+                        as_float(np.asarray(X))], axis=0)
+    m_p = 0 if prompt is None else len(prompt)
+    n = S.shape[0]
+    mask = np.tril(np.ones((n, n), dtype=bool)) if model.causal else np.ones((n, n), dtype=bool)
+    for layer in model.layers:
+        att = np.zeros_like(S)
+        for h in layer.heads:
+            Wq, Wk, Wv, Wo = (as_float(w) for w in (h.W_q, h.W_k, h.W_v, h.W_o))
+            sc = np.where(mask, (S @ Wq.T) @ (S @ Wk.T).T, -np.inf)
+            if layer.kind == "hardmax":
+                w = (sc == sc.max(axis=1, keepdims=True)).astype(np.float64)
+            else:
+                w = np.exp(sc - sc.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            att += (w @ (S @ Wv.T)) @ Wo.T
+        Z = S + att
+        W1, b1, W2, b2 = (as_float(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
+        S = Z + np.maximum(Z @ W1.T + b1, 0) @ W2.T + b2
+    return S[m_p:]
+
+
 def _ball(rng: np.random.Generator, n: int, d: int, radius: float, bits: int = 10) -> np.ndarray:
     """n dyadic tokens of 2-norm at most ``radius`` (rounded toward zero after scaling)."""
     t = rng.normal(0, 1, (n, d))
@@ -153,7 +176,7 @@ def collision_dataset(model: Model, seed: int = 0, prompt_length: int = 1, promp
     if has_zero_scores(model):
         y = forward_uniform_exact(model, x[None, :], P0)[0]
     else:
-        y = forward_torch(model, x[None, :], P0).numpy()[0].copy()
+        y = forward_float(model, x[None, :], P0)[0]
     exs = [Example(input=x[None, :], output=[y]), Example(input=x2[None, :], output=[y.copy()])]
     return Dataset(exs, meta={"builder": "collision_dataset", "seed": seed,
                               "prompt_length": prompt_length}), P0

@@ -487,3 +487,457 @@ def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolera
                    f"{msg}; per-layer attention bounds " +
                    ", ".join(f"{float(Fraction(r['attention_lipschitz'])):.4g}" for r in cert["layers"]))
     return res
+
+
+# =========================================================================== Z3 cross-check
+
+def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, tolerance=Fraction(0),
+               tangents: int = 9, logic: Optional[str] = "QF_NRA"):
+    """Encode "some prompt of length m_p memorizes the dataset" for a causal model in Z3.
+
+    Zero-score heads are encoded exactly (uniform weights).  Other heads get one positive
+    variable E per exponential with sound cuts: tangents E >= e^t (1 + s - t) (lower enclosure of
+    e^t) and, with a prompt norm, the chord of exp over the rigorous score range |s| <= ||A|| B_l^2
+    (B_l the certified state bound of condition 2) -- so "unsat" is sound.  Every state is a
+    fresh variable equal to its layer's expression.  Returns (solver, prompt variables)."""
+    import z3
+
+    def val(q):
+        q = Fraction(q)
+        return z3.RealVal(f"{q.numerator}/{q.denominator}")
+
+    def lin(M, v):  # exact rational matrix times a vector of terms
+        out = []
+        for row in M:
+            terms = [val(a) * x for a, x in zip(row, v) if a != 0]
+            out.append(z3.Sum(terms) if terms else val(0))
+        return out
+
+    R = None if prompt_norm is None else Fraction(prompt_norm)
+    nonlinear = R is None and not _all_zero_scores(model)
+    solver = z3.SolverFor(logic) if logic and nonlinear else z3.SolverFor("QF_LRA")
+    P = [[z3.Real(f"p_{b}_{i}") for i in range(model.d)] for b in range(m_p)]
+    if R is not None:  # a polytope containing the ball ||p|| <= R (sound for "unsat"); linear
+        r2 = _sqrt_up_exact(Fraction(2)) * R
+        for p in P:
+            solver.add([z3.And(x >= val(-R), x <= val(R)) for x in p])
+            for i in range(model.d):
+                for j in range(i + 1, model.d):
+                    solver.add(z3.And(p[i] + p[j] <= val(r2), p[i] + p[j] >= val(-r2),
+                                      p[i] - p[j] <= val(r2), p[i] - p[j] >= val(-r2)))
+    boxes = None
+    if R is not None:
+        norms = {name: norm_grid(W) for name, W in _layer_matrices(model).items()}
+        B = _ceil_grid(max(R, _input_norm(dataset)))
+        boxes, state_bounds = [], [B]  # boxes[l][j]: |score| <= ||A_j|| B_l^2
+        for li, layer in enumerate(model.layers):
+            boxes.append([Fraction(norms[f"layers[{li}].heads[{hj}].W_k^T W_q"], GRID) * B * B
+                          for hj in range(len(layer.heads))])
+            att = sum(Fraction(norms[f"layers[{li}].heads[{hj}].W_o W_v"], GRID) for hj in range(len(layer.heads)))
+            k_mlp = Fraction(norms[f"layers[{li}].mlp.W_1"] * norms[f"layers[{li}].mlp.W_2"], GRID * GRID)
+            B = _ceil_grid(B * (1 + att) * (1 + k_mlp) + Fraction(norms[f"layers[{li}].mlp.W_2"], GRID)
+                           * _vec_norm_up(layer.b_1) + _vec_norm_up(layer.b_2))
+            state_bounds.append(B)
+    counter = [0]
+
+    def fresh(name, exprs, li=None):
+        counter[0] += 1
+        vs = [z3.Real(f"{name}{counter[0]}_{i}") for i in range(len(exprs))]
+        solver.add([v == e for v, e in zip(vs, exprs)])
+        if boxes is not None and li is not None:  # ||state|| <= B_l, so every entry is in [-B_l, B_l]
+            solver.add([z3.And(v >= val(-state_bounds[li]), v <= val(state_bounds[li])) for v in vs])
+        return vs
+
+    tpts = [Fraction(k, 2) for k in range(-(tangents // 2), tangents // 2 + 1)]
+
+    def is_const(x):
+        return z3.is_rational_value(z3.simplify(x))
+
+    def prod(x, xb, y, yb):
+        """x * y: exact when a factor is constant, else a fresh w in the McCormick envelope of
+        the boxes |x| <= xb, |y| <= yb (xb, yb as (lo, hi)): sound, and linear."""
+        if is_const(x) or is_const(y):
+            return x * y
+        counter[0] += 1
+        w = z3.Real(f"w{counter[0]}")
+        (xl, xu), (yl, yu) = (tuple(val(v) for v in xb), tuple(val(v) for v in yb))
+        solver.add(w >= xl * y + x * yl - xl * yl, w >= xu * y + x * yu - xu * yu,
+                   w <= xu * y + x * yl - xu * yl, w <= xl * y + x * yu - xl * yu)
+        return w
+
+    def attend(li, layer, keys, h):
+        """Attention output at state h over key states ``keys`` (h is the last key)."""
+        total = [val(0)] * model.d
+        for hj, head in enumerate(layer.heads):
+            V = as_fraction(head.W_o).dot(as_fraction(head.W_v))
+            A = as_fraction(head.W_k).T.dot(as_fraction(head.W_q))
+            vals = [lin(V, s) for s in keys]
+            n = len(keys)
+            if _is_zero(A) or n == 1:  # uniform weights (exactly 1 / n)
+                o = [z3.Sum([v[i] for v in vals]) / n for i in range(model.d)]
+            elif boxes is not None:  # linear relaxation: McCormick products over certified boxes
+                Bl = state_bounds[li]
+                nV, nA = (Fraction(norms[f"layers[{li}].heads[{hj}].{k}"], GRID) for k in ("W_o W_v", "W_k^T W_q"))
+                a = boxes[li][hj]
+                Elo, Ehi = _exp_enc(-a)[0], _exp_enc(a)[1]
+                Ah = lin(A, h)
+                if not all(is_const(u) for u in Ah):
+                    Ah = fresh("u", Ah)
+                    solver.add([z3.And(u >= val(-nA * Bl), u <= val(nA * Bl)) for u in Ah])
+                Es = []
+                for s in keys:
+                    sc = z3.Sum([prod(si, (-Bl, Bl), ui, (-nA * Bl, nA * Bl)) for si, ui in zip(s, Ah)])
+                    counter[0] += 1
+                    E = z3.Real(f"E{counter[0]}")
+                    solver.add(sc >= val(-a), sc <= val(a), E >= val(Elo), E <= val(Ehi))
+                    for t in tpts:
+                        if -a <= t <= a:
+                            solver.add(E >= val(_exp_enc(t)[0]) * (1 + sc - val(t)))
+                    if a > 0:
+                        solver.add(E <= val(Ehi) + val((Ehi - Elo) / (2 * a)) * (sc - val(a)))
+                    Es.append(E)
+                o = [z3.Real(f"o{counter[0]}_{i}") for i in range(model.d)]
+                counter[0] += 1
+                T = z3.Sum(Es)
+                vb = nV * Bl
+                for i in range(model.d):
+                    solver.add(o[i] >= val(-vb), o[i] <= val(vb))
+                    lhs = prod(o[i], (-vb, vb), T, (n * Elo, n * Ehi))
+                    solver.add(lhs == z3.Sum([prod(E, (Elo, Ehi), v[i], (-vb, vb)) for E, v in zip(Es, vals)]))
+            else:  # exact products (nonlinear real arithmetic)
+                Ah = lin(A, h)
+                Es = []
+                for s in keys:
+                    sc = z3.Sum([a_ * b_ for a_, b_ in zip(s, Ah)])
+                    counter[0] += 1
+                    E = z3.Real(f"E{counter[0]}")
+                    solver.add(E > 0)
+                    for t in tpts:
+                        solver.add(E >= val(_exp_enc(t)[0]) * (1 + sc - val(t)))
+                    Es.append(E)
+                o = [z3.Real(f"o{counter[0]}_{i}") for i in range(model.d)]
+                counter[0] += 1
+                tot = z3.Sum(Es)
+                for i in range(model.d):
+                    solver.add(tot * o[i] == z3.Sum([E * v[i] for E, v in zip(Es, vals)]))
+            total = [x + y for x, y in zip(total, o)]
+        return total
+
+    def mlp(layer, z, li):
+        W1 = as_fraction(layer.W_1)
+        pre = lin(W1, z)
+        hid = []
+        for i, (p, b) in enumerate(zip(pre, as_fraction(layer.b_1))):
+            if boxes is not None:  # |W_1[i] z| <= ||W_1[i]|| ||z||: a ReLU that is stable on the domain is linear
+                Bz = state_bounds[li] * (1 + sum(Fraction(norms[f"layers[{li}].heads[{hj}].W_o W_v"], GRID)
+                                                 for hj in range(len(layer.heads))))
+                m = _vec_norm_up(W1[i]) * Bz
+                if b - m >= 0:
+                    hid.append(p + val(b))
+                    continue
+                if b + m <= 0:
+                    hid.append(val(0))
+                    continue
+            hid.append(z3.If(p + val(b) > 0, p + val(b), val(0)))
+        post = lin(as_fraction(layer.W_2), hid)
+        return [zi + pi + val(b) for zi, pi, b in zip(z, post, as_fraction(layer.b_2))]
+
+    # prompt states layer by layer (causal: they do not depend on the input)
+    prompt_states = [P]
+    S = P
+    for li, layer in enumerate(model.layers):
+        nxt = []
+        for a in range(m_p):
+            att = attend(li, layer, S[: a + 1], S[a])
+            nxt.append(fresh("ps", mlp(layer, [x + y for x, y in zip(S[a], att)], li), li + 1))
+        S = nxt
+        prompt_states.append(S)
+    for ei, ex in enumerate(dataset.examples):
+        H = [[val(v) for v in as_fraction(x)] for x in ex.input]
+        for li, layer in enumerate(model.layers):
+            nxt = []
+            for t in range(len(H)):
+                keys = prompt_states[li] + H[: t + 1]
+                att = attend(li, layer, keys, H[t])
+                nxt.append(fresh("h", mlp(layer, [x + y for x, y in zip(H[t], att)], li), li + 1))
+            H = nxt
+        for t, y in enumerate(ex.output):
+            if y is None:
+                continue
+            for i, yv in enumerate(as_fraction(np.asarray(y))):
+                if tolerance == 0:
+                    solver.add(H[t][i] == val(yv))
+                else:
+                    solver.add(H[t][i] >= val(yv - tolerance), H[t][i] <= val(yv + tolerance))
+    return solver, P
+
+
+def _exp_enc(t: Fraction, bits: int = 24):
+    """Rigorous [lo, hi] around exp(t), rounded outward to multiples of 2^-bits (small numbers
+    keep the solver's simplex fast)."""
+    from constructions.forward import exp_enclosure
+    lo, hi = exp_enclosure(Fraction(t))
+    return Fraction(math.floor(lo * (1 << bits)), 1 << bits), Fraction(math.ceil(hi * (1 << bits)), 1 << bits)
+
+
+def _all_zero_scores(model: Model) -> bool:
+    from constructions.multilayer import has_zero_scores
+    return has_zero_scores(model)
+
+
+def z3_crosscheck(model: Model, dataset: Dataset, prompt_length: int, prompt_norm=None,
+                  tolerance=Fraction(0), timeout: float = 60.0, logic: Optional[str] = "QF_NRA") -> dict:
+    """Ask Z3 whether a prompt of length ``prompt_length`` memorizes the dataset (causal model).
+
+    Returns {"prompt_length", "answer": "unsat" | "sat" | "unknown", "seconds", "prompt"} where
+    "prompt" (rational strings) is Z3's model on "sat".  "unsat" is sound (the encoding relaxes
+    only the exponentials); "sat" of a relaxed encoding is a candidate to replay, not a verdict."""
+    import z3
+    if not model.causal:
+        raise InputError("causal", "true (the Z3 encoding is for causal models)", "false")
+    t0 = time.perf_counter()
+    solver, P = _z3_encode(model, dataset, prompt_length, prompt_norm, Fraction(tolerance), logic=logic)
+    solver.set("timeout", int(timeout * 1000))
+    ans = solver.check()
+    out = {"prompt_length": prompt_length, "answer": str(ans), "seconds": round(time.perf_counter() - t0, 3),
+           "prompt": None}
+    if ans == z3.sat:
+        mdl = solver.model()
+        rows = []
+        for p in P:
+            row = []
+            for x in p:
+                v = mdl.eval(x, model_completion=True)
+                if not z3.is_rational_value(v):
+                    v = z3.RealVal(v.as_decimal(40).rstrip("?")) if hasattr(v, "as_decimal") else z3.RealVal(0)
+                row.append(_fmt(Fraction(v.numerator_as_long(), v.denominator_as_long())))
+            rows.append(row)
+        out["prompt"] = rows
+    return out
+
+
+# =========================================================================== commands and claims
+
+def _check_int(name: str, v, lo: int, hi: Optional[int] = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise InputError(name, rng, repr(v))
+    return v
+
+
+def _build(layers: int, d: int, heads: int, condition: int, prompt_norm, seed: int, mlp_width=None):
+    """A model meeting the condition (shrinking the float targets until it certifies) and the
+    collision dataset; returns (model, dataset, R, failures)."""
+    from constructions.multilayer import collision_dataset, condition1_model, condition2_model
+    R = Fraction(str(prompt_norm)) if condition == 2 else None
+    failures: list = []
+    for attempt in range(6):
+        shrink = 0.5 ** attempt
+        if condition == 1:
+            model = condition1_model(d, heads=heads, layers=layers, seed=seed, value_norm=0.5 * shrink,
+                                     mlp_width=mlp_width)
+        else:
+            model = condition2_model(d, heads=heads, layers=layers, seed=seed, value_norm=0.25 * shrink,
+                                     score_norm=0.05 * shrink / max(1.0, float(R)) ** 2, mlp_width=mlp_width,
+                                     bias_scale=1.0 if mlp_width else 0.1)
+        ds, _ = collision_dataset(model, seed=seed, prompt_length=1 + seed % 3,
+                                  prompt_norm=float(R) if R else 1.0, input_norm=float(R) if R else 1.0)
+        cert, failures = certify(model, ds, condition, R)
+        if cert is not None:
+            return model, ds, R, []
+    return model, ds, R, failures
+
+
+def prove_multilayer(layers: int = 4, d: int = 16, heads: int = 2, condition: int = 1, prompt_norm=None,
+                     seed: int = 0, claim: Optional[str] = None) -> Result:
+    """``ptverify prove multilayer``: a random causal model meeting the condition, the dataset
+    {([x], [y]), ([x'], [y])} (y produced by a random prompt from x), and Theorem M's proof."""
+    _check_int("--layers", layers, 1, 64)
+    _check_int("--d", d, 1, 512)
+    _check_int("--heads", heads, 1, 64)
+    _check_int("--condition", condition, 1, 2)
+    _check_int("--seed", seed, 0)
+    if condition == 2:
+        prompt_norm = 1 if prompt_norm is None else prompt_norm
+        try:
+            Rq = Fraction(str(prompt_norm))
+        except (ValueError, ZeroDivisionError):
+            raise InputError("--prompt-norm", "a positive number", repr(prompt_norm)) from None
+        if Rq <= 0:
+            raise InputError("--prompt-norm", "a positive number", repr(prompt_norm))
+    t0 = time.perf_counter()
+    model, ds, R, failures = _build(layers, d, heads, condition, prompt_norm, seed)
+    t1 = time.perf_counter()
+    res = check_multilayer(model, ds, prompt_norm=R, condition=condition, claim=claim or f"M{condition}")
+    res.seconds = {"build": t1 - t0, **res.seconds}
+    res.inputs["seed"] = seed
+    res.extra["instance"] = {"layers": layers, "d": d, "heads": heads, "condition": condition,
+                             "prompt_norm": None if R is None else _fmt(R)}
+    return res
+
+
+def _crosscheck_instance(condition: int, seed: int):
+    """The 2-layer, d = 2 instance of the Z3 cross-check (one head, MLP width 2)."""
+    return _build(2, 2, 1, condition, 1 if condition == 2 else None, seed, mlp_width=2)
+
+
+def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: float = 60.0,
+               claim: Optional[str] = None) -> Result:
+    """Theorem M's certificate on a 2-layer d = 2 instance, and Z3 deciding the same dataset for
+    each prompt length: "proved" only if the certificate replays and Z3 answers "unsat" for every
+    length; a Z3 prompt that replays would refute the theorem ("refuted")."""
+    t0 = time.perf_counter()
+    model, ds, R, failures = _crosscheck_instance(condition, seed)
+    res = check_multilayer(model, ds, prompt_norm=R, condition=condition, claim=claim or f"M{condition}-z3")
+    if Status(res.status) != Status.PROVED:
+        return res
+    t1 = time.perf_counter()
+    answers = [z3_crosscheck(model, ds, m, prompt_norm=R, timeout=timeout) for m in lengths]
+    t2 = time.perf_counter()
+    res.seconds = {"build": t1 - t0, "z3": t2 - t1}
+    res.checks["z3_answers"] = {str(a["prompt_length"]): a["answer"] for a in answers}
+    res.extra["z3"] = answers
+    from .result import solver_info
+    res.solver = solver_info()
+    res.method += "; cross-checked by Z3" + (" (exact encoding)" if condition == 1 else
+                                             " (sound linear relaxation of exp and of products)")
+    sats = [a for a in answers if a["answer"] == "sat"]
+    if sats:
+        wit = _witness(model, ds, sats[0]["prompt"])
+        ok, msg = replay_prompt({"witness": wit})
+        res.status = Status.REFUTED if ok else Status.UNKNOWN
+        res.message = (f"Z3 found a prompt of length {sats[0]['prompt_length']} "
+                       + ("that replays: the theorem's certificate is wrong" if ok else f"that does not replay ({msg})"))
+        if ok:
+            res.witness = wit
+        return res
+    if any(a["answer"] != "unsat" for a in answers):
+        res.status = Status.UNKNOWN
+        res.message = ("the certificate holds but Z3 did not decide every prompt length within the time limit: "
+                       + ", ".join(f"m_p={a['prompt_length']}: {a['answer']} ({a['seconds']} s)" for a in answers))
+        return res
+    res.message = ("Z3 agrees: unsat for prompt lengths " + ", ".join(
+        f"{a['prompt_length']} ({a['seconds']} s)" for a in answers) + "; " + res.message)
+    return res
+
+
+def _witness(model: Model, ds: Dataset, prompt) -> dict:
+    mj, dj = model_to_json(model), dataset_to_json(ds)
+    return {"kind": WITNESS_KIND, "prompt": prompt, "tolerance": "0", "model": mj, "dataset": dj,
+            "model_sha256": sha256_json(mj), "dataset_sha256": sha256_json(dj)}
+
+
+def nonvacuity(seed: int = 0, lengths=(1, 2, 3), timeout: float = 60.0, claim: str = "M-nonvacuous") -> Result:
+    """A causal 2-layer d = 2 model violating condition 1 (||W_o W_v|| = 2 in layer 1, an
+    eigenvalue -2 making I + W_o W_v / 2 singular) whose non-injective dataset Z3 memorizes
+    with a one-token prompt, replayed exactly ("memorized")."""
+    from constructions.multilayer import violating_dataset, violating_model
+    t0 = time.perf_counter()
+    model = violating_model(2, seed=seed)
+    ds = violating_dataset(model, seed=seed)
+    cert, failures = certify(model, ds, 1)
+    t1 = time.perf_counter()
+    from .result import solver_info
+    res = Result(claim=claim, status=Status.UNKNOWN, statement="some prompt memorizes a non-injective dataset "
+                 "when the conditions fail (the conditions are not vacuous)", method="Z3 (exact encoding) + exact replay",
+                 prompt_length="any", solver=solver_info(),
+                 inputs={"model_sha256": sha256_json(model_to_json(model)),
+                         "dataset_sha256": sha256_json(dataset_to_json(ds)), "seed": seed})
+    res.checks["condition_1_certified"] = cert is not None
+    answers = []
+    for m in lengths:
+        a = z3_crosscheck(model, ds, m, timeout=timeout)
+        answers.append(a)
+        if a["answer"] == "sat":
+            wit = _witness(model, ds, a["prompt"])
+            ok, msg = replay_prompt({"witness": wit})
+            res.checks["witness_replayed"] = ok
+            if ok and cert is None:
+                res.status, res.witness, res.prompt_length = Status.MEMORIZED, wit, m
+                res.message = (f"condition 1 fails ({'; '.join(failures)}); Z3 found a {m}-token prompt "
+                               f"{a['prompt']} memorizing both examples; {msg}")
+            break
+    res.extra["z3"] = answers
+    res.seconds = {"build": t1 - t0, "z3": time.perf_counter() - t1}
+    if Status(res.status) != Status.MEMORIZED and not res.message:
+        res.message = "no replayable prompt found: " + ", ".join(f"m_p={a['prompt_length']}: {a['answer']}" for a in answers)
+    return res
+
+
+def _run_prove(p: dict, outdir: str) -> Result:
+    return prove_multilayer(p.get("layers", 4), p.get("d", 16), p.get("heads", 2), p.get("condition", 1),
+                            p.get("prompt_norm"), p.get("seed", 0), claim=p.get("claim"))
+
+
+def _run_cross(p: dict, outdir: str) -> Result:
+    return crosscheck(p["condition"], tuple(p.get("lengths", (1, 2, 3))), p.get("seed", 0),
+                      p.get("timeout", 60.0), claim=f"M{p['condition']}-z3")
+
+
+def _run_nonvac(p: dict, outdir: str) -> Result:
+    return nonvacuity(p.get("seed", 0))
+
+
+_CMD = "ptverify prove multilayer"
+CLAIMS = [
+    Claim("M1", "Theorem M, condition 1 (query-independent scores)",
+          "a causal model with W_k^T W_q = 0, ||sum_j W_o^j W_v^j|| < 1 and contractive MLPs is injective in "
+          "each input token for every prompt: no prompt of any length memorizes {(x, y), (x', y)}",
+          Status.PROVED, _run_prove, default={"layers": 4, "d": 16, "heads": 2, "condition": 1, "claim": "M1"},
+          quick={"layers": 2, "d": 4, "heads": 2, "condition": 1, "claim": "M1"},
+          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 1 --seed 0 --json r.json && ptverify replay r.json",
+          proof="proofs/multilayer.md", test="tests/test_multilayer.py::test_prove_condition1_replays"),
+    Claim("M2", "Theorem M, condition 2 (bounded prompts, Lipschitz attention)",
+          "with prompt tokens of norm <= 1, a causal softmax model whose per-layer attention Lipschitz bound "
+          "and MLP contraction are < 1 on the reachable states: no prompt of any length memorizes {(x, y), (x', y)}",
+          Status.PROVED, _run_prove,
+          default={"layers": 4, "d": 16, "heads": 2, "condition": 2, "prompt_norm": 1, "claim": "M2"},
+          quick={"layers": 2, "d": 4, "heads": 2, "condition": 2, "prompt_norm": 1, "claim": "M2"},
+          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 2 --prompt-norm 1 --seed 0 --json r.json",
+          proof="proofs/multilayer.md", test="tests/test_multilayer.py::test_prove_condition2_replays"),
+    Claim("M1-z3", "Theorem M, condition 1, cross-checked by Z3 (2 layers, d = 2, prompt lengths 1..3)",
+          "Z3, encoding the prompted network exactly, answers unsat on the dataset the certificate rules out",
+          Status.PROVED, _run_cross, default={"condition": 1, "lengths": [1, 2, 3]},
+          quick={"condition": 1, "lengths": [1, 2, 3]},
+          command="ptverify reproduce --only M1-z3", proof="proofs/multilayer.md",
+          test="tests/test_multilayer.py::test_z3_agrees_condition1"),
+    Claim("M2-z3", "Theorem M, condition 2, cross-checked by Z3 (2 layers, d = 2, prompt lengths 1..3)",
+          "Z3, on a sound linear relaxation of the prompted network (prompt norm <= 1), answers unsat on the "
+          "dataset the certificate rules out",
+          Status.PROVED, _run_cross, default={"condition": 2, "lengths": [1, 2, 3]},
+          quick={"condition": 2, "lengths": [1]},
+          command="ptverify reproduce --only M2-z3", proof="proofs/multilayer.md",
+          test="tests/test_multilayer.py::test_z3_agrees_condition2"),
+    Claim("M-nonvacuous", "Theorem M's conditions are not vacuous",
+          "a 2-layer model with ||W_o W_v|| = 2 in layer 1 (violating condition 1) memorizes a non-injective "
+          "dataset with a one-token prompt found by Z3 and replayed exactly",
+          Status.MEMORIZED, _run_nonvac, default={}, quick={},
+          command="ptverify reproduce --only M-nonvacuous", proof="proofs/multilayer.md",
+          test="tests/test_multilayer.py::test_nonvacuity_replays"),
+]
+
+
+def register(apps) -> None:
+    """Add ``ptverify prove multilayer``."""
+    import typer
+
+    @apps["prove"].command("multilayer")
+    def prove_multilayer_cmd(
+            layers: int = typer.Option(4, "--layers", help="number of layers L"),
+            d: int = typer.Option(16, "--d", help="token size d"),
+            heads: int = typer.Option(2, "--heads", help="heads per layer"),
+            condition: int = typer.Option(1, "--condition", help="1: query-independent scores (any prompt); "
+                                          "2: bounded prompts with a Lipschitz bound < 1"),
+            prompt_norm: Optional[str] = typer.Option(None, "--prompt-norm", help="condition 2: bound R on every "
+                                                      "prompt token's 2-norm (default 1)"),
+            seed: int = typer.Option(0, "--seed", help="random seed"),
+            json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
+            expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the verdict is this")):
+        """Theorem M: build a random causal L-layer model meeting the condition and a dataset
+        {(x, y), (x', y)}, certify the condition exactly and prove no prompt memorizes it."""
+        from verify.cli import emit, fail_input
+        try:
+            res = prove_multilayer(layers, d, heads, condition, prompt_norm, seed)
+        except InputError as exc:
+            fail_input(exc)
+        emit(res, json_out, expect)
