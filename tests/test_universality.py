@@ -1,0 +1,245 @@
+"""Theorem U: the lookup-table construction, its exact evaluation and the rigorous d_p bound."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from constructions.forward import forward_exact
+from constructions.universality import (TARGETS, build_network, build_prompt, build_target, cell_digits,
+                                        decode_prompt, delta_K, pl_units, quantized_function, ramp_width,
+                                        _pl_eval)
+from verify.replay import replay_dict
+from verify.universality import (CLAIMS, evaluate_cells, run_universality, rpow_down, rpow_up, setup,
+                                 sweep)
+
+SMALL = [(1, 2), (2, 1), (1, 1)]
+
+
+@st.composite
+def lipschitz_targets(draw, shapes=SMALL):
+    """A random target in F_L: a registered family with random L, shape and seed (random ReLU
+    networks rescaled to a certified constant among them)."""
+    d, n = draw(st.sampled_from(shapes))
+    name = draw(st.sampled_from(sorted(TARGETS)))
+    L = Fraction(draw(st.integers(1, 12)), 4)
+    seed = draw(st.integers(0, 10_000))
+    return build_target(name, d, n, L, seed=seed)
+
+
+def _grid_point(c, K, d, n):
+    dig = cell_digits(c, K, d * n)
+    return np.array([[Fraction(dig[s * d + i], K) for i in range(d)] for s in range(n)], dtype=object)
+
+
+@settings(max_examples=6)
+@given(lipschitz_targets())
+def test_hardmax_network_reproduces_fbar_on_every_grid_point(tgt):
+    K = 3
+    d, n = tgt.d, tgt.n
+    net = build_network(d, n, K, ramp_width(Fraction(2), Fraction(2), d, n, K))
+    fbar = quantized_function(tgt, K)
+    P = build_prompt(fbar, d, n, K)
+    Pe = net.encode_prompt(P)
+    fast, eta = evaluate_cells(net, P)
+    for c in range(net.N):
+        out = forward_exact(net.model, net.encode_input(_grid_point(c, K, d, n)), Pe)
+        got = [out[s, i] for s in range(n) for i in range(d)]
+        assert all(v.is_point for v in got)
+        want = [Fraction(v, K) for v in fbar[c]]
+        assert [v.lo for v in got] == want          # the generic exact forward pass
+        assert fast[c] == want                      # the fast box evaluator used by the bound
+    assert all(e == 0 for e in eta)
+
+
+@settings(max_examples=10)
+@given(st.sampled_from(SMALL), st.integers(2, 4), st.data())
+def test_distinct_quantized_functions_get_distinct_prompts(shape, K, data):
+    d, n = shape
+    N = K ** (d * n)
+    table = st.lists(st.lists(st.integers(0, K - 1), min_size=d * n, max_size=d * n), min_size=N, max_size=N)
+    f1, f2 = data.draw(table), data.draw(table)
+    P1, P2 = build_prompt(f1, d, n, K), build_prompt(f2, d, n, K)
+    assert P1.shape == (n * N, d)
+    assert decode_prompt(P1, d, n, K) == f1
+    assert all(Fraction(0) <= x < 1 and (x * K).denominator == 1 for x in P1.reshape(-1))  # grid tokens
+    assert (f1 == f2) == bool(np.all(P1 == P2))
+
+
+@settings(max_examples=25)
+@given(lipschitz_targets(shapes=[(1, 2), (2, 1), (2, 2), (3, 1)]), st.data())
+def test_targets_are_in_F_L_with_their_certified_constant(tgt, data):
+    dn = tgt.d * tgt.n
+    pt = st.lists(st.fractions(0, 1, max_denominator=64), min_size=dn, max_size=dn)
+    x, y = data.draw(pt), data.draw(pt)
+    fx, fy = tgt.f_exact(x), tgt.f_exact(y)
+    assert all(0 <= v <= 1 for v in fx)
+    assert tgt.lipschitz <= tgt.L
+    for p in (1, 2):
+        lhs = sum(abs(a - b) ** p for a, b in zip(fx, fy))
+        rhs = tgt.lipschitz ** p * sum(abs(a - b) ** p for a, b in zip(x, y))
+        assert lhs <= rhs
+    assert np.allclose(tgt.f_float(np.array([[float(v) for v in x]])), [[float(v) for v in fx]], atol=1e-12)
+
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(st.integers(-20, 20), st.integers(-9, 9)), min_size=1, max_size=6, unique_by=lambda t: t[0]),
+       st.integers(-2, 2), st.integers(-2, 2))
+def test_piecewise_linear_units_match_the_map(pts, sl, sr):
+    pts = sorted(pts)
+    units, c = pl_units(pts, sl, sr)
+    for z in [Fraction(k, 3) for k in range(-75, 76)]:
+        v = z + c + sum(co * max(s * (z - b), 0) for s, b, co in units)
+        assert v == _pl_eval(pts, sl, sr, z)
+
+
+def test_exact_powers_and_roots_bracket():
+    for x in [Fraction(2), Fraction(1, 3), Fraction(10, 7)]:
+        for p in [Fraction(1), Fraction(2), Fraction(3, 2), Fraction(1, 2), Fraction(1, 3)]:
+            assert rpow_down(x, p) <= Fraction(float(x) ** float(p)) * (1 + Fraction(1, 10 ** 12))
+            assert rpow_up(x, p) >= Fraction(float(x) ** float(p)) * (1 - Fraction(1, 10 ** 12))
+            assert rpow_down(x, p) <= rpow_up(x, p)
+            if p.denominator == 1:
+                assert rpow_up(x, p) == x ** p
+
+
+@pytest.mark.parametrize("d,n,eps", [(1, 2, "1"), (2, 1, "1"), (1, 1, "1/2")])
+def test_reported_counts_equal_the_formulas(d, n, eps):
+    res = run_universality(d, n, "1", "2", eps, "token-mix", samples=0)
+    rep = res.extra["report"]
+    K = rep["K"]
+    e, L, p = Fraction(eps), Fraction(1), 2
+    # delta = 1/K is the largest 1/K with delta <= eps / (2 (L + 1) (dn)^(1/p))
+    assert (K * e / (2 * (L + 1))) ** p >= d * n
+    assert ((K - 1) * e / (2 * (L + 1))) ** p < d * n
+    assert K == delta_K(e, L, d, n, Fraction(p))
+    assert rep["m_p"] == rep["m_p_formula"] == n * K ** (d * n) == res.prompt_length
+    assert rep["C"] == f"{K ** (d * n)}^{K ** (d * n)}"
+    assert math.isclose(rep["log10_C"], K ** (d * n) * (d * n) * math.log10(K))
+    net, P, *_ = setup(d, n, "1", "2", eps, "token-mix")
+    assert rep["depth"] == len(net.model.layers) == (3 if d == 1 else 4)
+    assert rep["parameters"] == net.model.n_parameters()
+    assert rep["mlp_width"] == max(la.r for la in net.model.layers)
+    assert rep["heads_per_layer"][-2] == n
+
+
+def _tamper(obj):
+    """Yield copies of a result with one number of the certificate changed."""
+    cert = obj["certificate"]
+    for key in ("bound_p", "quantization_p", "ramp_p", "lower_p", "eps_p_lower", "margin_p", "bound",
+                "eta_max", "flat_volume", "target_lipschitz", "cells_equal_fbar", "cells"):
+        t = json.loads(json.dumps(obj))
+        v = t["certificate"][key]
+        t["certificate"][key] = (v + 1) if isinstance(v, int) else (str(Fraction(v) + Fraction(1, 1000)))
+        yield key, t
+    for key in ("eps", "lipschitz", "p", "K", "seed", "w"):
+        t = json.loads(json.dumps(obj))
+        v = t["certificate"]["params"][key]
+        t["certificate"]["params"][key] = (v + 1) if isinstance(v, int) else str(Fraction(v) * Fraction(11, 10))
+        yield "params." + key, t
+    t = json.loads(json.dumps(obj))
+    t["certificate"]["split"]["ramps"] = "0"
+    yield "split.ramps", t
+    t = json.loads(json.dumps(obj))
+    t["certificate"]["values_sha256"] = "0" * 64
+    yield "values_sha256", t
+
+
+def test_bound_verified_and_replays(tmp_out):
+    res = run_universality(1, 2, "1", "2", "1", "relu-net", seed=3, samples=16)
+    assert res.status.value == "verified"
+    cert = res.certificate
+    assert Fraction(cert["bound"]) <= 1
+    assert Fraction(cert["bound_p"]) <= Fraction(cert["eps_p_lower"])
+    assert cert["cells_equal_fbar"] == cert["cells"]
+    path = os.path.join(tmp_out, "u.json")
+    res.write(path)
+    with open(path) as fh:
+        obj = json.load(fh)
+    ok, msg = replay_dict(obj)
+    assert ok, msg
+    for key, bad in _tamper(obj):
+        ok, msg = replay_dict(bad)
+        assert not ok, f"tampering with {key} was not detected"
+    bad = json.loads(json.dumps(obj))
+    bad["status"] = "refuted"
+    assert not replay_dict(bad)[0]
+
+
+def test_softmax_version_at_the_reported_temperature():
+    res = run_universality(2, 1, "1", "2", "1", "smooth", temperature="1/64", samples=8)
+    assert res.status.value == "verified"
+    eta = Fraction(res.certificate["eta_max"])
+    assert 0 < eta < Fraction(1, 10 ** 12)
+    assert replay_dict(res.to_json())[0]
+    # far too hot: the perturbation argument no longer applies and nothing is claimed
+    hot = run_universality(2, 1, "1", "2", "1", "smooth", temperature="4", samples=0)
+    assert hot.status.value != "verified"
+
+
+def test_too_coarse_delta_is_caught():
+    statuses = {}
+    for name in sorted(TARGETS):
+        r = run_universality(1, 2, "4", "2", "1/20", name, K=2, samples=0)
+        statuses[name] = r.status.value
+        assert r.status.value != "verified"
+    assert "refuted" in statuses.values()
+
+
+def test_bad_input_exit_code_2_names_the_field():
+    from typer.testing import CliRunner
+    from verify.cli import app
+    runner = CliRunner()
+    for args, fld in [(["--n", "3"], "--n"), (["--target", "nope"], "--target"), (["--eps", "0"], "--eps"),
+                      (["--p", "1/2"], "--p"), (["--delta", "0.3"], "--delta"),
+                      (["--softmax-temperature", "-1"], "--softmax-temperature"), (["--eps", "1e-3"], "--eps")]:
+        r = runner.invoke(app, ["universality", "--samples", "0"] + args)
+        assert r.exit_code == 2, (args, r.output)
+        assert fld in (r.output + (r.stderr if r.stderr_bytes is not None else ""))
+
+
+def test_cli_expect_and_json(tmp_out):
+    from typer.testing import CliRunner
+    from verify.cli import app
+    out = os.path.join(tmp_out, "r.json")
+    r = CliRunner().invoke(app, ["universality", "--d", "1", "--n", "1", "--eps", "1/2", "--target", "smooth",
+                                 "--samples", "8", "--json", out, "--expect", "verified"])
+    assert r.exit_code == 0, r.output
+    assert "m_p" in r.output and "depth" in r.output
+    r = CliRunner().invoke(app, ["replay", out])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["universality", "--n", "1", "--eps", "1/20", "--delta", "1/2", "--lipschitz", "4",
+                                 "--samples", "0", "--expect", "verified"])
+    assert r.exit_code == 1
+
+
+def test_sweep_writes_plot_and_json(tmp_out):
+    data = sweep(tmp_out, 1, 1, "1", "2", "token-mix", eps_values=("1", "1/2"), samples=8)
+    assert os.path.getsize(os.path.join(tmp_out, "universality_sweep.png")) > 1000
+    with open(os.path.join(tmp_out, "universality_sweep.json")) as fh:
+        saved = json.load(fh)
+    assert saved == json.loads(json.dumps(data))
+    assert [r["status"] for r in saved["rows"]] == ["verified", "verified"]
+    assert saved["rows"][1]["m_p"] > saved["rows"][0]["m_p"]
+
+
+def test_claims_are_registered_with_quick_sizes():
+    ids = [c.id for c in CLAIMS]
+    assert ids == ["U-hardmax", "U-softmax", "U-d2"]
+    for c in CLAIMS:
+        assert c.expected.value == "verified" and c.quick and c.proof == "proofs/universality.md"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("d,n", [(1, 2), (2, 1)])
+def test_issue_instances_verified(target, d, n):
+    r = run_universality(d, n, "1", "2", "1/4", target, samples=16)
+    assert r.status.value == "verified"
+    assert replay_dict(r.to_json())[0]
