@@ -261,23 +261,25 @@ def _pairs(ds: Dataset, causal: bool):
                     break
 
 
-def _pair_holds(ds: Dataset, i: int, i2: int, t: int, kind: str, c: Fraction, tol: Fraction) -> bool:
-    """Does the pair rule out memorization (within tol per entry)?"""
+def _pair_margin(ds: Dataset, i: int, i2: int, t: int, kind: str, c: Fraction, tol: Fraction) -> Fraction:
+    """The pair rules out memorization (within tol per entry) iff this margin is > 0:
+    max_e |y_e - y'_e| - 2 tol for a conflict, c^2 ||x - x'||^2 - (||y - y'|| + 2 tol sqrt(d))^2
+    (norms rounded up) for an injective pair."""
     A, B = ds.examples[i], ds.examples[i2]
     dy = [Fraction(u) - Fraction(v) for u, v in zip(A.output[t], B.output[t])]
     if kind == "conflict":
-        return max(abs(v) for v in dy) > 2 * tol
+        return max(abs(v) for v in dy) - 2 * tol
     dx2 = sum((Fraction(u) - Fraction(v)) ** 2 for u, v in zip(A.input[t], B.input[t]))
-    if c <= 0 or dx2 == 0:
-        return False
     rhs = _vec_norm_up(dy) + 2 * tol * _sqrt_up_exact(Fraction(len(dy)))
-    return c * c * dx2 > rhs * rhs
+    return c * c * dx2 - rhs * rhs
 
 
 def _first_pair(ds: Dataset, causal: bool, c: Fraction, tol: Fraction, kinds=("conflict", "injective")):
     for i, i2, t, kind in _pairs(ds, causal):
-        if kind in kinds and _pair_holds(ds, i, i2, t, kind, c, tol):
-            return {"examples": [i, i2], "position": t, "kind": kind}
+        if kind in kinds:
+            margin = _pair_margin(ds, i, i2, t, kind, c, tol)
+            if margin > 0:
+                return {"examples": [i, i2], "position": t, "kind": kind, "margin": _fmt(margin)}
     return None
 
 
@@ -309,6 +311,8 @@ def replay_injectivity(res: dict, base_dir: str = ".") -> tuple[bool, str]:
         return False, "embedded model or dataset does not match its sha256"
     model, ds = _model_from_json(cert["model"]), _dataset_from_json(cert["dataset"])
     cond, tol = cert["condition"], Fraction(cert["tolerance"])
+    if cert["grid_bits"] != GRID_BITS:
+        return False, f"grid_bits must be {GRID_BITS}"
     if model.causal is not True and cond != 0:
         return False, "conditions 1 and 2 need a causal model (\"causal\": true)"
     if tol < 0:
@@ -332,6 +336,10 @@ def replay_injectivity(res: dict, base_dir: str = ".") -> tuple[bool, str]:
             return False, "the certificate's per-layer bounds differ from the recomputed ones"
     elif cond != 0:
         return False, f"unknown condition {cond!r}"
+    elif cert["norms"] or cert["layers"] or cert["lower_lipschitz"] != "0":
+        return False, "a conflict certificate carries no bounds"
+    if cond != 2 and (cert["prompt_norm"] is not None or cert["input_norm"] is not None):
+        return False, "norm bounds are only part of a condition 2 certificate"
     pair = _first_pair(ds, model.causal, c, tol, ("conflict",) if cond == 0 else ("conflict", "injective"))
     if pair is None or pair != cert["pair"]:
         return False, f"the colliding pair does not re-derive (recomputed {pair}, certificate {cert['pair']})"
@@ -492,7 +500,7 @@ def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolera
 # =========================================================================== Z3 cross-check
 
 def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, tolerance=Fraction(0),
-               tangents: int = 9, logic: Optional[str] = "QF_NRA"):
+               tangents: int = 9, logic: Optional[str] = "QF_NRA", relax: str = "exp"):
     """Encode "some prompt of length m_p memorizes the dataset" for a causal model in Z3.
 
     Zero-score heads are encoded exactly (uniform weights).  Other heads get one positive
@@ -575,6 +583,18 @@ def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, toler
             n = len(keys)
             if _is_zero(A) or n == 1:  # uniform weights (exactly 1 / n)
                 o = [z3.Sum([v[i] for v in vals]) / n for i in range(model.d)]
+            elif boxes is not None and relax == "weights":  # weights in the box exp bounds give
+                Bl = state_bounds[li]
+                nV = Fraction(norms[f"layers[{li}].heads[{hj}].W_o W_v"], GRID)
+                a = boxes[li][hj]
+                Elo, Ehi = _exp_enc(-a)[0], _exp_enc(a)[1]
+                wlo, whi = Elo / (Elo + (n - 1) * Ehi), Ehi / (Ehi + (n - 1) * Elo)
+                ws = [z3.Real(f"w{counter[0]}_{b}") for b in range(n)]
+                counter[0] += 1
+                solver.add([z3.And(w >= val(wlo), w <= val(whi)) for w in ws] + [z3.Sum(ws) == 1])
+                vb = nV * Bl
+                o = [z3.Sum([prod(w, (wlo, whi), v[i], (-vb, vb)) for w, v in zip(ws, vals)])
+                     for i in range(model.d)]
             elif boxes is not None:  # linear relaxation: McCormick products over certified boxes
                 Bl = state_bounds[li]
                 nV, nA = (Fraction(norms[f"layers[{li}].heads[{hj}].{k}"], GRID) for k in ("W_o W_v", "W_k^T W_q"))
@@ -686,7 +706,8 @@ def _all_zero_scores(model: Model) -> bool:
 
 
 def z3_crosscheck(model: Model, dataset: Dataset, prompt_length: int, prompt_norm=None,
-                  tolerance=Fraction(0), timeout: float = 60.0, logic: Optional[str] = "QF_NRA") -> dict:
+                  tolerance=Fraction(0), timeout: float = 60.0, logic: Optional[str] = "QF_NRA",
+                  relax: str = "exp") -> dict:
     """Ask Z3 whether a prompt of length ``prompt_length`` memorizes the dataset (causal model).
 
     Returns {"prompt_length", "answer": "unsat" | "sat" | "unknown", "seconds", "prompt"} where
@@ -696,7 +717,8 @@ def z3_crosscheck(model: Model, dataset: Dataset, prompt_length: int, prompt_nor
     if not model.causal:
         raise InputError("causal", "true (the Z3 encoding is for causal models)", "false")
     t0 = time.perf_counter()
-    solver, P = _z3_encode(model, dataset, prompt_length, prompt_norm, Fraction(tolerance), logic=logic)
+    solver, P = _z3_encode(model, dataset, prompt_length, prompt_norm, Fraction(tolerance), logic=logic,
+                           relax=relax)
     solver.set("timeout", int(timeout * 1000))
     ans = solver.check()
     out = {"prompt_length": prompt_length, "answer": str(ans), "seconds": round(time.perf_counter() - t0, 3),

@@ -1,0 +1,321 @@
+"""Theorem M (multi-layer limitation): certificates, their checker, the Z3 cross-check and the
+non-vacuity example (verify/multilayer.py, proofs/multilayer.md)."""
+from __future__ import annotations
+
+import copy
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from constructions.model import Dataset, Example, InputError, as_float
+from constructions.multilayer import (collision_dataset, condition1_model, condition2_model, forward_float,
+                                      forward_uniform_exact, violating_dataset, violating_model)
+from verify.multilayer import (GRID_BITS, certify, check_multilayer, crosscheck, nonvacuity, norm_grid,
+                               norm_grid_holds, prove_multilayer, replay_injectivity, z3_crosscheck)
+from verify.replay import replay_dict
+from verify.result import Status
+
+
+def _replay(res):
+    return replay_dict(json.loads(json.dumps(res.to_json())))
+
+
+# --------------------------------------------------------------------------- proofs and replay
+
+def test_prove_condition1_replays():
+    res = prove_multilayer(layers=3, d=6, heads=2, condition=1, seed=1)
+    assert res.status == Status.PROVED and res.checks["certificate_checked"]
+    assert res.certificate["condition"] == 1
+    ok, msg = _replay(res)
+    assert ok, msg
+
+
+def test_prove_condition2_replays():
+    res = prove_multilayer(layers=3, d=6, heads=2, condition=2, prompt_norm="1", seed=1)
+    assert res.status == Status.PROVED
+    assert res.certificate["prompt_norm"] == "1"
+    ok, msg = _replay(res)
+    assert ok, msg
+    assert "2-norm <= 1" in res.statement
+
+
+def test_cli_prove_and_replay(tmp_path):
+    from typer.testing import CliRunner
+    from verify.cli import app
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["prove", "multilayer", "--layers", "2", "--d", "4", "--heads", "2",
+                                 "--condition", "2", "--prompt-norm", "1", "--json", str(out), "--expect", "proved"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["replay", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    data["certificate"]["layers"][0]["attention_lipschitz"] = "1/3"
+    out.write_text(json.dumps(data))
+    assert CliRunner().invoke(app, ["replay", str(out)]).exit_code == 1
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--condition", "3"], "--condition"),
+    (["--d", "0"], "--d"),
+    (["--layers", "0"], "--layers"),
+    (["--condition", "2", "--prompt-norm", "-1"], "--prompt-norm"),
+    (["--condition", "2", "--prompt-norm", "abc"], "--prompt-norm"),
+])
+def test_cli_bad_input_exit_2(args, field, tmp_path):
+    from typer.testing import CliRunner
+    from verify.cli import app
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["prove", "multilayer", *args, "--json", str(out)])
+    assert r.exit_code == 2
+    assert field in (r.stderr if hasattr(r, "stderr") and r.stderr else r.output)
+    assert not out.exists()
+
+
+def _leaves(obj, path=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("model", "dataset"):
+                continue
+            yield from _leaves(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, path + (i,))
+    else:
+        yield path, obj
+
+
+def _set(obj, path, value):
+    for p in path[:-1]:
+        obj = obj[p]
+    obj[path[-1]] = value
+
+
+@pytest.mark.parametrize("condition", [1, 2])
+def test_tampering_any_number_fails(condition):
+    res = prove_multilayer(layers=2, d=3, heads=2, condition=condition, prompt_norm=1, seed=2).to_json()
+    assert replay_dict(res)[0]
+    n = 0
+    for path, v in _leaves(res["certificate"]):
+        if isinstance(v, bool) or v is None or path[0] in ("kind", "model_sha256", "dataset_sha256"):
+            continue
+        if isinstance(v, int):
+            new = v + 1
+        else:
+            try:
+                new = str(Fraction(v) + Fraction(1, 1 << 30))
+            except ValueError:
+                continue  # a word ("injective"), not a number
+        bad = copy.deepcopy(res)
+        _set(bad["certificate"], path, new)
+        ok, msg = replay_dict(bad)
+        assert not ok, f"tampering {path} = {v!r} -> {new!r} was accepted"
+        n += 1
+    assert n > 10
+    # a weight of the embedded model, and a target of the embedded dataset
+    bad = copy.deepcopy(res)
+    w = bad["certificate"]["model"]["layers"][0]["attention"]["heads"][0]["W_v"]
+    w[0][0] = w[0][0] + 2.0 ** -20
+    assert not replay_dict(bad)[0]
+    bad = copy.deepcopy(res)
+    bad["certificate"]["dataset"]["examples"][1]["output"][0][0] = "1/7"
+    assert not replay_dict(bad)[0]
+
+
+# --------------------------------------------------------------------------- conditions
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 10_000), d=st.integers(1, 5), heads=st.integers(1, 2), layers=st.integers(1, 3),
+       vn=st.floats(0.05, 0.9))
+def test_condition1_models_are_certified(seed, d, heads, layers, vn):
+    m = condition1_model(d, heads=heads, layers=layers, seed=seed, value_norm=vn)
+    ds, _ = collision_dataset(m, seed=seed)
+    res = check_multilayer(m, ds)
+    assert res.status == Status.PROVED, res.message
+    assert replay_injectivity(res.to_json())[0]
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 10_000), d=st.integers(1, 4), layers=st.integers(1, 3), vn=st.floats(1.02, 3.0))
+def test_just_outside_condition1_not_certified(seed, d, layers, vn):
+    m = condition1_model(d, heads=1, layers=layers, seed=seed, value_norm=vn)
+    ds, _ = collision_dataset(m, seed=seed)
+    res = check_multilayer(m, ds)
+    assert res.status == Status.UNKNOWN
+    assert "sum_j W_o^j W_v^j" in res.message and "exceeds 1 by" in res.message
+    assert res.certificate is None
+
+
+def test_query_dependent_scores_fail_condition1_and_name_it():
+    m = condition2_model(3, heads=1, layers=2, seed=0)
+    ds, _ = collision_dataset(m, seed=0)
+    res = check_multilayer(m, ds, condition=1)
+    assert res.status == Status.UNKNOWN and "W_k^T W_q is not 0" in res.message
+    # without a prompt norm, condition 2 cannot apply either
+    res = check_multilayer(m, ds)
+    assert res.status == Status.UNKNOWN and "--prompt-norm" in res.message
+    assert check_multilayer(m, ds, prompt_norm=1).status == Status.PROVED
+
+
+def test_noncontractive_mlp_not_certified():
+    m = condition1_model(3, heads=1, layers=2, seed=0)
+    m.layers[1].W_1 = m.layers[1].W_1 * 8.0
+    m.layers[1].W_2 = m.layers[1].W_2 * 8.0
+    ds, _ = collision_dataset(m, seed=0)
+    res = check_multilayer(m, ds)
+    assert res.status == Status.UNKNOWN and "layers[1].mlp" in res.message and "exceeds 1 by" in res.message
+
+
+def test_large_prompt_norm_breaks_condition2():
+    m = condition2_model(3, heads=1, layers=2, seed=0, score_norm=0.05)
+    ds, _ = collision_dataset(m, seed=0)
+    assert check_multilayer(m, ds, prompt_norm=1).status == Status.PROVED
+    res = check_multilayer(m, ds, prompt_norm=100)
+    assert res.status == Status.UNKNOWN and "Lipschitz bound" in res.message and "exceeds 1 by" in res.message
+
+
+def test_encoder_not_covered():
+    m = condition1_model(3, heads=1, layers=2, seed=0, causal=False)
+    ds, _ = collision_dataset(m, seed=0)
+    res = check_multilayer(m, ds)
+    assert res.status == Status.UNKNOWN and "causal" in res.message
+
+
+def test_conflicting_targets_proved_without_conditions():
+    m = violating_model(2, seed=0)
+    x = np.array([[0.5, 0.25]])
+    ds = Dataset([Example(x, [np.array([1.0, 0.0])]), Example(x.copy(), [np.array([1.0, 0.5])])])
+    res = check_multilayer(m, ds)
+    assert res.status == Status.PROVED and res.certificate["condition"] == 0
+    assert _replay(res)[0]
+    # with a tolerance of 1/4 per entry the two targets are reconcilable
+    assert check_multilayer(m, ds, tolerance=Fraction(1, 4)).status == Status.UNKNOWN
+
+
+def test_shared_prefix_pair_at_later_position():
+    m = condition1_model(3, heads=2, layers=2, seed=3)
+    rng = np.random.default_rng(0)
+    a, x, x2 = (np.round(rng.normal(size=3) * 64) / 64 for _ in range(3))
+    y = forward_uniform_exact(m, np.stack([a, x]))[1]
+    ds = Dataset([Example(np.stack([a, x]), [None, y]), Example(np.stack([a, x2]), [None, y.copy()])])
+    res = check_multilayer(m, ds)
+    assert res.status == Status.PROVED and res.certificate["pair"]["position"] == 1
+    assert _replay(res)[0]
+    # different first tokens: the prefixes differ, Theorem M says nothing
+    ds2 = Dataset([Example(np.stack([a, x]), [None, y]), Example(np.stack([x, x2]), [None, y.copy()])])
+    assert check_multilayer(m, ds2).status == Status.UNKNOWN
+
+
+def test_tolerance_too_large_is_unknown():
+    m = condition1_model(2, heads=1, layers=2, seed=0)
+    ds, _ = collision_dataset(m, seed=0)
+    assert check_multilayer(m, ds, tolerance=Fraction(1, 10**6)).status == Status.PROVED
+    res = check_multilayer(m, ds, tolerance=Fraction(10))
+    assert res.status == Status.UNKNOWN and "no pair" in res.message
+
+
+def test_dataset_size_mismatch_is_input_error():
+    m = condition1_model(3, heads=1, layers=2, seed=0)
+    ds = Dataset([Example(np.zeros((1, 2)), [np.zeros(2)])])
+    with pytest.raises(InputError) as e:
+        check_multilayer(m, ds)
+    assert "examples[0].input" in str(e.value)
+
+
+# --------------------------------------------------------------------------- semantics of the bounds
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 10_000), cond=st.sampled_from([1, 2]), m_p=st.integers(0, 4),
+       scale=st.floats(0.1, 1.0))
+def test_lower_lipschitz_bound_holds_numerically(seed, cond, m_p, scale):
+    """||g([P, x]) - g([P, x'])|| >= c ||x - x'|| for random admissible prompts (any norm for
+    condition 1; norm <= R for condition 2)."""
+    d = 3
+    m = (condition1_model(d, heads=2, layers=3, seed=seed) if cond == 1
+         else condition2_model(d, heads=2, layers=3, seed=seed, score_norm=0.05))
+    ds, _ = collision_dataset(m, seed=seed)
+    res = check_multilayer(m, ds, prompt_norm=1 if cond == 2 else None, condition=cond)
+    assert res.status == Status.PROVED, res.message
+    c = float(Fraction(res.certificate["lower_lipschitz"]))
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        P = rng.normal(size=(m_p, d))
+        if cond == 2:
+            P = P / np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-9) * scale
+        else:
+            P = P * 100 * scale
+        x, x2 = rng.normal(size=(2, 1, d)) * 0.5
+        x, x2 = (v / max(1.0, np.linalg.norm(v)) for v in (x, x2))
+        gap = np.linalg.norm(forward_float(m, x, P if m_p else None) - forward_float(m, x2, P if m_p else None))
+        assert gap >= c * np.linalg.norm(x - x2) * (1 - 1e-9)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 10_000), r=st.integers(1, 5), c=st.integers(1, 5), bits=st.integers(0, 8))
+def test_norm_grid_is_the_least_grid_bound(seed, r, c, bits):
+    W = np.round(np.random.default_rng(seed).normal(size=(r, c)) * (1 << bits)) / (1 << bits)
+    k = norm_grid(W)
+    assert norm_grid_holds(W, k)
+    assert not norm_grid_holds(W, k + 1) and not norm_grid_holds(W, k - 1)
+    s = np.linalg.norm(W, 2)
+    assert (k - 1) / 2 ** GRID_BITS - 1e-12 <= s <= k / 2 ** GRID_BITS + 1e-12
+
+
+# --------------------------------------------------------------------------- Z3 and non-vacuity
+
+@settings(max_examples=3)
+@given(seed=st.integers(0, 1000))
+def test_z3_agrees_condition1(seed):
+    res = crosscheck(1, lengths=(1, 2, 3), seed=seed, timeout=60)
+    assert res.status == Status.PROVED, res.message
+    assert set(res.checks["z3_answers"].values()) == {"unsat"}
+    assert _replay(res)[0]
+
+
+def test_z3_single_example_is_sat_condition1():
+    """Sanity: each example alone is memorizable (the pair is what the theorem rules out)."""
+    m = condition1_model(2, heads=1, layers=2, seed=0, mlp_width=2)
+    ds, P0 = collision_dataset(m, seed=0, prompt_length=2)
+    a = z3_crosscheck(m, Dataset(ds.examples[:1]), 2, timeout=60)
+    assert a["answer"] == "sat"
+    P = np.array([[Fraction(v) for v in row] for row in a["prompt"]], dtype=object)
+    assert all(o == y for o, y in zip(forward_uniform_exact(m, ds.examples[0].input, P)[0], ds.examples[0].output[0]))
+
+
+def test_z3_agrees_condition2():
+    res = crosscheck(2, lengths=(1,), seed=0, timeout=60)
+    assert res.status == Status.PROVED, res.message
+    assert res.checks["z3_answers"] == {"1": "unsat"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_z3_agrees_condition2_all_lengths(seed):
+    res = crosscheck(2, lengths=(1, 2, 3), seed=seed, timeout=60)
+    assert res.status in (Status.PROVED, Status.UNKNOWN), res.message
+    assert "sat" not in res.checks["z3_answers"].values()
+
+
+def test_nonvacuity_replays():
+    res = nonvacuity(seed=0)
+    assert res.status == Status.MEMORIZED, res.message
+    assert res.checks["condition_1_certified"] is False and res.checks["witness_replayed"]
+    assert "exceeds 1 by" in res.message
+    ok, msg = _replay(res)
+    assert ok, msg
+    bad = res.to_json()
+    bad["witness"]["prompt"][0][0] = str(Fraction(bad["witness"]["prompt"][0][0]) + Fraction(1, 1024))
+    assert not replay_dict(bad)[0]
+
+
+def test_violating_model_collides_for_every_one_token_prompt():
+    m = violating_model(2, seed=1)
+    ds = violating_dataset(m, seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        P = np.round(rng.normal(size=(1, 2)) * 256) / 256
+        a = forward_uniform_exact(m, ds.examples[0].input, P)
+        b = forward_uniform_exact(m, ds.examples[1].input, P)
+        assert (a == b).all()
