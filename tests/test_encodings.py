@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from constructions.datasets import random_model, random_tokens
 from constructions.forward import (Iv, attention_scores_exact, exp_enclosure, forward_exact,
                                    forward_sympy, forward_torch, forward_z3)
-from constructions.model import Head, Layer, Model, as_float, as_fraction
+from constructions.model import Layer, Model, as_float, as_fraction
 
 ABS_FLOAT = 1e-12     # torch float64 vs exact, rational models
 ENCLOSURE_PAD = 1e-9  # torch float64 vs rigorous enclosure, softmax models
@@ -184,17 +184,16 @@ def _keys_for(model: Model, X: np.ndarray, i: int) -> np.ndarray:
     return X[: i + 1] if model.causal else X
 
 
-def _parts_exact(head: Head, x, S) -> tuple[Iv, np.ndarray, bool]:
-    """(Z_S(x), N_S(x)) as intervals; the boolean says whether they are exact."""
+def _parts_exact(model: Model, j: int, x, S) -> tuple[Iv, np.ndarray, bool]:
+    """(Z_S(x), N_S(x)) of head j of layer 0 as intervals; the boolean says whether they are
+    exact."""
+    head = model.layers[0].heads[j]
     M = as_fraction(head.W_o).dot(as_fraction(head.W_v))
-    Wq, Wk = as_fraction(head.W_q), as_fraction(head.W_k)
-    q = Wq.dot(as_fraction(np.asarray(x)))
     Z = Iv(0)
     N = np.array([Iv(0) for _ in range(len(x))], dtype=object)
     exact = True
-    for t in S:
+    for t, score in zip(S, attention_scores_exact(model, 0, j, x, S)):
         tq = as_fraction(np.asarray(t))
-        score = sum((a * b for a, b in zip(Wk.dot(tq), q)), Fraction(0))
         lo, hi = exp_enclosure(score)
         e = Iv(lo, hi)
         exact = exact and e.is_point
@@ -211,12 +210,12 @@ def _intersect(a: Iv, b: Iv) -> bool:
 @given(instances(kinds=("zero",), max_layers=1, min_prompt=1))
 def test_lemma_d_exact_for_zero_score_heads(inst):
     model, X, P = inst
-    for j, head in enumerate(model.layers[0].heads):
+    for j in range(len(model.layers[0].heads)):
         direct = forward_exact(_head_model(model, j), X, P)
         for i, x in enumerate(X):
             S = _keys_for(model, X, i)
-            ZX, NX, ex = _parts_exact(head, x, S)
-            ZP, NP, ep = _parts_exact(head, x, P)
+            ZX, NX, ex = _parts_exact(model, j, x, S)
+            ZP, NP, ep = _parts_exact(model, j, x, P)
             assert ex and ep and ZX.lo == len(S) and ZP.lo == len(P)
             zx, zp = ZX.lo, ZP.lo
             nx = np.array([v.lo for v in NX], dtype=object)
@@ -241,8 +240,8 @@ def test_lemma_d_rigorous_for_softmax_heads(inst):
         M = as_float(head.W_o) @ as_float(head.W_v)
         for i, x in enumerate(X):
             S = _keys_for(model, X, i)
-            ZX, NX, _ = _parts_exact(head, x, S)
-            ZP, NP, _ = _parts_exact(head, x, P)
+            ZX, NX, _ = _parts_exact(model, j, x, S)
+            ZP, NP, _ = _parts_exact(model, j, x, P)
             lam = ZX / (ZX + ZP)
             assert lam.lo > 0 and lam.hi < 1, f"lambda = {lam} not inside (0, 1)"
             att = [v - Iv(xv) for v, xv in zip(direct[i], as_fraction(x))]
@@ -253,11 +252,8 @@ def test_lemma_d_rigorous_for_softmax_heads(inst):
                 assert _intersect(u, v), (u, v)
                 assert _intersect(v, w), (v, w)
             # the same identity in float64
-            xf = as_float(np.asarray(x))
-            def parts(T):
-                sc = (as_float(T) @ as_float(head.W_k).T) @ (as_float(head.W_q) @ xf)
-                return sc
-            sX, sP = parts(S), parts(P)
+            q = as_float(head.W_q) @ as_float(np.asarray(x))
+            sX, sP = (as_float(T) @ as_float(head.W_k).T @ q for T in (S, P))
             shift = max(sX.max(), sP.max())
             eX, eP = np.exp(sX - shift), np.exp(sP - shift)
             zx, zp = eX.sum(), eP.sum()
@@ -273,9 +269,8 @@ def test_lemma_d_check_detects_a_wrong_lambda():
     model = random_model(3, heads=1, seed=3, zero_scores=True)
     rng = np.random.default_rng(4)
     X, P = random_tokens(rng, 2, 3), random_tokens(rng, 3, 3)
-    head = model.layers[0].heads[0]
-    ZX, NX, _ = _parts_exact(head, X[1], X)
-    ZP, NP, _ = _parts_exact(head, X[1], P)
+    ZX, NX, _ = _parts_exact(model, 0, X[1], X)
+    ZP, NP, _ = _parts_exact(model, 0, X[1], P)
     zx, zp = ZX.lo, ZP.lo
     nx, np_ = (np.array([v.lo for v in N], dtype=object) for N in (NX, NP))
     wrong = zp / (zx + zp)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import copy
 import json
-import math
 import os
 import pathlib
 import subprocess
@@ -22,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from constructions.datasets import l1_dataset, random_model
-from constructions.model import (Dataset, Example, InputError, Model, as_fraction, dataset_to_json,
+from constructions.model import (Dataset, InputError, Model, as_fraction, dataset_to_json,
                                  load_dataset, load_model, model_to_json, save_dataset, save_model)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -27,8 +27,6 @@ import time
 from fractions import Fraction
 from typing import Optional, Sequence
 
-import numpy as np
-
 from constructions.model import Dataset, InputError, Model
 
 __all__ = ["encode_naive", "solve_naive", "bench_limitation", "register", "DEFAULT_DIMS", "BENCH_FORMAT"]
