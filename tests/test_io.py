@@ -409,6 +409,18 @@ def test_check_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, case, whic
 
 
 @needs_check
+def test_check_good_files_write_the_result(tmp_path, capsys):
+    """Positive control for the tests above: the unmutated files give a verdict and a result file."""
+    _good_files(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, cap = _run_main(["check", "--model", str(tmp_path / "model.json"), "--dataset", str(tmp_path / "data.json"),
+                           "--json", str(out / "r.json")], capsys)
+    assert code == 0, cap.err
+    assert json.loads((out / "r.json").read_text())["status"] == "proved"
+
+
+@needs_check
 @pytest.mark.parametrize("args, field", [
     (["--prompt-length", "0"], "--prompt-length"),
     (["--prompt-length", "many"], "--prompt-length"),
