@@ -3,7 +3,9 @@
 * Hardmax and zero-score softmax models are rational: ``forward_exact`` returns points, equal to
   the simplified ``forward_z3`` values and to torch float64 within 1e-12.
 * General softmax models: the torch float64 output lies in the ``forward_exact`` enclosure widened
-  by 1e-9, and sympy's symbolic output, evaluated, agrees with torch to 1e-9.
+  by 1e-9, and sympy's symbolic output, evaluated, agrees with torch to 1e-9 (one layer and small
+  sizes only: ``forward_sympy`` of a second softmax layer grows nested exponentials and takes
+  seconds to minutes even for d = 2).
 * Lemma D (THEORY.md section 2): Att^j(x, [P, X]) computed directly (through the encodings, on a
   one-head layer whose MLP is zero), as (N_X + N_P) / (Z_X + Z_P), and as
   lambda Att(x, X) + (1 - lambda) Att(x, P) with lambda in (0, 1) -- exactly for zero-score heads,
