@@ -20,7 +20,8 @@ from .datasets import random_model, random_tokens
 from .model import Dataset, Example, Head, Layer, Model, as_float, as_fraction
 
 __all__ = ["condition1_model", "condition2_model", "collision_dataset", "violating_model",
-           "violating_dataset", "has_zero_scores", "forward_uniform_exact", "forward_float"]
+           "violating_dataset", "has_zero_scores", "forward_uniform_exact", "forward_float",
+           "encoder_counterexample"]
 
 
 def _dyadic(a: np.ndarray, bits: int) -> np.ndarray:
@@ -213,3 +214,26 @@ def violating_dataset(model: Model, seed: int = 0, shift: float = 0.5) -> Datase
     y = forward_uniform_exact(model, x[None, :], P0)[0]
     return Dataset([Example(input=x[None, :], output=[y]), Example(input=x2[None, :], output=[y.copy()])],
                    meta={"builder": "violating_dataset", "seed": seed})
+
+
+def encoder_counterexample(causal: bool = False) -> Model:
+    """A 4-layer d = 2 model meeting condition 1 whose *encoder* version is not injective.
+
+    Zero scores, identity MLPs (W_1 = W_2 = 0, zero biases) and W_o^l W_v^l = R(theta_l) - I with
+    rational rotations: theta_1 = theta_2 = theta_3 = arccos(3/5) and theta_4 with cos = 117/125,
+    sin = 44/125, so the angles sum to pi and ||R(theta) - I||_2 = sqrt(2 - 2 cos theta) <= sqrt(4/5).
+    Without causal masking every token receives the same update M_l mu_l (mu_l the mean state), so
+    after 4 layers h = x + (R(pi) - I)(p + x) / 2 = -p for a one-token prompt p: the output does not
+    depend on the input.  With ``causal=True`` the same weights are injective (condition 1)."""
+    def rot(c: Fraction, s_: Fraction) -> np.ndarray:
+        return np.array([[c, -s_], [s_, c]], dtype=object)
+    one, zero = Fraction(1), Fraction(0)
+    eye = np.array([[one, zero], [zero, one]], dtype=object)
+    rots = [rot(Fraction(3, 5), Fraction(4, 5))] * 3 + [rot(Fraction(117, 125), Fraction(44, 125))]
+    layers = []
+    for R in rots:
+        z22 = np.array([[zero, zero], [zero, zero]], dtype=object)
+        head = Head(z22.copy(), z22.copy(), eye.copy(), R - eye)
+        layers.append(Layer("softmax", [head], z22.copy(), np.array([zero, zero], dtype=object), z22.copy(),
+                            np.array([zero, zero], dtype=object)))
+    return Model(d=2, layers=layers, causal=causal, meta={"builder": "encoder_counterexample"})

@@ -319,3 +319,11 @@ def test_violating_model_collides_for_every_one_token_prompt():
         a = forward_uniform_exact(m, ds.examples[0].input, P)
         b = forward_uniform_exact(m, ds.examples[1].input, P)
         assert (a == b).all()
+
+
+def test_encoder_counterexample():
+    from verify.multilayer import encoder_example
+    res = encoder_example(seed=3)
+    assert res.status == Status.MEMORIZED, res.message
+    assert res.checks["causal_version_proved"] and not res.checks["encoder_certified"]
+    assert _replay(res)[0]

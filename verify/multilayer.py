@@ -426,7 +426,8 @@ def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, pro
     conds = [condition] if condition is not None else [1, 2]
     if not model.causal:
         return None, ["the model is not causal (\"causal\": false, an encoder): prompt states depend on the input, "
-                      "which conditions 1 and 2 do not cover; set \"causal\": true for a decoder"]
+                      "which conditions 1 and 2 do not cover (proofs/multilayer.md gives an encoder meeting condition "
+                      "1's bounds that is not injective); set \"causal\": true for a decoder"]
     if not any(k == "injective" for *_, k in _pairs(dataset, True)):
         return None, ["no two examples share a prefix and differ in the next token with both targets given there: "
                       "Theorem M rules nothing out for this dataset"]
@@ -503,11 +504,17 @@ def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, toler
                tangents: int = 9, logic: Optional[str] = "QF_NRA", relax: str = "exp"):
     """Encode "some prompt of length m_p memorizes the dataset" for a causal model in Z3.
 
-    Zero-score heads are encoded exactly (uniform weights).  Other heads get one positive
-    variable E per exponential with sound cuts: tangents E >= e^t (1 + s - t) (lower enclosure of
-    e^t) and, with a prompt norm, the chord of exp over the rigorous score range |s| <= ||A|| B_l^2
-    (B_l the certified state bound of condition 2) -- so "unsat" is sound.  Every state is a
-    fresh variable equal to its layer's expression.  Returns (solver, prompt variables)."""
+    Zero-score heads (and a key set of size 1) are encoded exactly: uniform weights, so the
+    encoding is linear with ReLU case splits.  Other heads, without a prompt norm: one positive
+    variable E per exponential with tangent cuts E >= e^t (1 + s - t) and exact products
+    (nonlinear).  With a prompt norm R everything is linear and sound for "unsat": prompts range
+    over a polytope containing the ball, every state over its certified box |entry| <= B_l,
+    every score over |s| <= ||A|| B_l^2, each product of two variables is replaced by its
+    McCormick envelope, ReLUs that are stable on the box become linear, and either
+    ``relax="exp"``: E in [tangents, chord of exp on the score range] linked to the score, or
+    ``relax="weights"``: the softmax weights w_b in [E_lo / (E_lo + (n-1) E_hi), E_hi / (E_hi +
+    (n-1) E_lo)] (E_lo, E_hi rigorous bounds of exp on the score range) with sum 1.  Every state
+    is a fresh variable equal to its layer's expression.  Returns (solver, prompt variables)."""
     import z3
 
     def val(q):
@@ -804,7 +811,7 @@ def _crosscheck_instance(condition: int, seed: int):
 
 
 def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: float = 60.0,
-               claim: Optional[str] = None) -> Result:
+               claim: Optional[str] = None, relax: str = "weights") -> Result:
     """Theorem M's certificate on a 2-layer d = 2 instance, and Z3 deciding the same dataset for
     each prompt length: "proved" only if the certificate replays and Z3 answers "unsat" for every
     length; a Z3 prompt that replays would refute the theorem ("refuted")."""
@@ -814,7 +821,7 @@ def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: fl
     if Status(res.status) != Status.PROVED:
         return res
     t1 = time.perf_counter()
-    answers = [z3_crosscheck(model, ds, m, prompt_norm=R, timeout=timeout) for m in lengths]
+    answers = [z3_crosscheck(model, ds, m, prompt_norm=R, timeout=timeout, relax=relax) for m in lengths]
     t2 = time.perf_counter()
     res.seconds = {"build": t1 - t0, "z3": t2 - t1}
     res.checks["z3_answers"] = {str(a["prompt_length"]): a["answer"] for a in answers}
@@ -822,7 +829,7 @@ def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: fl
     from .result import solver_info
     res.solver = solver_info()
     res.method += "; cross-checked by Z3" + (" (exact encoding)" if condition == 1 else
-                                             " (sound linear relaxation of exp and of products)")
+                                             f" (sound linear relaxation '{relax}', see proofs/multilayer.md)")
     sats = [a for a in answers if a["answer"] == "sat"]
     if sats:
         wit = _witness(model, ds, sats[0]["prompt"])
@@ -886,6 +893,35 @@ def nonvacuity(seed: int = 0, lengths=(1, 2, 3), timeout: float = 60.0, claim: s
     return res
 
 
+def encoder_example(seed: int = 0, claim: str = "M-encoder") -> Result:
+    """The encoder is not covered: a 4-layer encoder whose weights meet condition 1's bounds
+    (zero scores, ||W_o W_v|| <= sqrt(4/5), identity MLPs) maps every input x to -p under a
+    one-token prompt p, so p = -y memorizes {(x, y), (x', y)}; replayed exactly.  The causal
+    version of the same weights is certified by condition 1."""
+    from constructions.model import Example
+    from constructions.multilayer import encoder_counterexample
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(60_000 + seed)
+    model = encoder_counterexample(causal=False)
+    x, x2, y = (np.array([Fraction(int(v), 64) for v in rng.integers(-128, 128, 2)], dtype=object) for _ in range(3))
+    ds = Dataset([Example(x[None, :], [y]), Example(x2[None, :], [y.copy()])])
+    wit = _witness(model, ds, [[_fmt(-v) for v in y]])
+    ok, msg = replay_prompt({"witness": wit})
+    causal = encoder_counterexample(causal=True)
+    proved = check_multilayer(causal, ds)
+    enc = check_multilayer(model, ds)
+    res = Result(claim=claim, status=Status.MEMORIZED if ok else Status.UNKNOWN,
+                 statement="in the encoder setting (no causal mask) condition 1's bounds do not make the network "
+                           "injective: a one-token prompt memorizes {(x, y), (x', y)}",
+                 method="construction + exact replay", prompt_length=1, witness=wit if ok else None,
+                 inputs={"model_sha256": wit["model_sha256"], "dataset_sha256": wit["dataset_sha256"], "seed": seed},
+                 checks={"witness_replayed": ok, "causal_version_proved": Status(proved.status) == Status.PROVED,
+                         "encoder_certified": Status(enc.status) == Status.PROVED},
+                 seconds={"build": time.perf_counter() - t0},
+                 message=f"prompt p = -y; {msg}; the same weights with \"causal\": true: {proved.status}")
+    return res
+
+
 def _run_prove(p: dict, outdir: str) -> Result:
     return prove_multilayer(p.get("layers", 4), p.get("d", 16), p.get("heads", 2), p.get("condition", 1),
                             p.get("prompt_norm"), p.get("seed", 0), claim=p.get("claim"))
@@ -898,6 +934,10 @@ def _run_cross(p: dict, outdir: str) -> Result:
 
 def _run_nonvac(p: dict, outdir: str) -> Result:
     return nonvacuity(p.get("seed", 0))
+
+
+def _run_encoder(p: dict, outdir: str) -> Result:
+    return encoder_example(p.get("seed", 0))
 
 
 _CMD = "ptverify prove multilayer"
@@ -936,6 +976,12 @@ CLAIMS = [
           Status.MEMORIZED, _run_nonvac, default={}, quick={},
           command="ptverify reproduce --only M-nonvacuous", proof="proofs/multilayer.md",
           test="tests/test_multilayer.py::test_nonvacuity_replays"),
+    Claim("M-encoder", "The encoder setting is not covered by condition 1",
+          "a 4-layer encoder (no causal mask) with zero scores, ||W_o W_v|| < 1 and identity MLPs maps every "
+          "input to -p under a one-token prompt p: it memorizes {(x, y), (x', y)}, replayed exactly",
+          Status.MEMORIZED, _run_encoder, default={}, quick={},
+          command="ptverify reproduce --only M-encoder", proof="proofs/multilayer.md",
+          test="tests/test_multilayer.py::test_encoder_counterexample"),
 ]
 
 
