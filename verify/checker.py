@@ -277,6 +277,8 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
         y = [_q(v) for v in ex["output"][t]]
         z = [_q(v) for v in mb["z"]]
         r = [a - b for a, b in zip(y, _mlp(L, z))]
+        if mb.get("exact_preimage", False) and any(r):
+            return False, f"example {mb['example']}: MLP(z) != y although the certificate says z is the exact preimage"
         rho = (_sqrt_up(_dot(r, r)) + _sqrt_up(Fraction(d)) * eps) / (1 - k)
         keys = toks[: t + 1] if M["causal"] else toks
         members.append({"z": z, "rho": rho, "keys": keys, "c": [a - b for a, b in zip(z, x)]})
@@ -303,7 +305,10 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
     if len(lam) != len(members):
         return False, "one multiplier vector per member is needed"
     if form == "annihilator":
-        Phi = [[_q(v) for v in row] for row in cert["Phi"]]
+        if "Phi" not in cert and len(heads) == 1:  # a single head: the identity projection
+            Phi = [[Fraction(int(r == c)) for c in range(d)] for r in range(d)]
+        else:
+            Phi = [[_q(v) for v in row] for row in cert["Phi"]]
         if any(len(row) != d for row in Phi):
             return False, "Phi has the wrong shape"
         for o in range(len(heads)):
@@ -402,20 +407,63 @@ def _forward_float(M, X: np.ndarray, P: np.ndarray) -> np.ndarray:
     return S[len(P):]
 
 
+def _forward_exact(M, X: list, P: list):
+    """Exact rational forward pass when every attention weight is rational (hardmax layers, or
+    softmax heads whose scores at a query are all equal); None otherwise."""
+    S = [list(t) for t in P] + [list(t) for t in X]
+    n = len(S)
+    for L in M["layers"]:
+        new = []
+        heads = [(h, [h["W_q"].mv(t) for t in S], [h["W_k"].mv(t) for t in S], [h["W_v"].mv(t) for t in S])
+                 for h in L["heads"]]
+        for a in range(n):
+            z = list(S[a])
+            keys = range(a + 1) if M["causal"] else range(n)
+            for h, q, k, v in heads:
+                sc = [_dot(k[b], q[a]) for b in keys]
+                top = [b for b, s_ in zip(keys, sc) if s_ == max(sc)]
+                if L["kind"] != "hardmax" and len(top) != len(sc):
+                    return None
+                mix = [sum((v[b][c] for b in top), Fraction(0)) / len(top) for c in range(len(v[0]))]
+                z = [zi + oi for zi, oi in zip(z, h["W_o"].mv(mix))]
+            new.append(_mlp(L, z))
+        S = new
+    return S[len(P):]
+
+
 def replay_witness(model_obj, dataset_obj, witness: dict, base_dir: str = ".") -> tuple[bool, str, float]:
-    """Replay a prompt in float64: max-norm error over constrained outputs must be <= tolerance."""
+    """Replay a prompt: exactly when the model's attention weights are rational, otherwise in
+    float64; the max-norm error over constrained outputs must be <= the stated tolerance."""
     M = _load_model(model_obj, base_dir)
-    P = np.array([[float(_q(v)) for v in row] for row in witness["prompt"]], dtype=np.float64).reshape(-1, M["d"])
-    tol = float(_q(witness.get("tolerance", "0")))
-    err = 0.0
+    Pq = [[_q(v) for v in row] for row in witness["prompt"]]
+    if any(len(row) != M["d"] for row in Pq):
+        raise ValueError("prompt tokens have the wrong size")
+    tol = _q(witness.get("tolerance", "0"))
+    err, exact = Fraction(0), True
     for ex in dataset_obj["examples"]:
-        X = np.array([[float(_q(v)) for v in tok] for tok in ex["input"]])
-        out = _forward_float(M, X, P)
+        Xq = [[_q(v) for v in tok] for tok in ex["input"]]
+        out = _forward_exact(M, Xq, Pq) if exact else None
+        if out is None:
+            exact = False
+            break
         for t, y in enumerate(ex["output"]):
             if y is not None:
-                err = max(err, float(np.max(np.abs(out[t] - np.array([float(_q(v)) for v in y])))))
+                err = max([err] + [abs(a - _q(b)) for a, b in zip(out[t], y)])
+    if not exact:
+        P = np.array([[float(v) for v in row] for row in Pq], dtype=np.float64).reshape(-1, M["d"])
+        errf = 0.0
+        for ex in dataset_obj["examples"]:
+            X = np.array([[float(_q(v)) for v in tok] for tok in ex["input"]])
+            out = _forward_float(M, X, P)
+            for t, y in enumerate(ex["output"]):
+                if y is not None:
+                    errf = max(errf, float(np.max(np.abs(out[t] - np.array([float(_q(v)) for v in y])))))
+        ok = errf <= float(tol)
+        return ok, (f"witness prompt of length {len(Pq)} replays in float64 with max error {errf:.3g} "
+                    f"(tolerance {float(tol):g})"), errf
     ok = err <= tol
-    return ok, f"witness prompt of length {len(P)} replays with max error {err:.3g} (tolerance {tol:g})", err
+    return ok, (f"witness prompt of length {len(Pq)} replays exactly (rational arithmetic) with max error "
+                f"{float(err):.3g} (tolerance {float(tol):g})"), float(err)
 
 
 # --------------------------------------------------------------------------- replay entry points

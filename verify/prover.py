@@ -442,7 +442,7 @@ def _v_full_row_rank(V) -> bool:
 def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0),
                        timeout: float = 60.0, artifacts: Optional[str] = None, claim: str = "L1",
                        search_witness: bool = True, inputs_extra: Optional[dict] = None,
-                       side_files: Optional[str] = None) -> Result:
+                       side_files: Optional[str] = None, nonlinear: bool = True) -> Result:
     """Decide whether some prompt memorizes ``dataset`` (single-layer ``model``).
 
     Returns "proved" only with a certificate re-verified by :mod:`verify.checker`; "memorized"
@@ -481,13 +481,14 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     res.seconds["build"] = time.perf_counter() - t0
     if not groups:
         res.message = "the dataset constrains no output; the empty prompt memorizes it"
-        return _with_witness(res, model, dataset, np.zeros((0, model.d)), tol)
+        _with_witness(res, model, dataset, [], tol)
+        return res
     if not mlpc["injective"]:
         res.message = (f"assumption 'injective MLP' not certified: the rigorous bound ||W_1|| ||W_2|| <= "
                        f"{float(mlpc['k']):.6g} is not < 1; no limitation is claimed")
         res.checks["assumption_failed"] = "injective MLP"
         if search_witness:
-            _search_witness(res, model, dataset, tol, prompt_length)
+            _search_witness(res, model, dataset, tol, prompt_length, budget=min(20.0, timeout))
         return res
     t1 = time.perf_counter()
     k = mlpc["k"]
@@ -506,7 +507,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             found = (g, blk, None, rhos)
             log.append("subspace functional found")
             break
-        blocks = _head_blocks(model, ex, g, ds_info, rhos)
+        blocks = _head_blocks(model, ex, g, ds_info, rhos) if layer.kind == "softmax" else []
         for blk in blocks:
             remaining = max(1, int((deadline - time.perf_counter()) * 1000))
             if remaining <= 1:
@@ -531,7 +532,8 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             break
         if found:
             break
-    if found is None and h > 1 and ds_info is None and time.perf_counter() < deadline:
+    if (nonlinear and h > 1 and ds_info is None and model.d <= 6 and layer.kind == "softmax"
+            and time.perf_counter() < deadline):
         ans = _nonlinear_R(z3, model, ex, groups, k, tol, int((deadline - time.perf_counter()) * 1000), artifacts)
         res.solver["nonlinear_R"] = ans
         log.append(f"nonlinear R (QF_NRA, all heads jointly): {ans}")
@@ -546,6 +548,8 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                       "direct-sum": "relaxation R, decoupled heads (direct sum), Farkas certificate"}[blk.form]
         if len(g.members) >= 2 and blk.form != "subspace":
             res.method += f"; {len(g.members)} examples share the query token (L1/L2)"
+        if "nonlinear_R" in res.solver:
+            res.method += f"; Z3 QF_NRA on R with all heads jointly: {res.solver['nonlinear_R']}"
         t2 = time.perf_counter()
         from .checker import check_limitation_certificate
         ok, msg = check_limitation_certificate(model_src, dataset_to_json(dataset), cert,
@@ -561,9 +565,18 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             res.message = f"a certificate was found but the independent checker rejected it: {msg}"
         return res
     if search_witness:
-        _search_witness(res, model, dataset, tol, prompt_length)
+        t3 = time.perf_counter()
+        _search_witness(res, model, dataset, tol, prompt_length, budget=min(20.0, timeout))
+        res.seconds["witness"] = time.perf_counter() - t3
+    if res.status == Status.UNKNOWN and not res.message and res.solver.get("nonlinear_R") == "unsat":
+        res.message = ("Z3 (QF_NRA) reports relaxation R infeasible with all heads jointly, but no exact "
+                       "certificate was found (every head's output space lies in the span of the others, so no "
+                       "projection isolates a head); 'proved' is not claimed without a certificate")
     if res.status == Status.UNKNOWN and not res.message:
         res.message = "relaxation R is feasible for every block tried and no witness prompt was found"
+        if layer.kind == "hardmax":
+            res.message += ("; for hardmax layers only the attention-subspace argument (L3) is implemented: "
+                            "Lemma D's softmax relaxation does not apply")
     return res
 
 
@@ -756,7 +769,8 @@ def _certificate(model, g: Group, blk: Block, lam, tol, mlpc, ds_info) -> dict:
         "kind": CERT_KIND,
         "tolerance": _rat_str(tol),
         "query": _vec_str(g.x),
-        "members": [{"example": m.example, "position": m.position, "z": _vec_str(m.z)} for m in g.members],
+        "members": [{"example": m.example, "position": m.position, "z": _vec_str(m.z), "exact_preimage": m.exact}
+                    for m in g.members],
         "form": blk.form,
         "head": blk.head,
         "mlp_bound": {"b1": _rat_str(mlpc["bound_W1"]), "b2": _rat_str(mlpc["bound_W2"]),
@@ -765,7 +779,8 @@ def _certificate(model, g: Group, blk: Block, lam, tol, mlpc, ds_info) -> dict:
     if blk.form == "subspace":
         cert["phi"] = _vec_str(blk.Phi[0])
     elif blk.form == "annihilator":
-        cert["Phi"] = [_vec_str(r) for r in blk.Phi]
+        if len(model.layers[0].heads) > 1:  # one head: Phi is the identity and is not written
+            cert["Phi"] = [_vec_str(r) for r in blk.Phi]
         cert["multipliers"] = [_vec_str(r) for r in lam]
     else:
         cert["gammas"] = [_vec_str(gm) for gm in blk.gammas]
@@ -776,54 +791,88 @@ def _certificate(model, g: Group, blk: Block, lam, tol, mlpc, ds_info) -> dict:
 
 # --------------------------------------------------------------------------- witnesses
 
-def _with_witness(res: Result, model, dataset, prompt: np.ndarray, tol: Fraction) -> Result:
+def _witness_dict(prompt, tol: Fraction) -> dict:
+    return {"kind": "ptverify-prompt-witness/1",
+            "prompt": [[number if isinstance(number, float) else _rat_str(Fraction(number)) for number in row] for row in prompt],
+            "tolerance": _rat_str(max(tol, Fraction(0)))}
+
+
+def _with_witness(res: Result, model, dataset, prompt, tol: Fraction, model_src=None) -> bool:
+    """Replay a candidate prompt with the independent checker; on success set "memorized"."""
     from .checker import replay_witness
-    w = {"kind": "ptverify-prompt-witness/1", "prompt": prompt.tolist(), "tolerance": _rat_str(max(tol, Fraction(0)))}
-    ok, msg, err = replay_witness(_model_json_for_check(model), dataset_to_json(dataset), w)
-    res.checks["witness_replayed"] = ok
+    w = _witness_dict(prompt, tol)
+    ok, msg, err = replay_witness(model_src if model_src is not None else _model_json_for_check(model),
+                                  dataset_to_json(dataset), w)
     if ok:
         res.status = Status.MEMORIZED
         res.witness = w
-        res.method = res.method or "witness prompt"
-        res.message = (res.message + "; " if res.message else "") + msg
-    return res
+        res.checks["witness_replayed"] = True
+        res.method = res.method or "witness prompt (replayed)"
+        res.message = msg
+    return ok
 
 
-def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, prompt_length) -> None:
-    """Gradient prompt tuning in float64; a prompt counts only if its replay meets the tolerance."""
-    if model.d * sum(len(h.heads) for h in model.layers) > 64 or len(dataset.examples) > 32:
+def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, prompt_length,
+                    budget: float = 20.0) -> None:
+    """Gradient prompt tuning in float64 (L-BFGS) within a time budget.  A prompt counts only if
+    the independent checker replays it within the tolerance (exactly, for rational models)."""
+    if model.d > 64 or len(dataset.examples) > 64:
         return
     import torch
-    ys = []
+    t_end = time.perf_counter() + budget
+    by_len: dict = {}
     for e in dataset.examples:
-        ys.append([None if y is None else torch.tensor(as_float(np.asarray(y))) for y in e.output])
+        by_len.setdefault(e.input.shape[0], []).append(e)
+    batches = []
+    for L, exs in by_len.items():
+        X = torch.tensor(np.stack([as_float(np.asarray(e.input)) for e in exs]))
+        mask = torch.tensor([[y is not None for y in e.output] for e in exs])
+        Y = torch.tensor(np.stack([np.stack([np.zeros(model.d) if y is None else as_float(np.asarray(y)) for y in e.output]) for e in exs]))
+        batches.append((X, Y, mask))
     lengths = [prompt_length] if prompt_length != "any" else [1, 2, 4]
     best = None
     for L in lengths:
-        for seed in range(3):
-            g = torch.Generator().manual_seed(seed)
-            P = torch.randn(L, model.d, generator=g, dtype=torch.float64, requires_grad=True)
-            opt = torch.optim.LBFGS([P], max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-15, tolerance_change=1e-18)
+        for seed in range(2):
+            if time.perf_counter() > t_end:
+                break
+            gen = torch.Generator().manual_seed(seed)
+            P = torch.randn(L, model.d, generator=gen, dtype=torch.float64, requires_grad=True)
+            opt = torch.optim.LBFGS([P], max_iter=100, line_search_fn="strong_wolfe",
+                                    tolerance_grad=1e-16, tolerance_change=1e-20)
+
+            def objective():
+                loss = torch.zeros((), dtype=torch.float64)
+                for X, Y, mask in batches:
+                    out = forward_torch(model, X, P)
+                    loss = loss + (((out - Y) ** 2).sum(-1) * mask).sum()
+                return loss
 
             def closure():
                 opt.zero_grad()
-                loss = torch.zeros((), dtype=torch.float64)
-                for e, yy in zip(dataset.examples, ys):
-                    out = forward_torch(model, e.input, P)
-                    for t, y in enumerate(yy):
-                        if y is not None:
-                            loss = loss + ((out[t] - y) ** 2).sum()
+                loss = objective()
                 loss.backward()
                 return loss
-            for _ in range(3):
-                loss = opt.step(closure)
-            err = float(loss)
+            for _ in range(4):
+                if time.perf_counter() > t_end:
+                    break
+                opt.step(closure)
+            with torch.no_grad():
+                err = float(objective())
             if best is None or err < best[0]:
                 best = (err, P.detach().numpy().copy())
-    if best is None:
-        return
-    res.extra["witness_search"] = {"best_squared_error": best[0]}
-    _with_witness(res, model, dataset, best[1], tol)
+            if err <= max(float(tol) ** 2, 1e-24) and _replay_candidates(res, model, dataset, best[1], tol):
+                res.extra["witness_search"] = {"best_squared_error": err}
+                return
+    if best is not None:
+        res.extra["witness_search"] = {"best_squared_error": best[0]}
+        _replay_candidates(res, model, dataset, best[1], tol)
+
+
+def _replay_candidates(res, model, dataset, Pf: np.ndarray, tol: Fraction) -> bool:
+    """Try the float prompt and its dyadic roundings (exact replay needs rational prompts)."""
+    cands = [[[float(v) for v in row] for row in Pf]]
+    cands += [[[Fraction(round(float(v) * (1 << k)), 1 << k) for v in row] for row in Pf] for k in range(6, 54, 4)]
+    return any(_with_witness(res, model, dataset, cand, tol) for cand in cands)
 
 
 # --------------------------------------------------------------------------- prove limitation
@@ -831,7 +880,7 @@ def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, 
 def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None, mlp_width: Optional[int] = None,
                      seed: int = 0, kind: str = "softmax", margin: float = 0.5, artifacts: Optional[str] = None,
                      timeout: float = 60.0, examples: Optional[int] = None,
-                     side_files: Optional[str] = None) -> tuple[Result, Model, Dataset]:
+                     side_files: Optional[str] = None, nonlinear: bool = True) -> tuple[Result, Model, Dataset]:
     """Build a random single-layer model meeting the assumptions and the L1 dataset, and prove it."""
     from constructions.datasets import l1_dataset, random_model
     t0 = time.perf_counter()
@@ -841,6 +890,6 @@ def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None
     extra = {"seed": seed, "builder": {"d": d, "heads": heads, "head_size": model.meta["head_size"],
                                        "mlp_width": model.meta["mlp_width"], "kind": kind, "margin": margin}}
     res = check_memorization(model, ds, artifacts=artifacts, timeout=timeout, claim="L1",
-                             search_witness=False, inputs_extra=extra, side_files=side_files)
+                             search_witness=False, inputs_extra=extra, side_files=side_files, nonlinear=nonlinear)
     res.seconds["build"] = res.seconds.get("build", 0.0) + tb
     return res, model, ds

@@ -1,0 +1,241 @@
+"""Known-answer properties of the single-layer prover and its independent checker.
+
+Constructed datasets (L1, L2, L3) are always "proved" with a certificate the checker accepts;
+planted datasets (produced by a known prompt) are never "proved"; tampered certificates fail.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from constructions.datasets import l1_dataset, l3_dataset, planted_dataset, random_model
+from constructions.model import dataset_to_json, model_to_json, save_dataset, save_model
+from verify.checker import check_limitation_certificate
+from verify.prover import check_memorization, prove_limitation
+from verify.replay import replay_dict
+from verify.result import Status
+
+
+def _replays(res) -> bool:
+    ok, _ = replay_dict(res.to_json())
+    return ok
+
+
+@settings(max_examples=15)
+@given(d=st.integers(1, 6), heads=st.integers(1, 3), seed=st.integers(0, 10_000))
+def test_constructed_l1_always_proved(d, heads, seed):
+    # head size d // heads, so the head output spaces form a direct sum; overlapping heads are
+    # covered by test_nonlinear_path_decides_overlapping_heads and the test after it
+    assume(heads <= d)
+    res, model, ds = prove_limitation(d=d, heads=heads, mlp_width=2 * d, seed=seed, nonlinear=False)
+    assert res.status == Status.PROVED, res.message
+    assert res.checks["certificate_checked"] is True
+    assert _replays(res)
+
+
+def test_nonlinear_path_decides_overlapping_heads():
+    res, model, ds = prove_limitation(d=3, heads=2, head_size=2, mlp_width=6, seed=0)
+    assert res.extra["assumptions"]["direct_sum"] is False
+    assert res.solver["nonlinear_R"] == "unsat"
+    assert res.status == Status.PROVED and _replays(res)
+
+
+def test_fully_overlapping_heads_not_claimed_without_certificate():
+    # d = 1, two heads: each head's output space is the span of the other, no projection isolates
+    # a head; Z3 decides R nonlinearly but "proved" needs an exact certificate
+    res, model, ds = prove_limitation(d=1, heads=2, mlp_width=2, seed=0)
+    assert res.status == Status.UNKNOWN
+    assert res.solver.get("nonlinear_R") in ("unsat", "unknown")
+
+
+def test_l2_three_examples():
+    model = random_model(4, heads=2, head_size=2, seed=3)
+    ds = l1_dataset(model, seed=3, examples=3)
+    res = check_memorization(model, ds, search_witness=False)
+    assert res.status == Status.PROVED and _replays(res)
+    assert len(res.certificate["members"]) >= 2
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 10_000), d=st.integers(3, 6))
+def test_l3_off_subspace_proved(seed, d):
+    model = random_model(d, heads=1, head_size=d - 2, seed=seed)
+    ds = l3_dataset(model, seed=seed)
+    res = check_memorization(model, ds, search_witness=False)
+    assert res.status == Status.PROVED
+    assert res.certificate["form"] == "subspace"
+    assert _replays(res)
+
+
+@settings(max_examples=12)
+@given(seed=st.integers(0, 10_000), d=st.integers(1, 4), kind=st.sampled_from(["softmax", "hardmax", "zero"]),
+       heads=st.integers(1, 2), shared=st.booleans())
+def test_planted_never_proved(seed, d, kind, heads, shared):
+    model = random_model(d, heads=heads, head_size=max(1, d // heads), seed=seed,
+                         kind="hardmax" if kind == "hardmax" else "softmax", zero_scores=kind == "zero")
+    ds, prompt = planted_dataset(model, seed=seed, examples=2, shared=shared)
+    res = check_memorization(model, ds, tolerance=Fraction(1, 10 ** 9), search_witness=False, nonlinear=False)
+    assert res.status != Status.PROVED, res.to_json()
+
+
+def test_planted_exact_hardmax_memorized_by_replayed_witness():
+    model = random_model(3, heads=1, seed=1, kind="hardmax")
+    ds, prompt = planted_dataset(model, seed=1, examples=2)
+    res = check_memorization(model, ds, timeout=20)
+    assert res.status == Status.MEMORIZED
+    assert res.checks["witness_replayed"] and _replays(res)
+
+
+def _perturb(obj, path, delta=Fraction(1, 7)):
+    cur = obj
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = str(Fraction(cur[path[-1]]) + delta)
+
+
+def _number_paths(cert):
+    out = []
+    for key in ("multipliers", "Phi", "gammas"):
+        if key in cert:
+            for i, row in enumerate(cert[key]):
+                for j, _ in enumerate(row):
+                    out.append((key, i, j))
+    for i, m in enumerate(cert["members"]):
+        for j, _ in enumerate(m["z"]):
+            out.append(("members", i, "z", j))
+    for j, _ in enumerate(cert["query"]):
+        out.append(("query", j))
+    out.append(("mlp_bound", "b1"))
+    out.append(("tolerance",))
+    return out
+
+
+@pytest.fixture(scope="module")
+def l1_result():
+    res, model, ds = prove_limitation(d=3, heads=1, mlp_width=6, seed=5)
+    assert res.status == Status.PROVED
+    return res.to_json()
+
+
+@settings(max_examples=25)
+@given(data=st.data())
+def test_tampered_certificate_rejected(l1_result, data):
+    paths = _number_paths(l1_result["certificate"])
+    path = data.draw(st.sampled_from(paths))
+    res = copy.deepcopy(l1_result)
+    cert = res["certificate"]
+    if path == ("mlp_bound", "b1"):
+        cert["mlp_bound"]["b1"] = str(Fraction(cert["mlp_bound"]["b1"]) / 4)  # an unproved, smaller bound
+    elif path == ("tolerance",):
+        cert["tolerance"] = "1"
+    else:
+        _perturb(cert, list(path), data.draw(st.sampled_from([Fraction(1, 7), Fraction(-3, 2), Fraction(10)])))
+    ok, msg = replay_dict(res)
+    assert not ok, f"tampered {path} accepted: {msg}"
+
+
+def test_tampered_dataset_rejected(l1_result):
+    res = copy.deepcopy(l1_result)
+    y = res["inputs"]["dataset"]["examples"][0]["output"][1]
+    y[0] = str(Fraction(y[0]) + Fraction(1, 3))
+    ok, msg = replay_dict(res)
+    assert not ok and "sha256" in msg
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 1000), K=st.integers(1, 3))
+def test_any_length_proved_implies_every_length(seed, K):
+    model = random_model(3, heads=1, seed=seed)
+    ds = l1_dataset(model, seed=seed)
+    any_res = check_memorization(model, ds, search_witness=False)
+    assume(any_res.status == Status.PROVED)
+    k_res = check_memorization(model, ds, prompt_length=K, search_witness=False)
+    assert k_res.status == Status.PROVED
+    assert k_res.prompt_length == K
+
+
+def test_tolerance_positive_min_error_and_large_tolerance_not_proved():
+    model = random_model(3, heads=1, seed=2)
+    ds = l1_dataset(model, seed=2)
+    res = check_memorization(model, ds, search_witness=False)
+    eps = Fraction(res.extra["certified_min_error"])
+    assert eps > 0
+    below = check_memorization(model, ds, tolerance=eps / 2, search_witness=False)
+    assert below.status == Status.PROVED and _replays(below)
+    above = check_memorization(model, ds, tolerance=eps * 1000 + 10, search_witness=False)
+    assert above.status != Status.PROVED
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "verify", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_prove_replay_and_check_files(tmp_out):
+    r = _cli("prove", "limitation", "--d", "3", "--json", os.path.join(tmp_out, "r.json"),
+             "--artifacts", os.path.join(tmp_out, "smt"), "--expect", "proved",
+             "--save-model", os.path.join(tmp_out, "m.json"), "--save-dataset", os.path.join(tmp_out, "d.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(os.path.join(tmp_out, "r.json")))["status"] == "proved"
+    assert any(f.endswith(".smt2") for f in os.listdir(os.path.join(tmp_out, "smt")))
+    assert _cli("replay", os.path.join(tmp_out, "r.json")).returncode == 0
+    r = _cli("check", "--model", os.path.join(tmp_out, "m.json"), "--dataset", os.path.join(tmp_out, "d.json"),
+             "--json", os.path.join(tmp_out, "c.json"), "--expect", "proved")
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_cli_check_planted_files_not_proved(tmp_out):
+    model = random_model(3, heads=1, seed=4)
+    ds, _ = planted_dataset(model, seed=4)
+    mp, dp = os.path.join(tmp_out, "m.npz"), os.path.join(tmp_out, "d.json")
+    save_model(model, mp)
+    save_dataset(ds, dp)
+    r = _cli("check", "--model", mp, "--dataset", dp, "--tolerance", "1e-9", "--timeout", "10",
+             "--json", os.path.join(tmp_out, "c.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(os.path.join(tmp_out, "c.json")))["status"] in ("memorized", "unknown")
+    r = _cli("check", "--model", mp, "--dataset", dp, "--tolerance", "1e-9", "--timeout", "10", "--expect", "proved")
+    assert r.returncode == 1
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--prompt-length", "0"], "--prompt-length"),
+    (["--prompt-length", "many"], "--prompt-length"),
+    (["--tolerance", "-1"], "--tolerance"),
+    (["--tolerance", "abc"], "--tolerance"),
+])
+def test_cli_bad_options_exit_2(tmp_out, args, field):
+    model = random_model(2, seed=0)
+    ds = l1_dataset(model)
+    mp, dp = os.path.join(tmp_out, "m.json"), os.path.join(tmp_out, "d.json")
+    save_model(model, mp)
+    save_dataset(ds, dp)
+    out = os.path.join(tmp_out, "never.json")
+    r = _cli("check", "--model", mp, "--dataset", dp, "--json", out, *args)
+    assert r.returncode == 2 and field in r.stderr
+    assert not os.path.exists(out)
+
+
+def test_checker_rejects_wrong_query_token(l1_result):
+    res = copy.deepcopy(l1_result)
+    res["certificate"]["members"][0]["position"] = 0
+    ok, msg = replay_dict(res)
+    assert not ok
+
+
+def test_injectivity_failure_is_named():
+    model = random_model(3, seed=0, mlp_contraction=0.5)
+    layer = model.layers[0]
+    layer.W_1 = layer.W_1 * 64.0
+    ds = l1_dataset(random_model(3, seed=0))
+    res = check_memorization(model, ds, search_witness=False)
+    assert res.status != Status.PROVED
+    assert "injective MLP" in res.message
