@@ -924,7 +924,7 @@ def encoder_example(seed: int = 0, claim: str = "M-encoder") -> Result:
 
 def _run_prove(p: dict, outdir: str) -> Result:
     return prove_multilayer(p.get("layers", 4), p.get("d", 16), p.get("heads", 2), p.get("condition", 1),
-                            p.get("prompt_norm"), p.get("seed", 0), claim=p.get("claim"))
+                            p.get("prompt_norm"), p.get("seed", 0))
 
 
 def _run_cross(p: dict, outdir: str) -> Result:
@@ -945,16 +945,16 @@ CLAIMS = [
     Claim("M1", "Theorem M, condition 1 (query-independent scores)",
           "a causal model with W_k^T W_q = 0, ||sum_j W_o^j W_v^j|| < 1 and contractive MLPs is injective in "
           "each input token for every prompt: no prompt of any length memorizes {(x, y), (x', y)}",
-          Status.PROVED, _run_prove, default={"layers": 4, "d": 16, "heads": 2, "condition": 1, "claim": "M1"},
-          quick={"layers": 2, "d": 4, "heads": 2, "condition": 1, "claim": "M1"},
+          Status.PROVED, _run_prove, default={"layers": 4, "d": 16, "heads": 2, "condition": 1},
+          quick={"layers": 2, "d": 4, "heads": 2, "condition": 1},
           command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 1 --seed 0 --json r.json && ptverify replay r.json",
           proof="proofs/multilayer.md", test="tests/test_multilayer.py::test_prove_condition1_replays"),
     Claim("M2", "Theorem M, condition 2 (bounded prompts, Lipschitz attention)",
           "with prompt tokens of norm <= 1, a causal softmax model whose per-layer attention Lipschitz bound "
           "and MLP contraction are < 1 on the reachable states: no prompt of any length memorizes {(x, y), (x', y)}",
           Status.PROVED, _run_prove,
-          default={"layers": 4, "d": 16, "heads": 2, "condition": 2, "prompt_norm": 1, "claim": "M2"},
-          quick={"layers": 2, "d": 4, "heads": 2, "condition": 2, "prompt_norm": 1, "claim": "M2"},
+          default={"layers": 4, "d": 16, "heads": 2, "condition": 2, "prompt_norm": 1},
+          quick={"layers": 2, "d": 4, "heads": 2, "condition": 2, "prompt_norm": 1},
           command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 2 --prompt-norm 1 --seed 0 --json r.json",
           proof="proofs/multilayer.md", test="tests/test_multilayer.py::test_prove_condition2_replays"),
     Claim("M1-z3", "Theorem M, condition 1, cross-checked by Z3 (2 layers, d = 2, prompt lengths 1..3)",
