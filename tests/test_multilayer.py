@@ -328,3 +328,17 @@ def test_encoder_counterexample():
     assert res.status == Status.MEMORIZED, res.message
     assert res.checks["causal_version_proved"] and not res.checks["encoder_certified"]
     assert _replay(res)[0]
+
+
+def test_encoder_conflict_needs_identical_inputs():
+    from constructions.multilayer import encoder_counterexample
+    m = encoder_counterexample()
+    X = np.array([[0.5, 0.25], [1.0, 0.0]])
+    X2 = np.array([[0.75, 0.25], [1.0, 0.0]])
+    y, y2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    same = Dataset([Example(X, [None, y]), Example(X.copy(), [None, y2])])
+    res = check_multilayer(m, same)
+    assert res.status == Status.PROVED and res.certificate["pair"]["position"] == 1
+    # in an encoder the second output also sees the first token: no conflict
+    diff = Dataset([Example(X, [None, y]), Example(X2, [None, y2])])
+    assert check_multilayer(m, diff).status == Status.UNKNOWN

@@ -245,20 +245,22 @@ def _same(a, b) -> bool:
 
 
 def _pairs(ds: Dataset, causal: bool):
-    """Candidate pairs (i, i2, t, kind): kind "conflict" (same visible input up to t, outputs at t
-    both given) or "injective" (causal only: same tokens before t, different token at t)."""
+    """Candidate pairs (i, i2, t, kind), in order: kind "conflict" (the same visible input --
+    the prefix up to t for a causal model, the whole input otherwise -- and both targets at t
+    given) or "injective" (causal only: the same tokens before t, different tokens at t)."""
     for i in range(len(ds.examples)):
         for i2 in range(i + 1, len(ds.examples)):
             A, B = ds.examples[i], ds.examples[i2]
-            for t in range(min(len(A.input), len(B.input))):
-                if A.output[t] is None or B.output[t] is None:
-                    continue
-                if not all(_same(A.input[u], B.input[u]) for u in range(t)):
-                    break
-                if causal or (len(A.input) == len(B.input) and _same(A.input, B.input)):
-                    yield i, i2, t, "conflict" if _same(A.input[t], B.input[t]) else "injective"
-                if not causal:
-                    break
+            if causal:
+                for t in range(min(len(A.input), len(B.input))):
+                    if t > 0 and not _same(A.input[t - 1], B.input[t - 1]):
+                        break
+                    if A.output[t] is not None and B.output[t] is not None:
+                        yield i, i2, t, "conflict" if _same(A.input[t], B.input[t]) else "injective"
+            elif A.input.shape == B.input.shape and _same(A.input, B.input):
+                for t in range(len(A.input)):
+                    if A.output[t] is not None and B.output[t] is not None:
+                        yield i, i2, t, "conflict"
 
 
 def _pair_margin(ds: Dataset, i: int, i2: int, t: int, kind: str, c: Fraction, tol: Fraction) -> Fraction:
@@ -462,7 +464,9 @@ def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolera
     Returns "proved" with a ``multilayer-injectivity`` certificate (already replayed) when targets
     conflict or condition 1 or 2 holds and two examples collide; "unknown" with a message naming
     each bound that failed and by how much otherwise.  ``prompt_norm`` (or ``model.meta
-    ["prompt_norm"]``) enables condition 2.  A proof for any length covers ``prompt_length``."""
+    ["prompt_norm"]``) enables condition 2.  A proof for any length covers ``prompt_length``.
+    ``timeout`` is accepted for the common interface; certification is exact and fast (no search).
+    Bad input (token size, negative tolerance) raises :class:`InputError`."""
     t0 = time.perf_counter()
     if dataset.d != model.d:
         raise InputError("examples[0].input", f"tokens of size d = {model.d} (the model's d)", f"size {dataset.d}")
