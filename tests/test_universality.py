@@ -170,6 +170,18 @@ def test_bound_verified_and_replays(tmp_out):
     bad = json.loads(json.dumps(obj))
     bad["status"] = "refuted"
     assert not replay_dict(bad)[0]
+    for key in ("bound_exact", "m_p", "parameters", "depth"):
+        bad = json.loads(json.dumps(obj))
+        bad["report"][key] = "0" if key == "bound_exact" else bad["report"][key] + 1
+        assert not replay_dict(bad)[0], f"tampering with report.{key} was not detected"
+
+
+def test_output_range_is_certified_only_for_a_clipping_last_layer():
+    from verify.universality import NotCertified, check_output_range
+    net, *_ = setup(2, 1, "1", "2", "1", "smooth")
+    check_output_range(net.model.layers[-1])
+    with pytest.raises(NotCertified):
+        check_output_range(net.model.layers[-2])
 
 
 def test_softmax_version_at_the_reported_temperature():

@@ -335,6 +335,27 @@ def cell_box(c: int, K: int, w: Fraction, dn: int) -> list:
     return out
 
 
+def check_output_range(layer) -> None:
+    """Certify that the last layer maps every input into [0, 1]^d: its attention output is
+    followed by an MLP that acts coordinate-wise (each unit reads and writes one coordinate i) as
+    a piecewise-linear map with flat tails whose values at the breakpoints lie in [0, 1]."""
+    pr = _prep(layer)
+    per = {i: [] for i in range(pr["d"])}
+    for row, b, outs in pr["units"]:
+        if len(row) != 1 or len(outs) != 1 or row[0][0] != outs[0][0]:
+            raise NotCertified("the last MLP is not coordinate-wise: output range [0, 1] not certified")
+        (j, w), (_, co) = row[0], outs[0]
+        per[j].append((w, b, co))
+    for i, units in per.items():
+        def F(z):
+            return z + pr["b2"][i] + sum(co * max(w * z + b, 0) for w, b, co in units)
+        brk = sorted({-b / w for w, b, _ in units})
+        slope_left = 1 + sum(co * w for w, b, co in units if w < 0)
+        slope_right = 1 + sum(co * w for w, b, co in units if w > 0)
+        if not brk or slope_left != 0 or slope_right != 0 or not all(0 <= F(z) <= 1 for z in brk):
+            raise NotCertified(f"output coordinate {i} of the last MLP is not certified to lie in [0, 1]")
+
+
 def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None):
     """Exact outputs of g([P, X]) on the flat box of every cell.
 
@@ -349,6 +370,7 @@ def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None):
         npref += 1
     if npref == len(preps):
         raise NotCertified("no attention layer: the prompt cannot reach the outputs")
+    check_output_range(model.layers[-1])
     softmax = net.kind == "softmax"
     Pe = net.encode_prompt(P)
     Zp, Dp = _to_int([list(r) for r in Pe], d)
@@ -690,6 +712,15 @@ def replay_universality(res: dict, base_dir: str = ".") -> tuple[bool, str]:
         return False, "lower_p <= eps^p: 'refuted' does not hold"
     if status != cert["verdict"]:
         return False, f"status {status!r} differs from the certificate's verdict {cert['verdict']!r}"
+    rep = res.get("report")
+    if rep is not None:
+        cnt = net.counts()
+        want = {"bound_exact": cert["bound"], "K": net.K, "m_p": net.m_p, "m_p_formula": net.n * net.K ** (net.d * net.n),
+                "depth": cnt["depth"], "mlp_width": cnt["mlp_width"], "parameters": cnt["parameters"],
+                "heads": cnt["heads_total"]}
+        bad = [k for k, v in want.items() if rep.get(k) != v]
+        if bad or res.get("prompt_length") != net.m_p:
+            return False, f"the report disagrees with the rebuilt network in {bad or ['prompt_length']}"
     return True, (f"d_p bound {float(Fraction(cert['bound'])):.6g} "
                   f"{'<=' if status == 'verified' else '>'} eps {float(Fraction(pr['eps'])):.6g} re-derived "
                   f"exactly over {cert['cells']} cells")
