@@ -16,7 +16,7 @@ from .forward import forward_exact, forward_torch
 from .model import Dataset, Example, Head, IntMatrix, Layer, Model, as_float, as_fraction, as_scaled_int
 
 __all__ = ["random_model", "mlp_exact", "mlp_float", "mlp_inverse_float", "l1_dataset", "l3_dataset",
-           "planted_dataset", "random_tokens", "head_parts_float", "cheap_norm_bound"]
+           "planted_dataset", "random_tokens", "head_parts_float", "cheap_norm_bound", "prop_e_dataset"]
 
 
 def _dyadic(a: np.ndarray, bits: int) -> np.ndarray:
@@ -268,3 +268,30 @@ def planted_dataset(model: Model, prompt: Optional[np.ndarray] = None, seed: int
             Y = [row.copy() for row in Yf]
         exs.append(Example(input=X, output=Y))
     return Dataset(exs, meta={"builder": "planted_dataset", "seed": seed, "prompt_length": len(prompt)}), prompt
+
+
+def prop_e_dataset(model: Model, alpha: Fraction, seed: int = 0, examples: int = 2) -> Dataset:
+    """Proposition E, zero-score case: K examples [x_i, x_0] sharing x_0 whose x_0 targets are what
+    a prompt with alpha = Z_P(x_0) = ``alpha`` and prompt sum pi would give.  The model's single head
+    must have zero scores (W_k^T W_q = 0), so every prompt of length m_p has alpha = m_p: the dataset
+    is memorized (by m_p = alpha tokens) exactly when alpha is a positive integer."""
+    layer = model.layers[0]
+    if len(layer.heads) != 1:
+        raise ValueError("prop_e_dataset needs a single-head layer")
+    h = layer.heads[0]
+    if np.any(as_float(h.W_k).T @ as_float(h.W_q)):
+        raise ValueError("prop_e_dataset needs a zero-score head (W_k^T W_q = 0)")
+    rng = np.random.default_rng(40_000 + seed)
+    d = model.d
+    alpha = Fraction(alpha)
+    M = as_fraction(h.W_o).dot(as_fraction(h.W_v))
+    toks = random_tokens(rng, examples + 1, d)
+    x0 = as_fraction(toks[0])
+    pi = as_fraction(random_tokens(rng, 1, d)[0])
+    exs = []
+    for i in range(examples):
+        X = np.stack([toks[i + 1], toks[0]])
+        tot = as_fraction(X[0]) + x0
+        c = M.dot(tot + pi) / (2 + alpha)
+        exs.append(Example(input=X, output=[None, mlp_exact(layer, x0 + c)]))
+    return Dataset(exs, meta={"builder": "prop_e_dataset", "alpha": str(alpha), "seed": seed})

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from constructions.datasets import l1_dataset, l3_dataset, planted_dataset, random_model
+from constructions.datasets import l1_dataset, l3_dataset, planted_dataset, prop_e_dataset, random_model
 from constructions.model import dataset_to_json, model_to_json, save_dataset, save_model
 from verify.checker import check_limitation_certificate
 from verify.prover import check_memorization, prove_limitation
@@ -239,3 +239,33 @@ def test_injectivity_failure_is_named():
     res = check_memorization(model, ds, search_witness=False)
     assert res.status != Status.PROVED
     assert "injective MLP" in res.message
+
+
+@settings(max_examples=8)
+@given(num=st.integers(1, 9), den=st.integers(1, 3), seed=st.integers(0, 1000), d=st.integers(2, 4))
+def test_prop_e_decides_both_ways(num, den, seed, d):
+    alpha = Fraction(num, den)
+    model = random_model(d, heads=1, seed=seed, zero_scores=True)
+    ds = prop_e_dataset(model, alpha, seed=seed)
+    res = check_memorization(model, ds, timeout=30)
+    if alpha.denominator == 1:
+        assert res.status == Status.MEMORIZED, res.message
+        assert len(res.witness["prompt"]) == alpha
+    else:
+        assert res.status == Status.PROVED, res.message
+        assert "alpha_pieces" in res.certificate
+    assert _replays(res)
+
+
+def test_prop_e_fixed_length_consistency():
+    model = random_model(3, heads=1, seed=2, zero_scores=True)
+    ds = prop_e_dataset(model, Fraction(2), seed=2)
+    assert check_memorization(model, ds, prompt_length=2, search_witness=False).status == Status.MEMORIZED
+    for K in (1, 3):
+        res = check_memorization(model, ds, prompt_length=K, search_witness=False)
+        assert res.status == Status.PROVED and _replays(res)
+    # a length-K certificate is not a proof for another length
+    res = check_memorization(model, ds, prompt_length=1, search_witness=False).to_json()
+    res["prompt_length"] = 2
+    res["certificate"]["prompt_length"] = 2
+    assert not replay_dict(res)[0]

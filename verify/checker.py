@@ -240,7 +240,8 @@ def _dot(a, b):
 
 # --------------------------------------------------------------------------- the check
 
-def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: str = ".") -> tuple[bool, str]:
+def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: str = ".",
+                                 res_prompt_length=None) -> tuple[bool, str]:
     """Re-verify a ``ptverify-limitation-farkas/1`` certificate.  Returns (ok, message)."""
     M = _load_model(model_obj, base_dir)
     if len(M["layers"]) != 1:
@@ -301,9 +302,7 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
                 return True, "target's attention part leaves the attention subspace (L3)"
         return False, "phi^T (z - x) is not separated from 0"
     j = int(cert["head"])
-    lam = [[_q(v) for v in row] for row in cert["multipliers"]]
-    if len(lam) != len(members):
-        return False, "one multiplier vector per member is needed"
+    lam = [[_q(v) for v in row] for row in cert.get("multipliers", [])]
     if form == "annihilator":
         if "Phi" not in cert and len(heads) == 1:  # a single head: the identity projection
             Phi = [[Fraction(int(r == c)) for c in range(d)] for r in range(d)]
@@ -317,10 +316,15 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
         # V = Phi W_o^j W_v^j (rows), tau_i = Phi c_i, kappa_i >= ||Phi^T lambda_i||
         V = _Mat.from_rows([heads[j]["W_v"].vm(heads[j]["W_o"].vm(phi)) for phi in Phi])
         taus = [[_dot(phi, m["c"]) for phi in Phi] for m in members]
-        ws = []
-        for lam_i, m in zip(lam, members):
-            v = [sum((lam_i[r] * Phi[r][c] for r in range(len(Phi))), Fraction(0)) for c in range(d)]
-            ws.append(_sqrt_up(_dot(v, v)) * m["rho"])
+        ws = [Fraction(0)] * len(members)
+        if "alpha_pieces" in cert:
+            if any(m["rho"] != 0 for m in members):
+                return False, "alpha pieces need exact preimages and tolerance 0"
+        elif len(lam) == len(members):
+            ws = []
+            for lam_i, m in zip(lam, members):
+                v = [sum((lam_i[r] * Phi[r][c] for r in range(len(Phi))), Fraction(0)) for c in range(d)]
+                ws.append(_sqrt_up(_dot(v, v)) * m["rho"])
     elif form == "direct-sum":
         if any(m["rho"] != 0 for m in members):
             return False, "direct-sum certificates need exact preimages and tolerance 0"
@@ -350,35 +354,74 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
         ws = [Fraction(0)] * len(members)
     else:
         return False, f"unknown form {form!r}"
-    # Farkas test
+    # Farkas test, once for alpha >= 0 or once per piece of alpha's range (Proposition E)
+    pieces = [(Fraction(0), None, lam)]
+    if "alpha_pieces" in cert:
+        if len(heads) != 1 or any(heads[0]["W_k"].vm(heads[0]["W_q"].mv(x))):
+            return False, "alpha pieces need one head with W_k^T W_q x = 0 (alpha = prompt length)"
+        pieces = [(_q(pc["lo"]), None if pc["hi"] is None else _q(pc["hi"]),
+                   [[_q(v) for v in row] for row in pc["multipliers"]]) for pc in cert["alpha_pieces"]]
+        # alpha = m_p is a positive integer: the pieces must cover 1, 2, 3, ... (or the stated K)
+        K = cert.get("prompt_length", "any")
+        if K != "any":
+            if res_prompt_length is not None and res_prompt_length != K:
+                return False, "the certificate's prompt length differs from the result's"
+            if not any(lo <= int(K) and (hi is None or int(K) <= hi) for lo, hi, _ in pieces):
+                return False, f"alpha pieces miss the prompt length {K}"
+            pieces_cover = True
+        else:
+            pieces_cover = False
+        nxt = None if pieces_cover else 1
+        for lo, hi, _ in ([] if pieces_cover else sorted(pieces, key=lambda pc: pc[0])):
+            if lo > nxt:
+                return False, f"alpha pieces miss the integer {nxt}"
+            if hi is None:
+                nxt = None
+                break
+            nxt = max(nxt, math.floor(hi) + 1)
+        if nxt is not None:
+            return False, "alpha pieces do not cover every prompt length"
+    totals = []
+    for a_lo, a_hi, lam in pieces:
+        ok, total = _farkas(V, taus, ws, members, lam, heads[j], x, a_lo, a_hi)
+        if not ok:
+            return False, total
+        totals.append(total)
+    what = ("every alpha >= 0" if "alpha_pieces" not in cert else
+            "every prompt length" if cert.get("prompt_length", "any") == "any" else f"prompt length {cert['prompt_length']}")
+    return True, (f"head {j}: Farkas combination > {float(min(totals)):.3g} > 0 for {what} and every "
+                  f"exponential in its enclosure ({len(members)} examples share the query; k = {float(k):.4g})")
+
+
+def _farkas(V, taus, ws, members, lam, head, x, a_lo, a_hi):
+    """Is sum_i lambda_i^T [V(sum_t e_t X_i[t] + pi) - (Z_i + alpha) tau_i] separated from the
+    slack for every pi, e in the enclosures and alpha in [a_lo, a_hi]?  Returns (ok, margin|msg)."""
     q = V.shape[0]
-    if any(len(l_) != q for l_ in lam):
-        return False, "multiplier size mismatch"
+    if len(lam) != len(members) or any(len(l_) != q for l_ in lam):
+        return False, "one multiplier vector of size q per member is needed"
     if any(V.vm([sum((l_[r] for l_ in lam), Fraction(0)) for r in range(q)])):
         return False, "sum_i lambda_i^T V != 0 (the prompt term does not cancel)"
-    Wq, Wk = heads[j]["W_q"], heads[j]["W_k"]
-    qx = Wq.mv(x)
+    qx = head["W_q"].mv(x)
     g_alpha, slack_alpha, coef = Fraction(0), Fraction(0), {}
     for lam_i, tau, w, m in zip(lam, taus, ws, members):
         g_alpha -= _dot(lam_i, tau)
         slack_alpha += w
         for key in m["keys"]:
-            s = _dot(Wk.mv(key), qx)
-            vx = V.mv(key)
-            c = _dot(lam_i, [a - b for a, b in zip(vx, tau)])
+            s = _dot(head["W_k"].mv(key), qx)
+            c = _dot(lam_i, [a - b for a, b in zip(V.mv(key), tau)])
             c0, w0 = coef.get(s, (Fraction(0), Fraction(0)))
             coef[s] = (c0 + c, w0 + w)
-    if g_alpha - slack_alpha < 0:
+    ga = g_alpha - slack_alpha
+    if ga < 0 and a_hi is None:
         return False, "the alpha coefficient has the wrong sign"
-    total = Fraction(0)
+    total = ga * a_lo if ga >= 0 else ga * a_hi
     for s, (c, w) in coef.items():
         lo, hi = exp_bounds(s)
         h = c - w
         total += h * lo if h > 0 else h * hi
     if total <= 0:
         return False, "the combined equation is not separated from 0 on the exponential enclosures"
-    return True, (f"head {j}: Farkas combination > {float(total):.3g} > 0 for every alpha >= 0 and every "
-                  f"exponential in its enclosure ({len(members)} examples share the query; k = {float(k):.4g})")
+    return True, total
 
 
 # --------------------------------------------------------------------------- witnesses
@@ -491,7 +534,10 @@ def _inputs(res: dict, base_dir: str):
 
 def _replay_cert(res: dict, base_dir: str):
     model, ds = _inputs(res, base_dir)
-    return check_limitation_certificate(model, ds, res["certificate"], base_dir)
+    cert = res["certificate"]
+    if "alpha_pieces" not in cert and res.get("prompt_length", "any") not in ("any",) and not isinstance(res.get("prompt_length"), int):
+        return False, "bad prompt_length"
+    return check_limitation_certificate(model, ds, cert, base_dir, res_prompt_length=res.get("prompt_length"))
 
 
 def _replay_witness(res: dict, base_dir: str):

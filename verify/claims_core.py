@@ -46,6 +46,18 @@ def _run_l3(p: dict, outdir: str):
     return check_memorization(model, ds, claim="L3", search_witness=False, side_files=_side(outdir, "L3"))
 
 
+def _run_e(p: dict, outdir: str, claim: str = "E"):
+    from constructions.datasets import prop_e_dataset, random_model
+    from .prover import check_memorization
+    model = random_model(p["d"], heads=1, seed=p.get("seed", 0), zero_scores=True)
+    ds = prop_e_dataset(model, Fraction(p["alpha"]), seed=p.get("seed", 0))
+    return check_memorization(model, ds, claim=claim, timeout=60.0, side_files=_side(outdir, claim))
+
+
+def _run_e_witness(p: dict, outdir: str):
+    return _run_e(p, outdir, claim="E-witness")
+
+
 def _run_control(p: dict, outdir: str):
     from constructions.datasets import planted_dataset, random_model
     from .prover import check_memorization
@@ -89,6 +101,21 @@ CLAIMS = [
           quick={"d": 4, "heads": 1, "head_size": 2},
           command="ptverify check --model M.json --dataset D.json",
           proof="proofs/L3.md", test="tests/test_prover.py::test_l3_off_subspace_proved"),
+    Claim("E", "Proposition E: exact any-length decision for one head (R alone is feasible here)",
+          "For a zero-score head every prompt has alpha = Z_P(x_0) = its length; two examples sharing x_0 "
+          "whose targets need alpha = 3/2 are memorized by no prompt of any length, although relaxation R "
+          "is feasible.",
+          Status.PROVED, _run_e,
+          default={"d": 4, "alpha": "3/2"}, quick={"d": 3, "alpha": "3/2"},
+          command="ptverify check --model M.json --dataset D.json",
+          proof="proofs/prop_E.md", test="tests/test_prover.py::test_prop_e_decides_both_ways"),
+    Claim("E-witness", "Proposition E, feasible side: a constructed witness prompt that replays exactly",
+          "The same construction with alpha = 2: the decision procedure builds a prompt of length 2 that "
+          "memorizes the dataset exactly (rational replay).",
+          Status.MEMORIZED, _run_e_witness,
+          default={"d": 4, "alpha": "2"}, quick={"d": 3, "alpha": "2"},
+          command="ptverify check --model M.json --dataset D.json",
+          proof="proofs/prop_E.md", test="tests/test_prover.py::test_prop_e_decides_both_ways"),
     Claim("control-planted", "Control: a dataset produced by a known prompt is never 'proved'",
           "A planted dataset (float64 targets from a known prompt, tolerance 1e-9) is memorized: the prover "
           "returns a witness prompt that the independent checker replays.",

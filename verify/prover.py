@@ -176,9 +176,11 @@ def _weights(k: Fraction, d: int, tol: Fraction, members: list[Member]) -> list[
     return [(sqrt_up(m.resid2) + sd * tol) / (1 - k) for m in members]
 
 
-def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]], rhos: list[Fraction]) -> Optional[Fraction]:
-    """Exact evaluation of a Farkas vector: returns the certified margin (> 0 proves the block
-    infeasible) or None when the vector is not a valid certificate.  Mirrors the checker."""
+def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]], rhos: list[Fraction],
+                  alpha_lo: Fraction = Fraction(0), alpha_hi: Optional[Fraction] = None) -> Optional[Fraction]:
+    """Exact evaluation of a Farkas vector for alpha in [alpha_lo, alpha_hi] (None: no upper end):
+    returns the certified margin (> 0 proves the block infeasible) or None when the vector is not
+    a valid certificate.  Mirrors the checker."""
     q = len(block.V)
     d = len(block.V[0]) if q else 0
     if block.form == "subspace":
@@ -203,9 +205,10 @@ def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]]
             s = block.scores[i][t]
             c0, w0 = g.get(s, (Fraction(0), Fraction(0)))
             g[s] = (c0 + coef, w0 + w)
-    if g_alpha - w_alpha < 0:
+    ga = g_alpha - w_alpha
+    if ga < 0 and alpha_hi is None:
         return None
-    total = Fraction(0)
+    total = ga * alpha_lo if ga >= 0 else ga * alpha_hi
     for s, (coef, w) in g.items():
         lo, hi = exp_enclosure(s)
         h = coef - w
@@ -228,13 +231,10 @@ def _z3q(z3, q: Fraction):
     return z3.RealVal(f"{q.numerator}/{q.denominator}")
 
 
-def _primal_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool):
-    """Relaxation R restricted to one block: is there alpha >= 0, pi, e in enclosures with
-    V(sum_t e_t X[t] + pi) = (Z + alpha) tau_i for all members?  Returns (answer, solver)."""
-    s = z3.SolverFor("QF_LRA")
-    s.set("timeout", timeout_ms)
+def _primal_constraints(z3, block: Block, members: list[Member], v_free: bool):
+    """Constraints of relaxation R restricted to one block, and the alpha variable."""
+    cons = []
     alpha = z3.Real("alpha")
-    s.add(alpha > 0)
     q = len(block.V)
     d = len(block.V[0])
     if v_free:
@@ -248,18 +248,51 @@ def _primal_block(z3, block: Block, members: list[Member], timeout_ms: int, v_fr
             if sc not in evars:
                 e = z3.Real(f"e{len(evars)}")
                 lo, hi = exp_enclosure(sc)
-                s.add(e >= _z3q(z3, lo), e <= _z3q(z3, hi))
+                cons += [e >= _z3q(z3, lo), e <= _z3q(z3, hi)]
                 evars[sc] = e
     for i, m in enumerate(members):
         Z = z3.Sum([evars[sc] for sc in block.scores[i]])
         for r in range(q):
             lhs = z3.Sum([evars[sc] * _z3q(z3, vx[r]) for sc, vx in zip(block.scores[i], block.VX[i])]) + vv[r]
-            s.add(lhs == (Z + alpha) * _z3q(z3, block.taus[i][r]))
-    ans = s.check()
-    return str(ans), s
+            cons.append(lhs == (Z + alpha) * _z3q(z3, block.taus[i][r]))
+    return cons, alpha
 
 
-def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool) -> Optional[list[list[Fraction]]]:
+def _primal_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool):
+    """Relaxation R restricted to one block: is there alpha > 0, pi, e in enclosures with
+    V(sum_t e_t X[t] + pi) = (Z + alpha) tau_i for all members?  Returns (answer, solver)."""
+    s = z3.SolverFor("QF_LRA")
+    s.set("timeout", timeout_ms)
+    cons, alpha = _primal_constraints(z3, block, members, v_free)
+    s.add(alpha > 0, *cons)
+    return str(s.check()), s
+
+
+def _alpha_range(z3, block: Block, members: list[Member], v_free: bool, timeout_ms: int):
+    """[min, max] of alpha >= 0 over R restricted to a block (max None when unbounded)."""
+    out = []
+    for sense in ("min", "max"):
+        o = z3.Optimize()
+        o.set("timeout", timeout_ms)
+        cons, alpha = _primal_constraints(z3, block, members, v_free)
+        o.add(alpha >= 0, *cons)
+        h = o.minimize(alpha) if sense == "min" else o.maximize(alpha)
+        if o.check() != z3.sat:
+            return None
+        v = o.lower(h) if sense == "min" else o.upper(h)
+        if z3.is_int_value(v):
+            out.append(Fraction(v.as_long()))
+        elif z3.is_rational_value(v):
+            out.append(Fraction(v.numerator_as_long(), v.denominator_as_long()))
+        elif sense == "max" and "oo" in str(v):
+            out.append(None)
+        else:
+            return None
+    return out
+
+
+def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool,
+                alpha_lo: Fraction = Fraction(0), alpha_hi: Optional[Fraction] = None) -> Optional[list[list[Fraction]]]:
     """Exact Farkas vector for an infeasible block via Z3 (LRA), or None."""
     q = len(block.V)
     d = len(block.V[0])
@@ -276,7 +309,12 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
             if terms:
                 s.add(z3.Sum(terms) == 0)
     g_alpha = -z3.Sum([lam[i][r] * _z3q(z3, block.taus[i][r]) for i in range(K) for r in range(q) if block.taus[i][r]] or [z3.RealVal(0)])
-    s.add(g_alpha >= 0)
+    m_alpha = z3.Real("m_alpha")
+    s.add(m_alpha <= g_alpha * _z3q(z3, Fraction(alpha_lo)))
+    if alpha_hi is None:
+        s.add(g_alpha >= 0)
+    else:
+        s.add(m_alpha <= g_alpha * _z3q(z3, Fraction(alpha_hi)))
     g: dict = {}
     for i, m in enumerate(members):
         for t, key in enumerate(m.keys):
@@ -291,7 +329,7 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
         mv = z3.Real(f"m{n}")
         s.add(mv <= expr * _z3q(z3, lo), mv <= expr * _z3q(z3, hi))
         ms.append(mv)
-    s.add(z3.Sum(ms) >= 1)
+    s.add(z3.Sum(ms) + m_alpha >= 1)
     if s.check() != z3.sat:
         return None
     mdl = s.model()
@@ -316,9 +354,43 @@ def _preimage(ex: ExactLayer, y: list[Fraction]) -> tuple[list[Fraction], bool, 
         r2 = sum((v * v for v in r), Fraction(0))
         if r2 == 0:
             return z, True, r2
+    if len(y) <= 64:
+        z = _pattern_preimage(ex, y, zf)
+        if z is not None:
+            return z, True, Fraction(0)
     z = [Fraction(float(v)) for v in zf]
     r = [a - b for a, b in zip(y, ex.mlp(z))]
     return z, False, sum((v * v for v in r), Fraction(0))
+
+
+def _pattern_preimage(ex: ExactLayer, y: list[Fraction], zf: np.ndarray) -> Optional[list[Fraction]]:
+    """Exact z with MLP(z) = y: fix the ReLU pattern D of the float solution and solve
+    (I + W_2 D W_1) z = y - b_2 - W_2 D b_1 in rationals; accepted only if MLP(z) == y exactly."""
+    layer = ex.layer
+    W1, W2 = as_fraction(layer.W_1), as_fraction(layer.W_2)
+    act = (as_float(layer.W_1) @ zf + as_float(layer.b_1)) > 0
+    d = len(y)
+    A = [[Fraction(int(r == c)) for c in range(d)] for r in range(d)]
+    rhs = [y[r] - ex.b2[r] for r in range(d)]
+    for k in np.nonzero(act)[0]:
+        for r in range(d):
+            w2 = W2[r, k]
+            if w2:
+                rhs[r] -= w2 * ex.b1[k]
+                for c in range(d):
+                    A[r][c] += w2 * W1[k, c]
+    for c in range(d):  # Gauss-Jordan elimination in rationals
+        piv = next((r for r in range(c, d) if A[r][c] != 0), None)
+        if piv is None:
+            return None
+        A[c], A[piv], rhs[c], rhs[piv] = A[piv], A[c], rhs[piv], rhs[c]
+        for r in range(d):
+            if r != c and A[r][c] != 0:
+                f = A[r][c] / A[c][c]
+                A[r] = [a - f * b for a, b in zip(A[r], A[c])]
+                rhs[r] -= f * rhs[c]
+    z = [rhs[r] / A[r][r] for r in range(d)]
+    return z if ex.mlp(z) == y else None
 
 
 def _rational_candidates(vf: np.ndarray, ok, limit: int = 3):
@@ -514,7 +586,8 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                 break
             v_free = _v_full_row_rank(blk.V)
             ans, solver = _primal_block(z3, blk, g.members, remaining, v_free)
-            log.append(f"group x={_short(g.x)} head {blk.head} ({blk.form}): R {ans}")
+            inexact = "" if all(r == 0 for r in rhos) else " at rounded preimages (slack checked below)"
+            log.append(f"group x={_short(g.x)} head {blk.head} ({blk.form}): R {ans}{inexact}")
             if artifacts:
                 os.makedirs(artifacts, exist_ok=True)
                 with open(os.path.join(artifacts, f"R_group{groups.index(g)}_head{blk.head}.smt2"), "w") as fh:
@@ -532,6 +605,13 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             break
         if found:
             break
+    if found is None and h == 1 and layer.kind == "softmax" and tol == 0 and time.perf_counter() < deadline:
+        found = _prop_e_zero_score(z3, model, ex, groups, dataset, res, log,
+                                   int((deadline - time.perf_counter()) * 1000), prompt_length)
+        if res.status == Status.MEMORIZED:
+            res.seconds["solve"] = time.perf_counter() - t1
+            res.extra["log"] = log
+            return res
     if (nonlinear and h > 1 and ds_info is None and model.d <= 6 and layer.kind == "softmax"
             and time.perf_counter() < deadline):
         ans = _nonlinear_R(z3, model, ex, groups, k, tol, int((deadline - time.perf_counter()) * 1000), artifacts)
@@ -540,10 +620,16 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     res.seconds["solve"] = time.perf_counter() - t1
     res.extra["log"] = log
     if found is not None:
-        g, blk, lam, rhos = found
+        g, blk, lam, rhos = found[:4]
+        pieces = found[4] if len(found) > 4 else None
         cert = _certificate(model, g, blk, lam, tol, mlpc, ds_info)
+        if pieces is not None:
+            cert.pop("multipliers", None)
+            cert["prompt_length"] = prompt_length
+            cert["alpha_pieces"] = [{"lo": _rat_str(lo), "hi": None if hi is None else _rat_str(hi),
+                                     "multipliers": [_vec_str(r) for r in lm]} for lo, hi, lm in pieces]
         res.certificate = cert
-        res.method = {"subspace": "attention-subspace functional (L3)",
+        res.method = "Proposition E: zero-score head, alpha = prompt length is an integer; Farkas certificate per alpha range" if pieces is not None else {"subspace": "attention-subspace functional (L3)",
                       "annihilator": "relaxation R, projected head system, Farkas certificate",
                       "direct-sum": "relaxation R, decoupled heads (direct sum), Farkas certificate"}[blk.form]
         if len(g.members) >= 2 and blk.form != "subspace":
@@ -558,7 +644,8 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
         res.checks["certificate_checked"] = ok
         if ok:
             res.status = Status.PROVED
-            res.extra["certified_min_error"] = _rat_str(_min_error(model, g, blk, lam, k)) if blk.form != "direct-sum" else "0"
+            res.extra["certified_min_error"] = (_rat_str(_min_error(model, g, blk, lam, k))
+                                                if blk.form != "direct-sum" and pieces is None else "0")
             res.message = f"certificate re-verified: {msg}"
         else:
             res.status = Status.UNKNOWN
@@ -578,6 +665,90 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             res.message += ("; for hardmax layers only the attention-subspace argument (L3) is implemented: "
                             "Lemma D's softmax relaxation does not apply")
     return res
+
+
+def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, timeout_ms, prompt_length="any"):
+    """Proposition E, case g = W_k^T W_q x = 0: every prompt gives alpha = m_p, its length.
+
+    R restricted to the group bounds alpha to [lo, hi].  If an integer m lies there and every
+    query is zero-score, one exact linear solve gives the prompt sum pi and the witness
+    [pi, 0, ..., 0] (m tokens), replayed exactly.  If no integer lies there, a Farkas certificate
+    for alpha in [1, floor(hi)] and one for alpha >= floor(hi) + 1 prove that no prompt of any
+    length memorizes the dataset.  Returns the found tuple for a proof, else None."""
+    head = ex.heads[0]
+
+    def zero_score(x):
+        return not any(head["W_k"].vm(head["W_q"].mv(x)))
+    zs = [g for g in groups if zero_score(g.x) and all(m.exact for m in g.members)]
+    if not zs:
+        return None
+    g = zs[0]
+    rhos = [Fraction(0)] * len(g.members)
+    blk = _head_blocks(model, ex, g, None, rhos)[0]
+    v_free = _v_full_row_rank(blk.V)
+    rng = _alpha_range(z3, blk, g.members, v_free, timeout_ms)
+    if rng is None:
+        return None
+    lo, hi = rng
+    log.append(f"Proposition E (zero-score query): R allows alpha in [{float(lo):.6g}, {'inf' if hi is None else float(hi):.6g}]")
+    first = max(1, math.ceil(lo))
+    if prompt_length != "any":
+        fits = lo <= prompt_length and (hi is None or prompt_length <= hi)
+        candidates = [prompt_length] if fits else []
+    else:
+        last = first + 3 if hi is None else min(math.floor(hi), first + 3)
+        candidates = list(range(first, last + 1))
+    if candidates:
+        if len(zs) != len(groups):
+            return None
+        for m_p in candidates:
+            pi = _zero_score_prompt_sum(z3, model, ex, groups, m_p, timeout_ms)
+            if pi is not None:
+                prompt = [pi] + [[Fraction(0)] * model.d for _ in range(m_p - 1)]
+                if _with_witness(res, model, dataset, prompt, Fraction(0)):
+                    res.method = "Proposition E: zero-score head, exact witness prompt of length " + str(m_p)
+                    log.append(f"exact witness of length {m_p}")
+                    return None
+        return None
+    if prompt_length != "any":
+        K = Fraction(prompt_length)
+        ranges = [(K, K)]
+    else:
+        n = math.floor(hi)
+        ranges = ([(Fraction(1), Fraction(n))] if n >= 1 else []) + [(Fraction(n + 1), None)]
+    pieces = []
+    for a_lo, a_hi in ranges:
+        lam = _dual_block(z3, blk, g.members, timeout_ms, v_free, alpha_lo=a_lo, alpha_hi=a_hi)
+        if lam is None or farkas_margin(blk, g.members, lam, rhos, a_lo, a_hi) is None:
+            log.append(f"no Farkas vector for alpha in [{a_lo}, {a_hi}]")
+            return None
+        pieces.append((a_lo, a_hi, lam))
+    log.append("no admissible prompt length fits the range of alpha")
+    return (g, blk, None, rhos, pieces)
+
+
+def _zero_score_prompt_sum(z3, model, ex, groups, m_p, timeout_ms):
+    """Exact pi with x + M (sum_t X[t] + pi) / (n + m_p) = z for every constrained output."""
+    s = z3.SolverFor("QF_LRA")
+    s.set("timeout", timeout_ms)
+    d = model.d
+    pi = [z3.Real(f"pi{c}") for c in range(d)]
+    M = _M_exact(model, 0)
+    for g in groups:
+        for m in g.members:
+            tot = [sum((k[c] for k in m.keys), Fraction(0)) for c in range(d)]
+            n = len(m.keys)
+            for r in range(d):
+                lhs = z3.Sum([_z3q(z3, M[r][c]) * (pi[c] + _z3q(z3, tot[c])) for c in range(d) if M[r][c]] or [z3.RealVal(0)])
+                s.add(lhs == _z3q(z3, (n + m_p) * (m.z[r] - g.x[r])))
+    if s.check() != z3.sat:
+        return None
+    mdl = s.model()
+    out = []
+    for v in pi:
+        r = mdl.eval(v, model_completion=True)
+        out.append(Fraction(r.numerator_as_long(), r.denominator_as_long()))
+    return out
 
 
 def _short(v) -> str:
@@ -781,7 +952,8 @@ def _certificate(model, g: Group, blk: Block, lam, tol, mlpc, ds_info) -> dict:
     elif blk.form == "annihilator":
         if len(model.layers[0].heads) > 1:  # one head: Phi is the identity and is not written
             cert["Phi"] = [_vec_str(r) for r in blk.Phi]
-        cert["multipliers"] = [_vec_str(r) for r in lam]
+        if lam is not None:
+            cert["multipliers"] = [_vec_str(r) for r in lam]
     else:
         cert["gammas"] = [_vec_str(gm) for gm in blk.gammas]
         cert["rank"] = ds_info["rank"]
