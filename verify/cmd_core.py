@@ -91,6 +91,26 @@ def register(apps) -> None:
             res.inputs["dataset_file"] = os.path.basename(_side(json_out) + ".dataset.json")
         emit(res, json_out, expect)
 
+    @root.command("claims")
+    def claims_cmd(markdown: bool = typer.Option(False, "--markdown", help="print the README's claims table")):
+        """List the registered claims: id, statement, expected verdict, command, proof and test."""
+        from verify.registry import all_claims
+        claims = all_claims()
+        if markdown:
+            print("| claim | what is checked | verdict | command | proof |")
+            print("|---|---|---|---|---|")
+            for c in claims:
+                print(f"| {c.id} | {c.title} | {c.expected.value} | `{c.command}` | {c.proof} |")
+            return
+        from verify.cli import console
+        from rich.table import Table
+        t = Table(title="ptverify claims")
+        for col in ("claim", "title", "expected", "proof", "test"):
+            t.add_column(col)
+        for c in claims:
+            t.add_row(c.id, c.title, c.expected.value, c.proof, c.test)
+        console().print(t)
+
     @root.command("check")
     def check_cmd(
         model: str = typer.Option(..., "--model", help="ptverify-model/1 file (.json or .npz)"),
