@@ -284,10 +284,12 @@ def test_z3_single_example_is_sat_condition1():
     assert all(o == y for o, y in zip(forward_uniform_exact(m, ds.examples[0].input, P)[0], ds.examples[0].output[0]))
 
 
-def test_z3_agrees_condition2():
-    res = crosscheck(2, lengths=(1, 2), seed=0, timeout=60)
+@settings(max_examples=3)
+@given(seed=st.integers(0, 1000))
+def test_z3_agrees_condition2(seed):
+    res = crosscheck(2, lengths=(1,), seed=seed, timeout=60)
     assert res.status == Status.PROVED, res.message
-    assert res.checks["z3_answers"] == {"1": "unsat", "2": "unsat"}
+    assert res.checks["z3_answers"] == {"1": "unsat"}
     assert _replay(res)[0]
 
 
