@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from .datasets import random_model, random_tokens
-from .model import Dataset, Example, Head, Layer, Model, as_float, as_fraction
+from .model import Dataset, Example, Head, Layer, Model, as_float, as_fraction, as_scaled_int
 
 __all__ = ["condition1_model", "condition2_model", "collision_dataset", "violating_model",
            "violating_dataset", "has_zero_scores", "forward_uniform_exact", "forward_float",
@@ -95,10 +95,24 @@ def has_zero_scores(model: Model) -> bool:
     """True when every head has W_k^T W_q = 0 exactly (all attention scores are 0)."""
     for layer in model.layers:
         for h in layer.heads:
-            A = as_fraction(h.W_k).T.dot(as_fraction(h.W_q))
-            if any(a != 0 for a in A.reshape(-1)):
+            Nk, _ = as_scaled_int(np.asarray(h.W_k))
+            Nq, _ = as_scaled_int(np.asarray(h.W_q))
+            if any(a != 0 for a in Nk.T.dot(Nq).reshape(-1)):
                 return False
     return True
+
+
+def _value_sum(layer: Layer) -> np.ndarray:
+    """Exact sum_j W_o^j W_v^j (Fractions), via integer products on common denominators."""
+    total = None
+    for h in layer.heads:
+        No, Do = as_scaled_int(np.asarray(h.W_o))
+        Nv, Dv = as_scaled_int(np.asarray(h.W_v))
+        P = No.dot(Nv)
+        V = np.empty(P.shape, dtype=object)
+        V.reshape(-1)[:] = [Fraction(int(v), Do * Dv) for v in P.reshape(-1)]
+        total = V if total is None else total + V
+    return total
 
 
 def forward_uniform_exact(model: Model, X: np.ndarray, prompt: Optional[np.ndarray] = None) -> np.ndarray:
@@ -115,7 +129,7 @@ def forward_uniform_exact(model: Model, X: np.ndarray, prompt: Optional[np.ndarr
     S = np.array(rows, dtype=object)
     n = S.shape[0]
     for layer in model.layers:
-        V = sum(as_fraction(h.W_o).dot(as_fraction(h.W_v)) for h in layer.heads)
+        V = _value_sum(layer)
         VS = S.dot(V.T)  # row b: V s_b
         if model.causal:
             csum = np.cumsum(VS, axis=0)

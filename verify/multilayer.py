@@ -59,18 +59,14 @@ WITNESS_KIND = "multilayer-prompt"
 def _is_pd(M: list) -> bool:
     """Exact positive-definiteness of a symmetric integer matrix (Sylvester's criterion; the
     pivots of fraction-free Bareiss elimination are the leading principal minors)."""
-    M = [list(r) for r in M]
-    n, prev = len(M), 1
+    A = np.array(M, dtype=object).reshape(len(M), len(M))
+    n, prev = A.shape[0], 1
     for k in range(n):
-        p = M[k][k]
+        p = A[k, k]
         if p <= 0:
             return False
-        Mk = M[k]
-        for i in range(k + 1, n):
-            Mi = M[i]
-            mik = Mi[k]
-            for j in range(k + 1, n):
-                Mi[j] = (Mi[j] * p - mik * Mk[j]) // prev
+        if k + 1 < n:
+            A[k + 1:, k + 1:] = (A[k + 1:, k + 1:] * p - np.outer(A[k + 1:, k], A[k, k + 1:])) // prev
         prev = p
     return True
 
@@ -163,20 +159,34 @@ def _sqrt_up_exact(q: Fraction) -> Fraction:
     return Fraction(k, GRID)
 
 
-def _layer_matrices(model: Model) -> dict:
-    """Every matrix whose spectral norm the conditions use, by name: per layer W_1, W_2, the
-    heads' V_j = W_o^j W_v^j and A_j = W_k^j^T W_q^j, and V = sum_j V_j.  Exact products."""
+def _matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Exact A @ B as an object array of Fractions (integer arithmetic on a common denominator)."""
+    NA, DA = as_scaled_int(np.asarray(A))
+    NB, DB = as_scaled_int(np.asarray(B))
+    P = NA.dot(NB)
+    D = DA * DB
+    out = np.empty(P.shape, dtype=object)
+    out.reshape(-1)[:] = [Fraction(int(v), D) for v in P.reshape(-1)]
+    return out
+
+
+def _layer_matrices(model: Model, condition: int) -> dict:
+    """Every matrix whose spectral norm the condition uses, by name: per layer W_1, W_2, the
+    heads' A_j = W_k^j^T W_q^j, and V = sum_j V_j (condition 1) or the heads' V_j = W_o^j W_v^j
+    (condition 2).  Exact products."""
     out = {}
     for li, layer in enumerate(model.layers):
         out[f"layers[{li}].mlp.W_1"] = layer.W_1
         out[f"layers[{li}].mlp.W_2"] = layer.W_2
         Vs = []
         for hj, h in enumerate(layer.heads):
-            V = as_fraction(h.W_o).dot(as_fraction(h.W_v))
+            V = _matmul(h.W_o, h.W_v)
             Vs.append(V)
-            out[f"layers[{li}].heads[{hj}].W_o W_v"] = V
-            out[f"layers[{li}].heads[{hj}].W_k^T W_q"] = as_fraction(h.W_k).T.dot(as_fraction(h.W_q))
-        out[f"layers[{li}].sum_j W_o W_v"] = sum(Vs[1:], Vs[0])
+            if condition == 2:
+                out[f"layers[{li}].heads[{hj}].W_o W_v"] = V
+            out[f"layers[{li}].heads[{hj}].W_k^T W_q"] = _matmul(np.asarray(h.W_k).T, h.W_q)
+        if condition == 1:
+            out[f"layers[{li}].sum_j W_o W_v"] = sum(Vs[1:], Vs[0])
     return out
 
 
@@ -321,7 +331,7 @@ def replay_injectivity(res: dict, base_dir: str = ".") -> tuple[bool, str]:
         return False, "negative tolerance"
     c = Fraction(0)
     if cond in (1, 2):
-        mats = _layer_matrices(model)
+        mats = _layer_matrices(model, cond)
         if set(cert["norms"]) != set(mats):
             return False, "the certificate's norm list does not match the model's matrices"
         for name, W in mats.items():
@@ -433,7 +443,6 @@ def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, pro
     if not any(k == "injective" for *_, k in _pairs(dataset, True)):
         return None, ["no two examples share a prefix and differ in the next token with both targets given there: "
                       "Theorem M rules nothing out for this dataset"]
-    norms = {name: norm_grid(W) for name, W in _layer_matrices(model).items()}
     for cond in conds:
         if cond == 2 and R is None:
             failures.append("condition 2: needs a bound on the prompt tokens' 2-norm (--prompt-norm); none given")
@@ -441,6 +450,7 @@ def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, pro
         if cond == 2 and R < 0:
             raise InputError("--prompt-norm", "a number >= 0", str(R))
         Rx = _input_norm(dataset) if cond == 2 else None
+        norms = {name: norm_grid(W) for name, W in _layer_matrices(model, cond).items()}
         rows, fails, c = _layer_bounds(model, cond, norms, R, Rx)
         if fails:
             failures += [f"condition {cond}: {f}" for f in fails]
@@ -546,7 +556,7 @@ def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, toler
                                       p[i] - p[j] <= val(r2), p[i] - p[j] >= val(-r2)))
     boxes = None
     if R is not None:
-        norms = {name: norm_grid(W) for name, W in _layer_matrices(model).items()}
+        norms = {name: norm_grid(W) for name, W in _layer_matrices(model, 2).items()}
         B = _ceil_grid(max(R, _input_norm(dataset)))
         boxes, state_bounds = [], [B]  # boxes[l][j]: |score| <= ||A_j|| B_l^2
         for li, layer in enumerate(model.layers):
@@ -763,12 +773,12 @@ def _check_int(name: str, v, lo: int, hi: Optional[int] = None) -> int:
     return v
 
 
-def _build(layers: int, d: int, heads: int, condition: int, prompt_norm, seed: int, mlp_width=None):
-    """A model meeting the condition (shrinking the float targets until it certifies) and the
-    collision dataset; returns (model, dataset, R, failures)."""
+def _build(layers: int, d: int, heads: int, condition: int, prompt_norm, seed: int, mlp_width=None,
+           claim: Optional[str] = None):
+    """A model meeting the condition (shrinking the float targets until it certifies), the
+    collision dataset and Theorem M's result on them; returns (model, dataset, R, result)."""
     from constructions.multilayer import collision_dataset, condition1_model, condition2_model
     R = Fraction(str(prompt_norm)) if condition == 2 else None
-    failures: list = []
     for attempt in range(6):
         shrink = 0.5 ** attempt
         if condition == 1:
@@ -780,10 +790,10 @@ def _build(layers: int, d: int, heads: int, condition: int, prompt_norm, seed: i
                                      bias_scale=1.0 if mlp_width else 0.1)
         ds, _ = collision_dataset(model, seed=seed, prompt_length=1 + seed % 3,
                                   prompt_norm=float(R) if R else 1.0, input_norm=float(R) if R else 1.0)
-        cert, failures = certify(model, ds, condition, R)
-        if cert is not None:
-            return model, ds, R, []
-    return model, ds, R, failures
+        res = check_multilayer(model, ds, prompt_norm=R, condition=condition, claim=claim or f"M{condition}")
+        if Status(res.status) == Status.PROVED:
+            break
+    return model, ds, R, res
 
 
 def prove_multilayer(layers: int = 4, d: int = 16, heads: int = 2, condition: int = 1, prompt_norm=None,
@@ -804,19 +814,17 @@ def prove_multilayer(layers: int = 4, d: int = 16, heads: int = 2, condition: in
         if Rq <= 0:
             raise InputError("--prompt-norm", "a positive number", repr(prompt_norm))
     t0 = time.perf_counter()
-    model, ds, R, failures = _build(layers, d, heads, condition, prompt_norm, seed)
-    t1 = time.perf_counter()
-    res = check_multilayer(model, ds, prompt_norm=R, condition=condition, claim=claim or f"M{condition}")
-    res.seconds = {"build": t1 - t0, **res.seconds}
+    model, ds, R, res = _build(layers, d, heads, condition, prompt_norm, seed, claim=claim)
+    res.seconds = {"build": time.perf_counter() - t0 - sum(res.seconds.values()), **res.seconds}
     res.inputs["seed"] = seed
     res.extra["instance"] = {"layers": layers, "d": d, "heads": heads, "condition": condition,
                              "prompt_norm": None if R is None else _fmt(R)}
     return res
 
 
-def _crosscheck_instance(condition: int, seed: int):
+def _crosscheck_instance(condition: int, seed: int, claim: Optional[str] = None):
     """The 2-layer, d = 2 instance of the Z3 cross-check (one head, MLP width 2)."""
-    return _build(2, 2, 1, condition, 1 if condition == 2 else None, seed, mlp_width=2)
+    return _build(2, 2, 1, condition, 1 if condition == 2 else None, seed, mlp_width=2, claim=claim)
 
 
 def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: float = 60.0,
@@ -825,8 +833,7 @@ def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: fl
     each prompt length: "proved" only if the certificate replays and Z3 answers "unsat" for every
     length; a Z3 prompt that replays would refute the theorem ("refuted")."""
     t0 = time.perf_counter()
-    model, ds, R, failures = _crosscheck_instance(condition, seed)
-    res = check_multilayer(model, ds, prompt_norm=R, condition=condition, claim=claim or f"M{condition}-z3")
+    model, ds, R, res = _crosscheck_instance(condition, seed, claim=claim or f"M{condition}-z3")
     if Status(res.status) != Status.PROVED:
         return res
     t1 = time.perf_counter()
