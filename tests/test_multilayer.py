@@ -344,3 +344,25 @@ def test_encoder_conflict_needs_identical_inputs():
     # in an encoder the second output also sees the first token: no conflict
     diff = Dataset([Example(X, [None, y]), Example(X2, [None, y2])])
     assert check_multilayer(m, diff).status == Status.UNKNOWN
+
+
+@settings(max_examples=3)
+@given(seed=st.integers(0, 1000), relax=st.sampled_from(["weights", "exp"]), m_p=st.integers(1, 2))
+def test_z3_relaxation_contains_the_true_execution(seed, relax, m_p):
+    """Soundness of the condition 2 encoding: with the prompt fixed to a real admissible prompt
+    P0, the targets y = g([P0, x]) (float64, tolerance 1e-6) are feasible."""
+    import z3
+    from verify.multilayer import _crosscheck_instance, _z3_encode
+    m, ds, R, _ = _crosscheck_instance(2, seed)
+    rng = np.random.default_rng(seed)
+    P0 = rng.normal(size=(m_p, 2))
+    P0 = np.round(P0 / np.linalg.norm(P0, axis=1, keepdims=True) * 0.9 * 1024) / 1024
+    X = ds.examples[0].input
+    y = forward_float(m, X, P0)[0]
+    one = Dataset([Example(X, [np.array([Fraction(float(v)) for v in y], dtype=object)])])
+    solver, P = _z3_encode(m, one, m_p, R, Fraction(1, 10**6), relax=relax)
+    for row, vals in zip(P, P0):
+        for v, q in zip(row, vals):
+            solver.add(v == z3.RealVal(str(Fraction(float(q)))))
+    solver.set("timeout", 60000)
+    assert solver.check() == z3.sat

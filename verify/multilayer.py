@@ -634,8 +634,9 @@ def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, toler
                     for t in tpts:
                         if -a <= t <= a:
                             solver.add(E >= val(_exp_enc(t)[0]) * (1 + sc - val(t)))
-                    if a > 0:
-                        solver.add(E <= val(Ehi) + val((Ehi - Elo) / (2 * a)) * (sc - val(a)))
+                    if a > 0:  # chord through upper enclosures of exp(-a) and exp(a): above exp on [-a, a]
+                        Eup_left = _exp_enc(-a)[1]
+                        solver.add(E <= val(Eup_left) + val((Ehi - Eup_left) / (2 * a)) * (sc + val(a)))
                     Es.append(E)
                 o = [z3.Real(f"o{counter[0]}_{i}") for i in range(model.d)]
                 counter[0] += 1
