@@ -16,7 +16,8 @@ from .forward import forward_exact, forward_torch
 from .model import Dataset, Example, Head, IntMatrix, Layer, Model, as_float, as_fraction, as_scaled_int
 
 __all__ = ["random_model", "mlp_exact", "mlp_float", "mlp_inverse_float", "l1_dataset", "l3_dataset",
-           "planted_dataset", "random_tokens", "head_parts_float", "cheap_norm_bound", "prop_e_dataset"]
+           "planted_dataset", "random_tokens", "head_parts_float", "cheap_norm_bound", "prop_e_dataset",
+           "long_prompt_dataset"]
 
 
 def _dyadic(a: np.ndarray, bits: int) -> np.ndarray:
@@ -295,3 +296,20 @@ def prop_e_dataset(model: Model, alpha: Fraction, seed: int = 0, examples: int =
         c = M.dot(tot + pi) / (2 + alpha)
         exs.append(Example(input=X, output=[None, mlp_exact(layer, x0 + c)]))
     return Dataset(exs, meta={"builder": "prop_e_dataset", "alpha": str(alpha), "seed": seed})
+
+
+def long_prompt_dataset(model: Model, prompt_length: int = 4, seed: int = 0, examples: int = 2,
+                        scale: float = 0.3) -> tuple[Dataset, np.ndarray]:
+    """Planted at the shared token only: K examples [x_i, x_0] whose x_0 outputs are produced (in
+    float64) by a prompt of ``prompt_length`` distinct tokens; the x_i outputs are unconstrained.
+
+    The prompt's softmax weights at x_0 have entropy H > 0, which shorter prompts cannot reproduce
+    when R pins (alpha, pi): the fixed-length claims K < H-ish are provable while the any-length
+    one is not (proofs/prop_E.md)."""
+    rng = np.random.default_rng(50_000 + seed)
+    P = random_tokens(rng, prompt_length, model.d, scale=scale)
+    ds, _ = planted_dataset(model, prompt=P, seed=seed, examples=examples, exact=False)
+    for e in ds.examples:
+        e.output = [None] * (len(e.output) - 1) + [e.output[-1]]
+    ds.meta = {"builder": "long_prompt_dataset", "seed": seed, "prompt_length": prompt_length}
+    return ds, P

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from constructions.datasets import l1_dataset, l3_dataset, planted_dataset, prop_e_dataset, random_model
+from constructions.datasets import (l1_dataset, l3_dataset, long_prompt_dataset, planted_dataset, prop_e_dataset,
+                                    random_model)
 from constructions.model import dataset_to_json, model_to_json, save_dataset, save_model
 from verify.checker import check_limitation_certificate
 from verify.prover import check_memorization, prove_limitation
@@ -269,3 +270,26 @@ def test_prop_e_fixed_length_consistency():
     res["prompt_length"] = 2
     res["certificate"]["prompt_length"] = 2
     assert not replay_dict(res)[0]
+
+
+def test_fixed_length_proved_where_any_length_fails():
+    model = random_model(3, heads=1, seed=5)
+    ds, prompt = long_prompt_dataset(model, prompt_length=4, seed=5)
+    tol = Fraction(1, 10 ** 9)
+    assert check_memorization(model, ds, tolerance=tol, search_witness=False).status != Status.PROVED
+    for K in (1, 2):
+        res = check_memorization(model, ds, prompt_length=K, tolerance=tol, search_witness=False)
+        assert res.status == Status.PROVED, res.message
+        assert "entropy_pieces" in res.certificate and _replays(res)
+    # the planting length itself is never proved
+    assert check_memorization(model, ds, prompt_length=4, tolerance=tol, search_witness=False).status != Status.PROVED
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 1000), L=st.integers(1, 4))
+def test_long_prompt_planted_never_proved_at_its_length(seed, L):
+    model = random_model(3, heads=1, seed=seed)
+    ds, prompt = long_prompt_dataset(model, prompt_length=L, seed=seed)
+    for K in ("any", L):
+        res = check_memorization(model, ds, prompt_length=K, tolerance=Fraction(1, 10 ** 9), search_witness=False)
+        assert res.status != Status.PROVED, (K, res.message)

@@ -316,15 +316,8 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
         # V = Phi W_o^j W_v^j (rows), tau_i = Phi c_i, kappa_i >= ||Phi^T lambda_i||
         V = _Mat.from_rows([heads[j]["W_v"].vm(heads[j]["W_o"].vm(phi)) for phi in Phi])
         taus = [[_dot(phi, m["c"]) for phi in Phi] for m in members]
-        ws = [Fraction(0)] * len(members)
-        if "alpha_pieces" in cert:
-            if any(m["rho"] != 0 for m in members):
-                return False, "alpha pieces need exact preimages and tolerance 0"
-        elif len(lam) == len(members):
-            ws = []
-            for lam_i, m in zip(lam, members):
-                v = [sum((lam_i[r] * Phi[r][c] for r in range(len(Phi))), Fraction(0)) for c in range(d)]
-                ws.append(_sqrt_up(_dot(v, v)) * m["rho"])
+        if "alpha_pieces" in cert and any(m["rho"] != 0 for m in members):
+            return False, "alpha pieces need exact preimages and tolerance 0"
     elif form == "direct-sum":
         if any(m["rho"] != 0 for m in members):
             return False, "direct-sum certificates need exact preimages and tolerance 0"
@@ -351,56 +344,102 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
         off = sum(sizes[:j])
         V = heads[j]["W_v"]
         taus = [g[off:off + sizes[j]] for g in gam]
-        ws = [Fraction(0)] * len(members)
     else:
         return False, f"unknown form {form!r}"
-    # Farkas test, once for alpha >= 0 or once per piece of alpha's range (Proposition E)
-    pieces = [(Fraction(0), None, lam)]
+    # Farkas test: once for alpha >= 0, or once per piece of alpha's range (Proposition E)
+    K = cert.get("prompt_length", "any")
+    if res_prompt_length is not None and K != "any" and res_prompt_length != K:
+        return False, "the certificate's prompt length differs from the result's"
+
+    def slack(lam_):
+        if form != "annihilator" or "alpha_pieces" in cert or len(lam_) != len(members):
+            return [Fraction(0)] * len(members)
+        out = []
+        for lam_i, m in zip(lam_, members):
+            v = [sum((lam_i[r] * Phi[r][c] for r in range(len(Phi))), Fraction(0)) for c in range(d)]
+            out.append(_sqrt_up(_dot(v, v)) * m["rho"])
+        return out
+    pieces = [(Fraction(0), None, lam, None)]
     if "alpha_pieces" in cert:
         if len(heads) != 1 or any(heads[0]["W_k"].vm(heads[0]["W_q"].mv(x))):
             return False, "alpha pieces need one head with W_k^T W_q x = 0 (alpha = prompt length)"
         pieces = [(_q(pc["lo"]), None if pc["hi"] is None else _q(pc["hi"]),
-                   [[_q(v) for v in row] for row in pc["multipliers"]]) for pc in cert["alpha_pieces"]]
+                   [[_q(v) for v in row] for row in pc["multipliers"]], None) for pc in cert["alpha_pieces"]]
         # alpha = m_p is a positive integer: the pieces must cover 1, 2, 3, ... (or the stated K)
-        K = cert.get("prompt_length", "any")
         if K != "any":
-            if res_prompt_length is not None and res_prompt_length != K:
-                return False, "the certificate's prompt length differs from the result's"
-            if not any(lo <= int(K) and (hi is None or int(K) <= hi) for lo, hi, _ in pieces):
+            if not any(lo <= int(K) and (hi is None or int(K) <= hi) for lo, hi, _, _ in pieces):
                 return False, f"alpha pieces miss the prompt length {K}"
-            pieces_cover = True
         else:
-            pieces_cover = False
-        nxt = None if pieces_cover else 1
-        for lo, hi, _ in ([] if pieces_cover else sorted(pieces, key=lambda pc: pc[0])):
-            if lo > nxt:
-                return False, f"alpha pieces miss the integer {nxt}"
-            if hi is None:
-                nxt = None
-                break
-            nxt = max(nxt, math.floor(hi) + 1)
-        if nxt is not None:
-            return False, "alpha pieces do not cover every prompt length"
+            nxt = 1
+            for lo, hi, _, _ in sorted(pieces, key=lambda pc: pc[0]):
+                if lo > nxt:
+                    return False, f"alpha pieces miss the integer {nxt}"
+                if hi is None:
+                    nxt = None
+                    break
+                nxt = max(nxt, math.floor(hi) + 1)
+            if nxt is not None:
+                return False, "alpha pieces do not cover every prompt length"
+    elif "entropy_pieces" in cert:
+        # g^T pi = alpha log alpha - alpha H(w), 0 <= H <= log m_p (proofs/prop_E.md); on a piece
+        # [a, b]: g^T pi <= alpha log b, and for length K: g^T pi >= alpha (log a - log K)
+        gvec = heads[j]["W_k"].vm(heads[j]["W_q"].mv(x))
+        lK = None
+        if K != "any":
+            lK = _q(cert["log_K_hi"])
+            if exp_bounds(lK)[0] < int(K):
+                return False, "log_K_hi is not an upper bound on log K"
+        pieces = []
+        for pc in cert["entropy_pieces"]:
+            lo, hi = _q(pc["lo"]), None if pc["hi"] is None else _q(pc["hi"])
+            mu_lo, mu_hi = _q(pc["mu_lo"]), _q(pc["mu_hi"])
+            if mu_lo < 0 or mu_hi < 0 or (hi is not None and hi < lo):
+                return False, "bad entropy piece"
+            c_lo = c_hi = Fraction(0)
+            if mu_lo:
+                ll = _q(pc["log_lo"])
+                if lK is None or lo <= 0 or exp_bounds(ll)[1] > lo:
+                    return False, "log_lo is not a lower bound on log lo (or no prompt length)"
+                c_lo = ll - lK
+            if mu_hi:
+                lh = _q(pc["log_hi"])
+                if hi is None or exp_bounds(lh)[0] < hi:
+                    return False, "log_hi is not an upper bound on log hi"
+                c_hi = lh
+            pieces.append((lo, hi, [[_q(v) for v in row] for row in pc["multipliers"]], (gvec, mu_lo, c_lo, mu_hi, c_hi)))
+        reach = Fraction(0)
+        for lo, hi, _, _ in sorted(pieces, key=lambda pc: pc[0]):
+            if reach is None or lo > reach:
+                return False, "entropy pieces do not cover alpha > 0"
+            reach = None if hi is None else max(reach, hi)
+        if reach is not None:
+            return False, "entropy pieces do not cover alpha > 0"
     totals = []
-    for a_lo, a_hi, lam in pieces:
-        ok, total = _farkas(V, taus, ws, members, lam, heads[j], x, a_lo, a_hi)
+    for a_lo, a_hi, lam_, ineq in pieces:
+        ok, total = _farkas(V, taus, slack(lam_), members, lam_, heads[j], x, a_lo, a_hi, ineq)
         if not ok:
             return False, total
         totals.append(total)
-    what = ("every alpha >= 0" if "alpha_pieces" not in cert else
-            "every prompt length" if cert.get("prompt_length", "any") == "any" else f"prompt length {cert['prompt_length']}")
+    what = ("every alpha >= 0" if len(pieces) == 1 and pieces[0][3] is None and "alpha_pieces" not in cert else
+            "every prompt length" if K == "any" else f"prompt length {K}")
     return True, (f"head {j}: Farkas combination > {float(min(totals)):.3g} > 0 for {what} and every "
                   f"exponential in its enclosure ({len(members)} examples share the query; k = {float(k):.4g})")
 
 
-def _farkas(V, taus, ws, members, lam, head, x, a_lo, a_hi):
-    """Is sum_i lambda_i^T [V(sum_t e_t X_i[t] + pi) - (Z_i + alpha) tau_i] separated from the
-    slack for every pi, e in the enclosures and alpha in [a_lo, a_hi]?  Returns (ok, margin|msg)."""
+def _farkas(V, taus, ws, members, lam, head, x, a_lo, a_hi, ineq=None):
+    """Is sum_i lambda_i^T [V(sum_t e_t X_i[t] + pi) - (Z_i + alpha) tau_i] - mu_lo (g^T pi - c_lo alpha)
+    - mu_hi (c_hi alpha - g^T pi) positive, beyond the slack, for every pi, every e in the enclosures
+    and alpha in [a_lo, a_hi]?  (At a feasible point it equals -mu . (inequalities) <= 0.)
+    Returns (ok, margin|msg)."""
     q = V.shape[0]
     if len(lam) != len(members) or any(len(l_) != q for l_ in lam):
         return False, "one multiplier vector of size q per member is needed"
-    if any(V.vm([sum((l_[r] for l_ in lam), Fraction(0)) for r in range(q)])):
-        return False, "sum_i lambda_i^T V != 0 (the prompt term does not cancel)"
+    gvec, mu_lo, c_lo, mu_hi, c_hi = ineq if ineq is not None else ([], 0, 0, 0, 0)
+    pi_coef = V.vm([sum((l_[r] for l_ in lam), Fraction(0)) for r in range(q)])
+    if gvec:
+        pi_coef = [a - (mu_lo - mu_hi) * b for a, b in zip(pi_coef, gvec)]
+    if any(pi_coef):
+        return False, "the prompt term pi does not cancel"
     qx = head["W_q"].mv(x)
     g_alpha, slack_alpha, coef = Fraction(0), Fraction(0), {}
     for lam_i, tau, w, m in zip(lam, taus, ws, members):
@@ -411,7 +450,7 @@ def _farkas(V, taus, ws, members, lam, head, x, a_lo, a_hi):
             c = _dot(lam_i, [a - b for a, b in zip(V.mv(key), tau)])
             c0, w0 = coef.get(s, (Fraction(0), Fraction(0)))
             coef[s] = (c0 + c, w0 + w)
-    ga = g_alpha - slack_alpha
+    ga = g_alpha - slack_alpha + mu_lo * c_lo - mu_hi * c_hi
     if ga < 0 and a_hi is None:
         return False, "the alpha coefficient has the wrong sign"
     total = ga * a_lo if ga >= 0 else ga * a_hi
@@ -535,8 +574,6 @@ def _inputs(res: dict, base_dir: str):
 def _replay_cert(res: dict, base_dir: str):
     model, ds = _inputs(res, base_dir)
     cert = res["certificate"]
-    if "alpha_pieces" not in cert and res.get("prompt_length", "any") not in ("any",) and not isinstance(res.get("prompt_length"), int):
-        return False, "bad prompt_length"
     return check_limitation_certificate(model, ds, cert, base_dir, res_prompt_length=res.get("prompt_length"))
 
 

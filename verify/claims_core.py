@@ -58,6 +58,15 @@ def _run_e_witness(p: dict, outdir: str):
     return _run_e(p, outdir, claim="E-witness")
 
 
+def _run_e_length(p: dict, outdir: str):
+    from constructions.datasets import long_prompt_dataset, random_model
+    from .prover import check_memorization
+    model = random_model(p["d"], heads=1, seed=p.get("seed", 5))
+    ds, _ = long_prompt_dataset(model, prompt_length=p["planted_length"], seed=p.get("seed", 5))
+    return check_memorization(model, ds, claim="E-length", prompt_length=p["K"], tolerance=Fraction(1, 10 ** 9),
+                              search_witness=False, side_files=_side(outdir, "E-length"))
+
+
 def _run_control(p: dict, outdir: str):
     from constructions.datasets import planted_dataset, random_model
     from .prover import check_memorization
@@ -116,6 +125,14 @@ CLAIMS = [
           default={"d": 4, "alpha": "2"}, quick={"d": 3, "alpha": "2"},
           command="ptverify check --model M.json --dataset D.json",
           proof="proofs/prop_E.md", test="tests/test_prover.py::test_prop_e_decides_both_ways"),
+    Claim("E-length", "A fixed-length limitation where the any-length claim fails",
+          "Targets produced by a prompt of 4 tokens (float64, tolerance 1e-9): relaxation R plus the entropy "
+          "relation g^T pi = alpha log alpha - alpha H, 0 <= H <= log K, proves that no prompt of length 1 "
+          "memorizes them, although a prompt of length 4 does.",
+          Status.PROVED, _run_e_length,
+          default={"d": 3, "planted_length": 4, "K": 3, "seed": 5}, quick={"d": 3, "planted_length": 4, "K": 1, "seed": 5},
+          command="ptverify check --model M.json --dataset D.json --prompt-length 1 --tolerance 1e-9",
+          proof="proofs/prop_E.md", test="tests/test_prover.py::test_fixed_length_proved_where_any_length_fails"),
     Claim("control-planted", "Control: a dataset produced by a known prompt is never 'proved'",
           "A planted dataset (float64 targets from a known prompt, tolerance 1e-9) is memorized: the prover "
           "returns a witness prompt that the independent checker replays.",

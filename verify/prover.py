@@ -231,8 +231,9 @@ def _z3q(z3, q: Fraction):
     return z3.RealVal(f"{q.numerator}/{q.denominator}")
 
 
-def _primal_constraints(z3, block: Block, members: list[Member], v_free: bool):
-    """Constraints of relaxation R restricted to one block, and the alpha variable."""
+def _primal_constraints(z3, block: Block, members: list[Member], v_free: bool, rhos: Optional[list] = None):
+    """Constraints of relaxation R restricted to one block, and the alpha variable.  With radii
+    ``rhos`` (annihilator form) row r of member i may miss by (Z + alpha) ||Phi_r|| rho_i."""
     cons = []
     alpha = z3.Real("alpha")
     q = len(block.V)
@@ -254,7 +255,12 @@ def _primal_constraints(z3, block: Block, members: list[Member], v_free: bool):
         Z = z3.Sum([evars[sc] for sc in block.scores[i]])
         for r in range(q):
             lhs = z3.Sum([evars[sc] * _z3q(z3, vx[r]) for sc, vx in zip(block.scores[i], block.VX[i])]) + vv[r]
-            cons.append(lhs == (Z + alpha) * _z3q(z3, block.taus[i][r]))
+            rhs = (Z + alpha) * _z3q(z3, block.taus[i][r])
+            if rhos is not None and rhos[i] and block.Phi is not None:
+                rad = sqrt_up(sum((v * v for v in block.Phi[r]), Fraction(0))) * rhos[i]
+                cons += [lhs - rhs <= (Z + alpha) * _z3q(z3, rad), rhs - lhs <= (Z + alpha) * _z3q(z3, rad)]
+            else:
+                cons.append(lhs == rhs)
     return cons, alpha
 
 
@@ -268,13 +274,13 @@ def _primal_block(z3, block: Block, members: list[Member], timeout_ms: int, v_fr
     return str(s.check()), s
 
 
-def _alpha_range(z3, block: Block, members: list[Member], v_free: bool, timeout_ms: int):
+def _alpha_range(z3, block: Block, members: list[Member], v_free: bool, timeout_ms: int, rhos=None):
     """[min, max] of alpha >= 0 over R restricted to a block (max None when unbounded)."""
     out = []
     for sense in ("min", "max"):
         o = z3.Optimize()
         o.set("timeout", timeout_ms)
-        cons, alpha = _primal_constraints(z3, block, members, v_free)
+        cons, alpha = _primal_constraints(z3, block, members, v_free, rhos)
         o.add(alpha >= 0, *cons)
         h = o.minimize(alpha) if sense == "min" else o.maximize(alpha)
         if o.check() != z3.sat:
@@ -292,15 +298,34 @@ def _alpha_range(z3, block: Block, members: list[Member], v_free: bool, timeout_
 
 
 def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool,
-                alpha_lo: Fraction = Fraction(0), alpha_hi: Optional[Fraction] = None) -> Optional[list[list[Fraction]]]:
-    """Exact Farkas vector for an infeasible block via Z3 (LRA), or None."""
+                alpha_lo: Fraction = Fraction(0), alpha_hi: Optional[Fraction] = None,
+                ineq: Optional[tuple] = None, rhos: Optional[list] = None):
+    """Exact Farkas vector for an infeasible block via Z3 (LRA), or None.
+
+    ``ineq = (g, c_lo, c_hi)`` adds the entropy inequalities g^T pi >= c_lo alpha (c_lo not None)
+    and g^T pi <= c_hi alpha (c_hi not None); then (lambda, mu_lo, mu_hi) is returned.  With radii
+    ``rhos`` (annihilator form) the multipliers must also beat the slack of inexact targets."""
     q = len(block.V)
     d = len(block.V[0])
     K = len(members)
     s = z3.SolverFor("QF_LRA")
     s.set("timeout", timeout_ms)
     lam = [[z3.Real(f"l{i}_{r}") for r in range(q)] for i in range(K)]
-    if v_free:
+    mus = [z3.Real("mu_lo"), z3.Real("mu_hi")]
+    s.add(mus[0] >= 0, mus[1] >= 0)
+    if ineq is None or ineq[1] is None:
+        s.add(mus[0] == 0)
+    if ineq is None or ineq[2] is None:
+        s.add(mus[1] == 0)
+    if ineq is not None:
+        gv = ineq[0]
+        for c in range(d):
+            terms = [lam[i][r] * _z3q(z3, block.V[r][c]) for i in range(K) for r in range(q) if block.V[r][c]]
+            if gv[c]:
+                terms.append((mus[1] - mus[0]) * _z3q(z3, gv[c]))
+            if terms:
+                s.add(z3.Sum(terms) == 0)
+    elif v_free:
         for r in range(q):
             s.add(z3.Sum([lam[i][r] for i in range(K)]) == 0)
     else:
@@ -309,6 +334,24 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
             if terms:
                 s.add(z3.Sum(terms) == 0)
     g_alpha = -z3.Sum([lam[i][r] * _z3q(z3, block.taus[i][r]) for i in range(K) for r in range(q) if block.taus[i][r]] or [z3.RealVal(0)])
+    if ineq is not None:
+        if ineq[1] is not None:
+            g_alpha = g_alpha + mus[0] * _z3q(z3, ineq[1])
+        if ineq[2] is not None:
+            g_alpha = g_alpha - mus[1] * _z3q(z3, ineq[2])
+    ws = [z3.RealVal(0)] * K
+    if rhos is not None and block.Phi is not None and any(rhos):
+        # w_i >= rho_i ||Phi^T lambda_i||_1 >= rho_i ||Phi^T lambda_i||_2 (the checker uses the 2-norm)
+        ws = []
+        for i in range(K):
+            ts = []
+            for c in range(d):
+                v = z3.Sum([lam[i][r] * _z3q(z3, block.Phi[r][c]) for r in range(q) if block.Phi[r][c]] or [z3.RealVal(0)])
+                t = z3.Real(f"t{i}_{c}")
+                s.add(t >= v, t >= -v)
+                ts.append(t)
+            ws.append(_z3q(z3, rhos[i]) * z3.Sum(ts))
+        g_alpha = g_alpha - z3.Sum(ws)
     m_alpha = z3.Real("m_alpha")
     s.add(m_alpha <= g_alpha * _z3q(z3, Fraction(alpha_lo)))
     if alpha_hi is None:
@@ -326,6 +369,8 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
     ms = []
     for n, (sc, expr) in enumerate(g.items()):
         lo, hi = exp_enclosure(sc)
+        cnt = [sum(1 for t in block.scores[i] if t == sc) for i in range(K)]
+        expr = expr - z3.Sum([ws[i] * cnt[i] for i in range(K) if cnt[i]] or [z3.RealVal(0)])
         mv = z3.Real(f"m{n}")
         s.add(mv <= expr * _z3q(z3, lo), mv <= expr * _z3q(z3, hi))
         ms.append(mv)
@@ -337,7 +382,10 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
     def val(v):
         r = mdl.eval(v, model_completion=True)
         return Fraction(r.numerator_as_long(), r.denominator_as_long())
-    return [[val(lam[i][r]) for r in range(q)] for i in range(K)]
+    out = [[val(lam[i][r]) for r in range(q)] for i in range(K)]
+    if ineq is not None:
+        return out, val(mus[0]), val(mus[1])
+    return out
 
 
 # --------------------------------------------------------------------------- the prover
@@ -612,6 +660,19 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             res.seconds["solve"] = time.perf_counter() - t1
             res.extra["log"] = log
             return res
+    if found is None and h == 1 and layer.kind == "softmax" and time.perf_counter() < deadline:
+        for g in groups:
+            if len(g.members) < 2:
+                continue
+            rh = _weights(k, model.d, tol, g.members)
+            blks = _head_blocks(model, ex, g, None, rh)
+            if not blks:
+                continue
+            ent = _entropy_proof(z3, model, ex, g, blks[0], rh, prompt_length,
+                                 max(1, int((deadline - time.perf_counter()) * 1000)), log)
+            if ent is not None:
+                found = (g, blks[0], None, rh, None, ent)
+                break
     if (nonlinear and h > 1 and ds_info is None and model.d <= 6 and layer.kind == "softmax"
             and time.perf_counter() < deadline):
         ans = _nonlinear_R(z3, model, ex, groups, k, tol, int((deadline - time.perf_counter()) * 1000), artifacts)
@@ -622,16 +683,33 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     if found is not None:
         g, blk, lam, rhos = found[:4]
         pieces = found[4] if len(found) > 4 else None
+        ent = found[5] if len(found) > 5 else None
         cert = _certificate(model, g, blk, lam, tol, mlpc, ds_info)
+        if ent is not None:
+            cert["prompt_length"] = prompt_length
+            if ent["log_K_hi"] is not None:
+                cert["log_K_hi"] = _rat_str(ent["log_K_hi"])
+            cert["entropy_pieces"] = []
+            for pc in ent["pieces"]:
+                e = {"lo": _rat_str(pc["lo"]), "hi": None if pc["hi"] is None else _rat_str(pc["hi"]),
+                     "mu_lo": _rat_str(pc["mu_lo"]), "mu_hi": _rat_str(pc["mu_hi"]),
+                     "multipliers": [_vec_str(r) for r in pc["lam"]]}
+                for key in ("log_lo", "log_hi"):
+                    if key in pc:
+                        e[key] = _rat_str(pc[key])
+                cert["entropy_pieces"].append(e)
         if pieces is not None:
             cert.pop("multipliers", None)
             cert["prompt_length"] = prompt_length
             cert["alpha_pieces"] = [{"lo": _rat_str(lo), "hi": None if hi is None else _rat_str(hi),
                                      "multipliers": [_vec_str(r) for r in lm]} for lo, hi, lm in pieces]
         res.certificate = cert
-        res.method = "Proposition E: zero-score head, alpha = prompt length is an integer; Farkas certificate per alpha range" if pieces is not None else {"subspace": "attention-subspace functional (L3)",
+        res.method = ("Proposition E: zero-score head, alpha = prompt length is an integer; Farkas certificate per alpha range"
+                      if pieces is not None else
+                      "Proposition E: relaxation R plus the entropy relation g^T pi = alpha (log alpha - H), Farkas certificate per alpha range"
+                      if ent is not None else {"subspace": "attention-subspace functional (L3)",
                       "annihilator": "relaxation R, projected head system, Farkas certificate",
-                      "direct-sum": "relaxation R, decoupled heads (direct sum), Farkas certificate"}[blk.form]
+                      "direct-sum": "relaxation R, decoupled heads (direct sum), Farkas certificate"}[blk.form])
         if len(g.members) >= 2 and blk.form != "subspace":
             res.method += f"; {len(g.members)} examples share the query token (L1/L2)"
         if "nonlinear_R" in res.solver:
@@ -645,7 +723,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
         if ok:
             res.status = Status.PROVED
             res.extra["certified_min_error"] = (_rat_str(_min_error(model, g, blk, lam, k))
-                                                if blk.form != "direct-sum" and pieces is None else "0")
+                                                if blk.form != "direct-sum" and pieces is None and ent is None else "0")
             res.message = f"certificate re-verified: {msg}"
         else:
             res.status = Status.UNKNOWN
@@ -725,6 +803,88 @@ def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, timeout_ms, pro
         pieces.append((a_lo, a_hi, lam))
     log.append("no admissible prompt length fits the range of alpha")
     return (g, blk, None, rhos, pieces)
+
+
+def _log_lo(a: Fraction) -> Fraction:
+    """Rational l <= log a (checked with a rigorous exp enclosure)."""
+    l_ = Fraction(math.log(float(a)) - 1e-12).limit_denominator(1 << 50)
+    while exp_enclosure(l_)[1] > a:
+        l_ -= Fraction(1, 1 << 30)
+    return l_
+
+
+def _log_hi(b: Fraction) -> Fraction:
+    l_ = Fraction(math.log(float(b)) + 1e-12).limit_denominator(1 << 50)
+    while exp_enclosure(l_)[0] < b:
+        l_ += Fraction(1, 1 << 30)
+    return l_
+
+
+def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, timeout_ms, log):
+    """Proposition E, g = W_k^T W_q x != 0: R plus the entropy relation
+    g^T pi = alpha log alpha - alpha H(w), 0 <= H <= log m_p, decided piecewise in alpha.
+
+    R bounds alpha to [lo, hi]; outside, R alone is infeasible on [0, a1] and [a2, inf); on
+    [a1, a2] (split further if needed) the inequalities g^T pi <= alpha log a2 (every length) and,
+    for length K, g^T pi >= alpha (log a1 - log K) are added.  Returns the pieces or None."""
+    j = blk.head
+    gvec = ex.heads[j]["W_k"].vm(ex.heads[j]["W_q"].mv(g.x))
+    if not any(gvec):
+        return None
+    rng = _alpha_range(z3, blk, g.members, False, timeout_ms, rhos)
+    if rng is None or rng[1] is None or rng[1] <= 0:
+        return None
+    lo, hi = rng
+    pad = max((hi - lo), (lo + hi) / 2 * Fraction(1, 10 ** 6))
+    a1 = max(Fraction(lo - pad).limit_denominator(1 << 40), Fraction(0))
+    a2 = Fraction(hi + pad).limit_denominator(1 << 40)
+    a1 = min(a1, lo) if a1 > lo else a1
+    a2 = max(a2, hi)
+    K = None if prompt_length == "any" else Fraction(prompt_length)
+    lK = _log_hi(K) if K is not None else None
+    pieces = []
+
+    def solve(a_lo, a_hi, use_ineq):
+        ineq = None
+        if use_ineq:
+            c_lo = (_log_lo(a_lo) - lK) if (K is not None and a_lo > 0) else None
+            c_hi = _log_hi(a_hi) if a_hi is not None else None
+            ineq = (gvec, c_lo, c_hi)
+        out = _dual_block(z3, blk, g.members, timeout_ms, False, alpha_lo=a_lo, alpha_hi=a_hi, ineq=ineq, rhos=rhos)
+        if out is None:
+            return None
+        if ineq is None:
+            return {"lo": a_lo, "hi": a_hi, "lam": out, "mu_lo": Fraction(0), "mu_hi": Fraction(0)}
+        lam, mu_lo, mu_hi = out
+        pc = {"lo": a_lo, "hi": a_hi, "lam": lam, "mu_lo": mu_lo, "mu_hi": mu_hi}
+        if mu_lo:
+            pc["log_lo"] = _log_lo(a_lo)
+        if mu_hi:
+            pc["log_hi"] = _log_hi(a_hi)
+        return pc
+
+    spans = ([(Fraction(0), a1)] if a1 > 0 else []) + [(a2, None)]
+    for a_lo, a_hi in spans:
+        pc = solve(a_lo, a_hi, False) or solve(a_lo, a_hi, True)
+        if pc is None:
+            log.append(f"entropy pieces: no certificate for alpha in [{float(a_lo):.4g}, {a_hi}]")
+            return None
+        pieces.append(pc)
+    todo = [(a1, a2, 0)]
+    while todo:
+        a_lo, a_hi, depth = todo.pop()
+        pc = solve(a_lo, a_hi, True)
+        if pc is not None:
+            pieces.append(pc)
+            continue
+        if depth >= 4:
+            log.append(f"entropy pieces: alpha in [{float(a_lo):.6g}, {float(a_hi):.6g}] stays feasible")
+            return None
+        mid = ((a_lo + a_hi) / 2).limit_denominator(1 << 40)
+        todo += [(a_lo, mid, depth + 1), (mid, a_hi, depth + 1)]
+    log.append(f"entropy relation excludes every alpha in [{float(a1):.6g}, {float(a2):.6g}] "
+               f"({'every length' if K is None else f'length {K}'}); R excludes the rest")
+    return {"pieces": pieces, "log_K_hi": lK}
 
 
 def _zero_score_prompt_sum(z3, model, ex, groups, m_p, timeout_ms):
