@@ -10,7 +10,6 @@ All weights are dyadic rationals, so the models are exact and cheap in exact ari
 """
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Optional
 

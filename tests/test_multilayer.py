@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from constructions.model import Dataset, Example, InputError, as_float
+from constructions.model import Dataset, Example, InputError
 from constructions.multilayer import (collision_dataset, condition1_model, condition2_model, forward_float,
                                       forward_uniform_exact, violating_dataset, violating_model)
-from verify.multilayer import (GRID_BITS, certify, check_multilayer, crosscheck, nonvacuity, norm_grid,
+from verify.multilayer import (GRID_BITS, check_multilayer, crosscheck, nonvacuity, norm_grid,
                                norm_grid_holds, prove_multilayer, replay_injectivity, z3_crosscheck)
 from verify.replay import replay_dict
 from verify.result import Status

@@ -33,7 +33,7 @@ import os
 import tempfile
 import time
 from fractions import Fraction
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
