@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .model import Dataset, Head, Layer, Model, as_float, as_fraction
+from .model import Dataset, Layer, Model, as_fraction
 
 __all__ = [
     "LoRAUpdate", "apply_lora", "rref", "rank_exact", "solve_exact", "column_basis_exact",
