@@ -30,7 +30,6 @@ point instead of minimized.  Other heads keep the any-length bound (still valid 
 from __future__ import annotations
 
 import heapq
-import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional
