@@ -709,7 +709,7 @@ CLAIMS = [
     Claim(id="EXP", title="prompt tuning plateaus above the certified bound, LoRA reaches ~0",
           statement="gradient prompt tuning ends at or above the certified bound; LoRA W_2 of rank >= rank(E) < 1e-8",
           expected=Status.VERIFIED, run=_claim_exp, default={"quick": False},
-          quick={"quick": True, "datasets": ["L1"], "steps": 200, "polish": 40},
+          quick={"quick": True, "datasets": ["L1"]},
           command="ptverify experiment prompt-vs-lora --out DIR", proof="proofs/loss_bound.md",
           test="tests/test_experiment.py::test_quick_experiment"),
 ]

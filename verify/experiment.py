@@ -359,10 +359,10 @@ def _plot(results: dict, path: str) -> None:
 
 def _config(quick: bool) -> dict:
     if quick:
-        return {"lengths": [1, 2, 4, 8], "inits": 2, "steps": 300, "polish": 60, "lr": 0.05,
+        return {"lengths": [1, 2, 4, 8], "inits": 2, "steps": 300, "polish": 200, "lr": 0.05,
                 "ranks": [1, 2, 4], "lora_targets": ["W_2", "W_v", "W_q"], "lora_inits": 1,
                 "datasets": ["L1", "generic-N1", "generic-N2"], "d": 4}
-    return {"lengths": [1, 2, 4, 8, 16, 32], "inits": 3, "steps": 2000, "polish": 200, "lr": 0.05,
+    return {"lengths": [1, 2, 4, 8, 16, 32], "inits": 3, "steps": 2000, "polish": 500, "lr": 0.05,
             "ranks": [1, 2, 4], "lora_targets": ["W_2", "W_v", "W_q"], "lora_inits": 2,
             "datasets": ["L1", "L3", "generic-N1", "generic-N2", "generic-N4", "random-N1"], "d": 4}
 
