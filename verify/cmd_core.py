@@ -118,12 +118,15 @@ def register(apps) -> None:
         prompt_length: str = typer.Option("any", "--prompt-length", help="K (a positive integer) or 'any'"),
         tolerance: str = typer.Option("0", "--tolerance", help="max-norm error allowed (default 0: exact)"),
         timeout: float = typer.Option(60.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
+        prompt_norm: Optional[str] = typer.Option(None, "--prompt-norm",
+                                                  help="multi-layer models: bound R on prompt token norms (Theorem M, condition 2)"),
         json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
         artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
         expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
     ):
         """Decide whether some prompt memorizes a dataset under a model (files in the documented
-        formats): proved (certificate), memorized (replayed witness) or unknown."""
+        formats): proved (certificate), memorized (replayed witness) or unknown.  Single-layer
+        models use relaxation R, Proposition E and Theorem L3; multi-layer models Theorem M."""
         from constructions.model import load_dataset, load_model, save_dataset as _sd
         from verify.cli import emit, fail_input
         from verify.prover import check_memorization
@@ -134,8 +137,21 @@ def register(apps) -> None:
                 raise InputError("--timeout", "a number of seconds > 0", str(timeout))
             m = load_model(model)
             ds = load_dataset(dataset, d=m.d)
-            res = check_memorization(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, artifacts=artifacts,
-                                     claim="check", side_files=_side(json_out))
+            if len(m.layers) > 1:
+                from verify.multilayer import check_multilayer
+                pn = None
+                if prompt_norm is not None:
+                    try:
+                        pn = Fraction(prompt_norm)
+                    except (ValueError, ZeroDivisionError):
+                        raise InputError("--prompt-norm", "a number > 0", repr(prompt_norm)) from None
+                    if pn <= 0:
+                        raise InputError("--prompt-norm", "a number > 0", repr(prompt_norm))
+                res = check_multilayer(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, prompt_norm=pn,
+                                       claim="check")
+            else:
+                res = check_memorization(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, artifacts=artifacts,
+                                         claim="check", side_files=_side(json_out))
         except InputError as exc:
             fail_input(exc)
         if json_out and "dataset" not in res.inputs:
