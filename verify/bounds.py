@@ -668,7 +668,7 @@ def experiment_result(obj: dict, seed: int, bound_cert: dict) -> Result:
     st = Status.REFUTED if viol else (Status.VERIFIED if good else Status.UNKNOWN)
     return Result("EXP", st, statement="on the L1 dataset gradient prompt tuning stays at or above the certified "
                   "bound (> 0) while LoRA on W_2 of rank >= rank(Y - Yhat) goes below 1e-8",
-                  method="torch float64 Adam + L-BFGS; bound and prompts replayed rigorously",
+                  method="torch float64 Adam + L-BFGS; bound replayed rigorously, prompts re-evaluated",
                   certificate=cert, checks=dict(ck, certificate_checked=ok), inputs={"seed": seed},
                   seconds={"run": obj["seconds"]}, message="\n".join(obj["findings"]) + f"\n{msg}",
                   extra={"certified_min_loss": obj.get("certified_min_loss"), "plot": obj.get("plot")})

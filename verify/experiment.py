@@ -321,7 +321,8 @@ def _plot(results: dict, path: str) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(max(1e-20, floor), None)
-        ax.set_title(f"{name}: loss (best init) vs step", fontsize=10)
+        ax.set_title(f"{name}: loss (best init) vs step" + (f"\nblack line: certified bound {cb:.4g}" if cb > 0 else
+                                                              "\ncertified bound 0 (no shared query token)"), fontsize=10)
         ax.set_xlabel("optimizer step (last point: after L-BFGS polish)")
         ax.set_ylabel("sum of squared errors at constrained outputs")
         if col == len(names) - 1:
@@ -338,8 +339,11 @@ def _plot(results: dict, path: str) -> None:
         if cb > 0:
             ax2.axhline(cb, color="k", lw=2, label="certified bound")
         ax2.axhline(FIT_TOL, color="gray", lw=0.8, ls=":", label=f"fit tolerance {FIT_TOL:g}")
-        ax2.set_xscale("log")
+        ax2.set_xscale("log", base=2)
         ax2.set_yscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        ax2.xaxis.set_major_formatter(ScalarFormatter())
+        ax2.xaxis.set_minor_formatter(NullFormatter())
         ax2.set_title(f"{name}: final loss vs trainable parameters", fontsize=10)
         ax2.set_xlabel("trainable parameters")
         ax2.set_ylabel("final loss (values < 1e-20 drawn at 1e-20)")
