@@ -39,8 +39,8 @@ DEFAULT_DIMS = (1, 2, 3, 4, 8, 16, 64, 256, 768)
 
 def _shared_exp_algebra():
     """A Z3Algebra whose exponential of a *variable* score is one unconstrained positive real per
-    distinct score term (hash-consed Z3 terms share ids), so examples that share a query token
-    share their prompt exponentials, as they do in the real forward pass."""
+    structurally distinct (simplified) score term, so examples that share a query token share
+    their prompt exponentials, as they do in the real forward pass."""
     from constructions.forward import Z3Algebra
 
     class _SharedExp(Z3Algebra):
@@ -81,7 +81,7 @@ def encode_naive(model: Model, dataset: Dataset, prompt_length: int):
     P = [[z3.Real(f"p_{t}_{c}") for c in range(d)] for t in range(prompt_length)]
     alg = _shared_exp_algebra()
     goals = []
-    for i, ex in enumerate(dataset.examples):
+    for ex in dataset.examples:
         rows, _ = forward_z3(model, ex.input, P, alg=alg)
         for row, y in zip(rows, ex.output):
             if y is None:
