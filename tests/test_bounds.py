@@ -162,10 +162,10 @@ def test_bound_below_optimized_prompt():
     tm = TorchLayerModel(model)
     X = torch.as_tensor(np.stack([as_float(ex.input) for ex in ds.examples]))
     Y = torch.as_tensor(np.stack([as_float(ex.output[1]) for ex in ds.examples]))
-    for L in (1, 4):
+    for L in (3,):
         P = torch.randn(1, L, 4, dtype=torch.float64, requires_grad=True)
         opt = torch.optim.Adam([P], lr=0.05)
-        for _ in range(150):
+        for _ in range(120):
             opt.zero_grad()
             loss = ((tm(X, P.expand(2, L, 4))[:, 1] - Y) ** 2).sum()
             loss.backward()

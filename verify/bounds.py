@@ -708,7 +708,7 @@ CLAIMS = [
           test="tests/test_bounds.py::test_bound_below_random_prompts"),
     Claim(id="EXP", title="prompt tuning plateaus above the certified bound, LoRA reaches ~0",
           statement="gradient prompt tuning ends at or above the certified bound; LoRA W_2 of rank >= rank(E) < 1e-8",
-          expected=Status.VERIFIED, run=_claim_exp, default={"quick": False},
+          expected=Status.VERIFIED, run=_claim_exp, default={"quick": False, "datasets": ["L1", "L3"]},
           quick={"quick": True, "datasets": ["L1"]},
           command="ptverify experiment prompt-vs-lora --out DIR", proof="proofs/loss_bound.md",
           test="tests/test_experiment.py::test_quick_experiment"),
