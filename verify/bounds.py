@@ -728,7 +728,7 @@ def register(apps) -> None:
                    heads: int = typer.Option(2, "--heads", help="attention heads h"),
                    head_size: int = typer.Option(2, "--head-size", help="head size s"),
                    mlp_width: int = typer.Option(16, "--mlp-width", help="MLP width r"),
-                   model: Optional[str] = typer.Option(None, "--model", help="take d, h, s, r from a single-layer model file"),
+                   model: Optional[str] = typer.Option(None, "--model", help="take d, h, s, r from a single-layer model file (the --verify instances are seeded models of those sizes)"),
                    verify: bool = typer.Option(False, "--verify", help="check every row on seeded random instances"),
                    seed: int = typer.Option(0, "--seed", help="seed of the instances"),
                    timeout: float = typer.Option(30.0, "--timeout", help="seconds per core-prover call"),
