@@ -79,6 +79,8 @@ class Iv:
 
     def __add__(self, o):
         o = Iv.of(o)
+        if self.is_point and o.is_point:  # exact: points stay exact rationals
+            return Iv(self.lo + o.lo)
         return Iv(_round_down(self.lo + o.lo), _round_up(self.hi + o.hi))
 
     __radd__ = __add__
@@ -95,8 +97,7 @@ class Iv:
     def __mul__(self, o):
         o = Iv.of(o)
         if self.is_point and o.is_point:
-            p = self.lo * o.lo
-            return Iv(_round_down(p), _round_up(p))
+            return Iv(self.lo * o.lo)
         c = [self.lo * o.lo, self.lo * o.hi, self.hi * o.lo, self.hi * o.hi]
         return Iv(_round_down(min(c)), _round_up(max(c)))
 
@@ -106,6 +107,8 @@ class Iv:
         o = Iv.of(o)
         if o.lo <= 0 <= o.hi:
             raise ZeroDivisionError("interval division by an interval containing 0")
+        if o.is_point:
+            return self * Iv(1 / o.lo)
         return self * Iv(_round_down(1 / o.hi), _round_up(1 / o.lo))
 
     def __rtruediv__(self, o):

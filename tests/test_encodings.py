@@ -88,10 +88,6 @@ def test_rational_models_all_encodings_agree_exactly(inst):
     _check_rational_agreement(*inst)
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, ValueError), reason=(
-    "forward_exact rounds point intervals outward once a denominator exceeds about 2**128 "
-    "(Iv._round_down), so the exact values of a second layer are no longer points (and hardmax "
-    "over the resulting interval scores raises)"))
 @pytest.mark.parametrize("kind", ["hardmax", "zero"])
 def test_rational_two_layer_models_stay_exact(kind):
     model = random_model(3, heads=2, seed=0, layers=2, kind="hardmax" if kind == "hardmax" else "softmax",

@@ -613,10 +613,9 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     t1 = time.perf_counter()
     k = mlpc["k"]
     h = len(layer.heads)
-    ds_info = _direct_sum(ex, model) if h > 1 else None
-    if h > 1 and ds_info is None and model.d > _SMALL_D:
-        pass
-    res.extra["assumptions"]["direct_sum"] = ds_info is not None if h > 1 else "single head"
+    # head coordinates: needed for several heads, and for one large head (no exact Phi there)
+    ds_info = _direct_sum(ex, model) if (h > 1 or model.d > _SMALL_D) and layer.kind == "softmax" else None
+    res.extra["assumptions"]["direct_sum"] = (ds_info is not None) if h > 1 else "single head"
     deadline = t1 + timeout
     found = None
     log: list = []
@@ -709,7 +708,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                       "Proposition E: relaxation R plus the entropy relation g^T pi = alpha (log alpha - H), Farkas certificate per alpha range"
                       if ent is not None else {"subspace": "attention-subspace functional (L3)",
                       "annihilator": "relaxation R, projected head system, Farkas certificate",
-                      "direct-sum": "relaxation R, decoupled heads (direct sum), Farkas certificate"}[blk.form])
+                      "direct-sum": "relaxation R in head coordinates (stacked W_o of full column rank: heads decouple), Farkas certificate"}[blk.form])
         if len(g.members) >= 2 and blk.form != "subspace":
             res.method += f"; {len(g.members)} examples share the query token (L1/L2)"
         if "nonlinear_R" in res.solver:
