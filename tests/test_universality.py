@@ -255,3 +255,39 @@ def test_issue_instances_verified(target, d, n):
     r = run_universality(d, n, "1", "2", "1/4", target, samples=16)
     assert r.status.value == "verified"
     assert replay_dict(r.to_json())[0]
+
+
+def test_d2_n2_gates_on_both_sides_reproduce_fbar():
+    """d >= 2 with n = 2 uses the mirrored gate for the bottom input token."""
+    d, n, K = 2, 2, 2
+    net = build_network(d, n, K, ramp_width(Fraction(2), Fraction(2), d, n, K))
+    tgt = build_target("smooth", d, n, Fraction(3), seed=5)
+    fbar = quantized_function(tgt, K)
+    P = build_prompt(fbar, d, n, K)
+    fast, _ = evaluate_cells(net, P)
+    for c in range(net.N):
+        out = forward_exact(net.model, net.encode_input(_grid_point(c, K, d, n)), net.encode_prompt(P))
+        want = [Fraction(v, K) for v in fbar[c]]
+        assert [out[s, i].lo for s in range(n) for i in range(d)] == want == fast[c]
+
+
+def test_softmax_outputs_lie_within_eta_of_fbar():
+    """The float forward pass agrees with fbar up to the certified eta (plus float rounding).
+
+    (The generic interval pass is not used here: its exp enclosures of score gaps near 1e9 are
+    far too slow.)"""
+    from constructions.universality import forward_float
+    d, n, K = 2, 1, 3
+    net = build_network(d, n, K, ramp_width(Fraction(2), Fraction(2), d, n, K), kind="softmax",
+                        temperature=Fraction(1, 64))
+    tgt = build_target("relu-net", d, n, Fraction(2), seed=11)
+    fbar = quantized_function(tgt, K)
+    P = build_prompt(fbar, d, n, K)
+    vals, eta = evaluate_cells(net, P)
+    assert all(0 < e < Fraction(1, 10 ** 9) for e in eta)
+    for c in range(net.N):
+        X = _grid_point(c, K, d, n)
+        want = [Fraction(v, K) for v in fbar[c]]
+        assert vals[c] == want
+        g = forward_float(net, P, np.array([[[float(v) for v in row] for row in X]]))
+        assert np.allclose(g.reshape(-1), [float(v) for v in want], atol=1e-6)
