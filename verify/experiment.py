@@ -349,12 +349,13 @@ def _plot(results: dict, path: str) -> None:
         ax2.set_ylabel("final loss (values < 1e-20 drawn at 1e-20)")
         if col == len(names) - 1:
             ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("Prompt tuning vs LoRA (float64, Adam + L-BFGS); black line: certified lower bound for every prompt")
+    title = "Prompt tuning vs LoRA (float64, Adam + L-BFGS)\nblack line: certified lower bound for every prompt"
+    fig.suptitle(title if len(names) > 1 else title.replace(" (", "\n("), fontsize=11)
     fig.tight_layout()
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, ".tmp-" + os.path.basename(path))
-    fig.savefig(tmp, dpi=110, format="png")
+    fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
 
