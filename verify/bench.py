@@ -259,15 +259,8 @@ def _parse_dims(v: str) -> list[int]:
 
 
 def _parse_heads(v: str):
-    if v == "auto":
-        return "auto"
-    try:
-        h = int(v)
-    except ValueError:
-        raise InputError("--heads", "a positive integer or 'auto'", repr(v)) from None
-    if h < 1:
-        raise InputError("--heads", "a positive integer or 'auto'", repr(v))
-    return h
+    from .cmd_core import parse_positive_or
+    return parse_positive_or(v, "--heads", "auto")
 
 
 def register(apps) -> None:

@@ -9,19 +9,24 @@ import typer
 
 from constructions.model import InputError
 
-__all__ = ["register", "parse_prompt_length", "parse_tolerance"]
+__all__ = ["register", "parse_positive_or", "parse_prompt_length", "parse_tolerance"]
 
 
-def parse_prompt_length(v: str):
-    if v == "any":
-        return "any"
+def parse_positive_or(v: str, field: str, keyword: str):
+    """A positive integer, or the keyword itself (``any``, ``auto``); else InputError(field)."""
+    if v == keyword:
+        return keyword
     try:
         k = int(v)
     except ValueError:
-        raise InputError("--prompt-length", "a positive integer or 'any'", repr(v)) from None
+        raise InputError(field, f"a positive integer or '{keyword}'", repr(v)) from None
     if k < 1:
-        raise InputError("--prompt-length", "a positive integer or 'any'", repr(v))
+        raise InputError(field, f"a positive integer or '{keyword}'", repr(v))
     return k
+
+
+def parse_prompt_length(v: str):
+    return parse_positive_or(v, "--prompt-length", "any")
 
 
 def parse_tolerance(v: str) -> Fraction:

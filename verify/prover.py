@@ -183,9 +183,8 @@ def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]]
     a valid certificate.  Mirrors the checker."""
     q = len(block.V)
     d = len(block.V[0]) if q else 0
-    if block.form == "subspace":
-        # need |phi^T tau_i| > ||phi|| rho_i for some member (one functional, lam unused)
-        return None
+    if block.form == "subspace" or (block.form == "direct-sum" and any(rhos)):
+        return None  # subspace blocks have no multipliers; head coordinates need exact targets
     lam_total = [sum((lam[i][r] for i in range(len(members))), Fraction(0)) for r in range(q)]
     if any(block.lamV(lam_total)):
         return None
@@ -193,10 +192,7 @@ def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]]
     g_alpha = Fraction(0)
     w_alpha = Fraction(0)
     for i, m in enumerate(members):
-        kap = _kappa(block, lam[i])
-        w = kap * rhos[i]
-        if w and block.form == "direct-sum":
-            return None
+        w = _kappa(block, lam[i]) * rhos[i] if rhos[i] else Fraction(0)
         g_alpha -= _dotq(lam[i], block.taus[i])
         w_alpha += w
         for t, key in enumerate(m.keys):
@@ -217,8 +213,7 @@ def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]]
 
 
 def _kappa(block: Block, lam_i: list[Fraction]) -> Fraction:
-    if block.form == "direct-sum":
-        return Fraction(0) if not any(lam_i) else Fraction(1)  # slack not supported: weight marks it
+    """A rational upper bound on ||Phi^T lambda_i||_2 (annihilator form)."""
     Phi = block.Phi
     d = len(Phi[0])
     v = [sum((lam_i[r] * Phi[r][c] for r in range(len(Phi))), Fraction(0)) for c in range(d)]
@@ -641,7 +636,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                     fh.write(solver.to_smt2())
             if ans != "unsat":
                 continue
-            lam = _dual_block(z3, blk, g.members, remaining, v_free)
+            lam = _dual_block(z3, blk, g.members, remaining, v_free, rhos=rhos)
             if lam is None:
                 log.append("  no Farkas vector found")
                 continue
@@ -1052,10 +1047,6 @@ def _min_error(model, g, blk, lam, k) -> Fraction:
     return Fraction(lo).limit_denominator(1 << 60) if holds(Fraction(lo).limit_denominator(1 << 60)) else lo
 
 
-def _model_json_for_check(model: Model) -> dict:
-    return model_to_json(model)
-
-
 def model_sha256(model: Model) -> str:
     """sha256 of the canonical JSON of a small model; of its arrays' bytes for a large one."""
     if model.n_parameters() <= _INLINE_LIMIT:
@@ -1132,7 +1123,7 @@ def _with_witness(res: Result, model, dataset, prompt, tol: Fraction, model_src=
     """Replay a candidate prompt with the independent checker; on success set "memorized"."""
     from .checker import replay_witness
     w = _witness_dict(prompt, tol)
-    ok, msg, err = replay_witness(model_src if model_src is not None else _model_json_for_check(model),
+    ok, msg, err = replay_witness(model_src if model_src is not None else model_to_json(model),
                                   dataset_to_json(dataset), w)
     if ok:
         res.status = Status.MEMORIZED
