@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from constructions.model import Layer, Model, as_float, as_fraction, as_scaled_int
+from constructions.model import Layer, as_float, as_fraction, as_scaled_int
 
 __all__ = ["norm_bound", "certify_mlp", "rank_certificate", "det_mod_p", "sqrt_up", "PRIMES",
            "ldl_positive_definite"]
@@ -134,10 +134,8 @@ def rank_certificate(W: np.ndarray) -> Optional[dict]:
             continue
         A = np.array([[int(x) % p for x in row] for row in N], dtype=np.int64)
         # pick k independent rows mod p by elimination on the transpose
-        T = A.T.copy()
         rows = []
-        R = T.copy()
-        col_used = []
+        R = A.T.copy()
         r = 0
         for c in range(n):
             if r == k:

@@ -286,7 +286,6 @@ def check_limitation_certificate(model_obj, dataset_obj, cert: dict, base_dir: s
     if not members:
         return False, "no members"
     heads = L["heads"]
-    Ms = []
     form = cert["form"]
 
     def phi_kills(phi, j):

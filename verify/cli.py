@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
-import time
 from typing import Optional
 
 import typer

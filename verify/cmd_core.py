@@ -52,7 +52,7 @@ def _positive(name: str, v: Optional[int]) -> None:
 
 
 def register(apps) -> None:
-    prove_app, root, bench = apps["prove"], apps["root"], apps["bench"]
+    prove_app, root = apps["prove"], apps["root"]
 
     @prove_app.command("limitation")
     def prove_limitation_cmd(

@@ -182,7 +182,6 @@ def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]]
     returns the certified margin (> 0 proves the block infeasible) or None when the vector is not
     a valid certificate.  Mirrors the checker."""
     q = len(block.V)
-    d = len(block.V[0]) if q else 0
     if block.form == "subspace" or (block.form == "direct-sum" and any(rhos)):
         return None  # subspace blocks have no multipliers; head coordinates need exact targets
     lam_total = [sum((lam[i][r] for i in range(len(members))), Fraction(0)) for r in range(q)]
