@@ -206,7 +206,6 @@ def violating_model(d: int = 2, seed: int = 0, eigenvalue: int = -2, mlp_contrac
         raise ValueError(f"eigenvalue: expected an integer <= -1, found {eigenvalue}")
     m = condition1_model(d, heads=1, layers=2, seed=seed, head_size=d, mlp_contraction=mlp_contraction)
     first = m.layers[0]
-    h = first.heads[0]
     W_o = np.diag([float(eigenvalue)] + [0.3] * (d - 1))
     W_o = _dyadic(W_o, 10)
     m.layers[0] = Layer(first.kind, [Head(np.zeros((d, d)), np.zeros((d, d)), np.eye(d), W_o)],

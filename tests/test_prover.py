@@ -12,15 +12,13 @@ import subprocess
 import sys
 from fractions import Fraction
 
-import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from constructions.datasets import (l1_dataset, l3_dataset, long_prompt_dataset, planted_dataset, prop_e_dataset,
                                     random_model)
-from constructions.model import dataset_to_json, model_to_json, save_dataset, save_model
-from verify.checker import check_limitation_certificate
+from constructions.model import save_dataset, save_model
 from verify.prover import check_memorization, prove_limitation
 from verify.replay import replay_dict
 from verify.result import Status

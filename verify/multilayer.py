@@ -505,7 +505,6 @@ def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolera
         res.status, res.certificate = Status.ERROR, None
         res.message = f"internal error: the certificate did not replay ({msg})"
         return res
-    pair = cert["pair"]
     res.message = (msg if cond == 0 else
                    f"{msg}; per-layer attention bounds " +
                    ", ".join(f"{float(Fraction(r['attention_lipschitz'])):.4g}" for r in cert["layers"]))
