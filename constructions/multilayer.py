@@ -4,7 +4,7 @@ non-injective datasets the theorem rules out, and a model that violates the cond
 Condition 1: every head has W_k^T W_q = 0 (query-independent, in fact all-zero scores), the heads'
 sum_j W_o^j W_v^j has spectral norm < 1 and every MLP residual branch is a contraction.
 Condition 2: bounded prompts and inputs, small scores and values, contractive MLPs (the exact
-bounds are certified in ``verify.multilayer``; the builders only aim for them in floats).
+bounds are certified in ``verify.provers.multilayer``; the builders only aim for them in floats).
 
 All weights are dyadic rationals, so the models are exact and cheap in exact arithmetic.
 """

@@ -8,7 +8,7 @@ import pytest
 import z3
 
 from constructions.datasets import l1_dataset, planted_dataset, random_model
-from verify.bench import BENCH_FORMAT, encode_naive
+from verify.experiments.bench import BENCH_FORMAT, encode_naive
 
 
 def _run_main(argv, capsys):

@@ -15,9 +15,9 @@ from constructions.datasets import l1_dataset, l3_dataset, random_model, random_
 from constructions.forward import Iv, forward_torch
 from constructions.lora import apply_lora, forward_rational, lora_w2_exact, rank_exact, rref, solve_exact
 from constructions.model import InputError, as_float, as_fraction
-from verify.bounds import (REPLAYERS, bounds_table, generic_exact_dataset, lora_witness, replay_bounds_table,
+from verify.provers.bounds import (REPLAYERS, bounds_table, generic_exact_dataset, lora_witness, replay_bounds_table,
                            replay_lora_witness, run_bounds)
-from verify.loss_bound import (AssumptionViolated, _HeadData, _minimize, certified_min_loss, head_objective,
+from verify.provers.loss_bound import (AssumptionViolated, _HeadData, _minimize, certified_min_loss, head_objective,
                                replay_certified_loss)
 from verify.result import Status
 
@@ -158,7 +158,7 @@ def test_bound_below_optimized_prompt():
     ds = l1_dataset(model, 2)
     cb = certified_min_loss(model, ds)
     assert cb.value > 0
-    from verify.experiment import TorchLayerModel
+    from verify.experiments.prompt_vs_lora import TorchLayerModel
     tm = TorchLayerModel(model)
     X = torch.as_tensor(np.stack([as_float(ex.input) for ex in ds.examples]))
     Y = torch.as_tensor(np.stack([as_float(ex.output[1]) for ex in ds.examples]))
@@ -252,7 +252,7 @@ def test_bounds_verify_small(tmp_out):
     res = run_bounds(4, 2, 2, 2, 1, 8, seed=0, verify=True, timeout=20)
     assert res.status == Status.VERIFIED, res.message
     rj = json.loads(json.dumps(res.to_json()))
-    from verify.replay import replay_dict
+    from verify.cli.replay import replay_dict
     ok, msg = replay_dict(rj)
     assert ok, msg
     bad = copy.deepcopy(rj)

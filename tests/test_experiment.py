@@ -11,7 +11,7 @@ import torch
 from constructions.datasets import random_model, random_tokens
 from constructions.forward import forward_torch
 from constructions.lora import LoRAUpdate, apply_lora
-from verify.experiment import FIT_TOL, TorchLayerModel, run_experiment
+from verify.experiments.prompt_vs_lora import FIT_TOL, TorchLayerModel, run_experiment
 
 
 def test_torch_model_matches_forward_torch():
@@ -33,9 +33,9 @@ def test_torch_model_matches_forward_torch():
 def test_quick_experiment(tmp_out):
     """Quick mode: the bound is positive, every prompt run ends at or above it, LoRA on W_2 of
     rank >= rank(Y - Yhat) fits; the result replays (bound and prompts in rigorous arithmetic)."""
-    from verify.bounds import experiment_result, replay_experiment
-    from verify.experiment import _instance
-    from verify.loss_bound import certified_min_loss
+    from verify.provers.bounds import experiment_result, replay_experiment
+    from verify.experiments.prompt_vs_lora import _instance
+    from verify.provers.loss_bound import certified_min_loss
     obj = run_experiment(tmp_out, quick=True, seed=0)
     assert os.path.getsize(os.path.join(tmp_out, "prompt_vs_lora.png")) > 10_000
     with open(os.path.join(tmp_out, "prompt_vs_lora.json")) as fh:

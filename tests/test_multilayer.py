@@ -13,9 +13,9 @@ from hypothesis import given, settings, strategies as st
 from constructions.model import Dataset, Example, InputError
 from constructions.multilayer import (collision_dataset, condition1_model, condition2_model, forward_float,
                                       forward_uniform_exact, violating_dataset, violating_model)
-from verify.multilayer import (GRID_BITS, check_multilayer, crosscheck, nonvacuity, norm_grid,
+from verify.provers.multilayer import (GRID_BITS, check_multilayer, crosscheck, nonvacuity, norm_grid,
                                norm_grid_holds, prove_multilayer, replay_injectivity, z3_crosscheck)
-from verify.replay import replay_dict
+from verify.cli.replay import replay_dict
 from verify.result import Status
 
 
@@ -325,7 +325,7 @@ def test_violating_model_collides_for_every_one_token_prompt():
 
 
 def test_encoder_counterexample():
-    from verify.multilayer import encoder_example
+    from verify.provers.multilayer import encoder_example
     res = encoder_example(seed=3)
     assert res.status == Status.MEMORIZED, res.message
     assert res.checks["causal_version_proved"] and not res.checks["encoder_certified"]
@@ -352,7 +352,7 @@ def test_z3_relaxation_contains_the_true_execution(seed, relax, m_p):
     """Soundness of the condition 2 encoding: with the prompt fixed to a real admissible prompt
     P0, the targets y = g([P0, x]) (float64, tolerance 1e-6) are feasible."""
     import z3
-    from verify.multilayer import _crosscheck_instance, _z3_encode
+    from verify.provers.multilayer import _crosscheck_instance, _z3_encode
     m, ds, R, _ = _crosscheck_instance(2, seed)
     rng = np.random.default_rng(seed)
     P0 = rng.normal(size=(m_p, 2))

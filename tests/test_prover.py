@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from constructions.datasets import (l1_dataset, l3_dataset, long_prompt_dataset, planted_dataset, prop_e_dataset,
                                     random_model)
 from constructions.model import save_dataset, save_model
-from verify.prover import check_memorization, prove_limitation
-from verify.replay import replay_dict
+from verify.provers.limitation import check_memorization, prove_limitation
+from verify.cli.replay import replay_dict
 from verify.result import Status
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 
-from verify.registry import all_claims
+from verify.claims import all_claims
 from verify.result import Status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

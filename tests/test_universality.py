@@ -15,8 +15,8 @@ from constructions.forward import forward_exact
 from constructions.universality import (TARGETS, build_network, build_prompt, build_target, cell_digits,
                                         decode_prompt, delta_K, pl_units, quantized_function, ramp_width,
                                         _pl_eval)
-from verify.replay import replay_dict
-from verify.universality import (CLAIMS, evaluate_cells, run_universality, rpow_down, rpow_up, setup,
+from verify.cli.replay import replay_dict
+from verify.provers.universality import (CLAIMS, evaluate_cells, run_universality, rpow_down, rpow_up, setup,
                                  sweep)
 
 SMALL = [(1, 2), (2, 1), (1, 1)]
@@ -176,7 +176,7 @@ def test_bound_verified_and_replays(tmp_out):
 
 
 def test_output_range_is_certified_only_for_a_clipping_last_layer():
-    from verify.universality import NotCertified, check_output_range
+    from verify.provers.universality import NotCertified, check_output_range
     net, *_ = setup(2, 1, "1", "2", "1", "smooth")
     check_output_range(net.model.layers[-1])
     with pytest.raises(NotCertified):

@@ -175,7 +175,7 @@ def bench_limitation(dims: Sequence[int] = DEFAULT_DIMS, heads="auto", naive_tim
     ``heads`` is a number or ``"auto"`` (d // 64 heads of size 64, at least one head of size d);
     the MLP width is ``mlp_ratio * d`` (None: the builder's default 2 d).  Returns the
     ``ptverify-bench/1`` dictionary (also what ``--json`` writes)."""
-    from verify.prover import prove_limitation
+    from verify.provers.limitation import prove_limitation
     prove_limitation(d=1, heads=1, seed=seed)   # warm-up: imports and caches are not timed
     rows = []
     naive_stopped = False
@@ -259,7 +259,7 @@ def _parse_dims(v: str) -> list[int]:
 
 
 def _parse_heads(v: str):
-    from .cmd_core import parse_positive_or
+    from verify.cli.core import parse_positive_or
     return parse_positive_or(v, "--heads", "auto")
 
 

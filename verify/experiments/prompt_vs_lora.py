@@ -396,7 +396,7 @@ def run_experiment(out: str, quick: bool = False, seed: int = 0, progress=None, 
     ``out/prompt_vs_lora.md`` (the table); return the JSON object."""
     import torch
 
-    from .loss_bound import certified_min_loss
+    from verify.provers.loss_bound import certified_min_loss
     torch.set_num_threads(1)
     cfg = dict(_config(quick), **(config or {}))
     t0 = time.perf_counter()

@@ -10,16 +10,16 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .result import Result, Status
+from verify.result import Result, Status
 
 __all__ = ["Claim", "all_claims", "get_claim", "CLAIM_MODULES"]
 
 #: modules that contribute claims, in report order
 CLAIM_MODULES = [
-    "verify.claims_core",
-    "verify.universality",
-    "verify.bounds",
-    "verify.multilayer",
+    "verify.claims.core",
+    "verify.provers.universality",
+    "verify.provers.bounds",
+    "verify.provers.multilayer",
 ]
 
 

@@ -13,7 +13,7 @@ the L1/L2 situation) the prover looks for one *block* whose linear system has no
   example i of the group, V (sum_t e_it X_i[t] + pi) = (Z_i + alpha) tau_i with unknowns alpha >= 0,
   pi in R^d and every fixed-token exponential e inside a rigorous enclosure: a *linear* system.
   Z3 decides it (LRA); when it is infeasible, Z3 also solves the dual and returns an exact Farkas
-  vector, which :mod:`verify.checker` re-verifies without any solver.
+  vector, which :mod:`verify.checker.limitation` re-verifies without any solver.
 
 Tolerance EPS (max-norm) and inexact preimages are carried to the attention input through the
 inverse-Lipschitz bound ||z - z'|| <= ||MLP(z) - MLP(z')|| / (1 - k), and the Farkas inequality must
@@ -34,8 +34,8 @@ from constructions.forward import exp_enclosure, forward_torch
 from constructions.model import (Dataset, InputError, IntMatrix, Model, as_float, as_fraction,
                                  dataset_to_json, model_to_json, sha256_json)
 
-from .assumptions import certify_mlp, rank_certificate, sqrt_up
-from .result import Result, Status, solver_info
+from verify.provers.assumptions import certify_mlp, rank_certificate, sqrt_up
+from verify.result import Result, Status, solver_info
 
 __all__ = ["check_memorization", "prove_limitation", "ExactLayer", "LIMITATION_STATEMENT", "CERT_KIND"]
 
@@ -559,7 +559,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                        side_files: Optional[str] = None, nonlinear: bool = True) -> Result:
     """Decide whether some prompt memorizes ``dataset`` (single-layer ``model``).
 
-    Returns "proved" only with a certificate re-verified by :mod:`verify.checker`; "memorized"
+    Returns "proved" only with a certificate re-verified by :mod:`verify.checker.limitation`; "memorized"
     only with a replayed witness; otherwise "unknown".  Models too large to inline in the result
     are written to ``side_files + ".model.npz"`` (default: a temporary folder) and referenced by
     name and sha256, so ``ptverify replay`` can find them next to the result file."""
@@ -575,7 +575,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             raise InputError(f"examples[{i}].input", f"tokens of d = {model.d} entries (the model's d)",
                              f"{e.input.shape[1]} entries")
     if len(model.layers) > 1:
-        from . import multilayer
+        import verify.provers.multilayer as multilayer
         fn = getattr(multilayer, "check_multilayer", None)
         if fn is None:
             return Result(claim=claim, status=Status.UNKNOWN, message="multi-layer models are not supported by this build")
@@ -708,7 +708,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
         if "nonlinear_R" in res.solver:
             res.method += f"; Z3 QF_NRA on R with all heads jointly: {res.solver['nonlinear_R']}"
         t2 = time.perf_counter()
-        from .checker import check_limitation_certificate
+        from verify.checker.limitation import check_limitation_certificate
         ok, msg = check_limitation_certificate(model_src, dataset_to_json(dataset), cert,
                                                os.path.dirname(model_src) if isinstance(model_src, str) else ".")
         res.seconds["check"] = time.perf_counter() - t2
@@ -1120,7 +1120,7 @@ def _witness_dict(prompt, tol: Fraction) -> dict:
 
 def _with_witness(res: Result, model, dataset, prompt, tol: Fraction, model_src=None) -> bool:
     """Replay a candidate prompt with the independent checker; on success set "memorized"."""
-    from .checker import replay_witness
+    from verify.checker.limitation import replay_witness
     w = _witness_dict(prompt, tol)
     ok, msg, err = replay_witness(model_src if model_src is not None else model_to_json(model),
                                   dataset_to_json(dataset), w)

@@ -36,8 +36,8 @@ from constructions.universality import (UniversalNetwork, build_network, build_p
                                         cell_digits, default_temperature, delta_K, forward_float,
                                         quantized_function, ramp_width, TARGETS)
 
-from .registry import Claim
-from .result import Result, Status
+from verify.claims import Claim
+from verify.result import Result, Status
 
 __all__ = ["CLAIMS", "REPLAYERS", "register", "CERT_KIND", "certify", "evaluate_cells", "run_universality",
            "replay_universality", "parse_number", "rpow_up", "rpow_down", "sweep"]

@@ -30,9 +30,9 @@ from constructions.lora import (LoRAUpdate, NotExact, apply_lora, constrained_po
 from constructions.model import (Dataset, Example, InputError, Model, as_float, as_fraction, dataset_from_json,
                                  dataset_to_json, model_to_json, sha256_json)
 
-from .loss_bound import AssumptionViolated, certified_min_loss, model_from_json, replay_certified_loss
-from .registry import Claim
-from .result import Result, Status
+from verify.provers.loss_bound import AssumptionViolated, certified_min_loss, model_from_json, replay_certified_loss
+from verify.claims import Claim
+from verify.result import Result, Status
 
 __all__ = ["bounds_table", "verify_table", "run_bounds", "lora_witness", "replay_lora_witness",
            "replay_prompt_tolerance", "replay_bounds_table", "replay_experiment", "CLAIMS", "REPLAYERS",
@@ -197,7 +197,7 @@ def _prompt_witness(model, ds, P, tol) -> dict:
 def _jacobian_rank(model: Model, ds: Dataset, P0: np.ndarray) -> tuple[int, int, float]:
     """Numerical rank of d(outputs at constrained positions)/dP at P0 (float evidence)."""
     import torch
-    from .experiment import TorchLayerModel, _targets
+    from verify.experiments.prompt_vs_lora import TorchLayerModel, _targets
     tm = TorchLayerModel(model)
     X, _, mask = _targets(ds)
     N = X.shape[0]
@@ -215,7 +215,7 @@ def _newton_fit(model: Model, ds: Dataset, P0: np.ndarray, iters: int = 40) -> t
     """Gauss-Newton (least-squares steps, backtracking) in float64 on the prompt; returns
     (prompt, max abs error at the constrained outputs)."""
     import torch
-    from .experiment import TorchLayerModel, _targets
+    from verify.experiments.prompt_vs_lora import TorchLayerModel, _targets
     tm = TorchLayerModel(model)
     X, Y, mask = _targets(ds)
     N = X.shape[0]
@@ -275,10 +275,10 @@ def _l5_generic(d, m, N, h, s, r, seed) -> dict:
 def _prover_check(model, ds, prompt_length, timeout) -> dict:
     """Run the core prover and replay what it returns."""
     try:
-        from .prover import check_memorization
+        from verify.provers.limitation import check_memorization
     except ImportError as exc:  # pragma: no cover - the core prover is part of the package
         return {"status": "unknown", "message": f"core prover unavailable: {exc}"}
-    from .replay import replay_dict
+    from verify.cli.replay import replay_dict
     t0 = time.perf_counter()
     res = check_memorization(model, ds, prompt_length=prompt_length, timeout=timeout)
     rj = res.to_json()
@@ -476,7 +476,7 @@ def _summary(table: dict, rows: list) -> str:
 
 def replay_bounds_table(cert: dict) -> tuple[bool, str]:
     """Recompute the formulas; replay every witness and certificate the rows carry."""
-    from .replay import replay_dict
+    from verify.cli.replay import replay_dict
     p = cert["params"]
     if bounds_table(p["d"], p["m"], p["N"], p["heads"], p["head_size"], p["mlp_width"]) != cert["table"]:
         return False, "the table differs from the formulas recomputed from its parameters"
@@ -677,7 +677,7 @@ def experiment_result(obj: dict, seed: int, bound_cert: dict) -> Result:
 def _claim_exp(params: dict, outdir: str) -> Result:
     import os
 
-    from .experiment import _instance, run_experiment
+    from verify.experiments.prompt_vs_lora import _instance, run_experiment
     sub = os.path.join(outdir, "prompt_vs_lora")
     obj = run_experiment(sub, quick=params.get("quick", True), seed=params.get("seed", 0),
                          config={k: v for k, v in params.items() if k in ("datasets", "lengths", "steps", "polish")})
@@ -735,7 +735,7 @@ def register(apps) -> None:
                    json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
                    expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless this status is reached")):
         """Parameter table: prompt tokens needed (L4) vs LoRA rank sufficient (L5), L1/L3 rows, crossover."""
-        from .cli import console, emit, fail_input
+        from verify.cli import console, emit, fail_input
         from constructions.model import load_model
         try:
             info = None
@@ -774,8 +774,8 @@ def register(apps) -> None:
         """Gradient prompt tuning (lengths 1..32) vs LoRA (ranks 1, 2, 4 on W_2, W_v, W_q), float64."""
         import os
 
-        from .cli import emit, is_tty
-        from .experiment import _instance, run_experiment
+        from verify.cli import emit, is_tty
+        from verify.experiments.prompt_vs_lora import _instance, run_experiment
         progress = (lambda s_: print(s_, flush=True)) if is_tty() else None
         obj = run_experiment(out, quick=quick, seed=seed, progress=progress)
         model_, ds_ = _instance("L1", obj["datasets"]["L1"]["d"], seed)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 
-from .registry import Claim
-from .result import Status
+from verify.claims import Claim
+from verify.result import Status
 
 __all__ = ["CLAIMS"]
 
@@ -15,7 +15,7 @@ def _side(outdir: str, name: str) -> str:
 
 
 def _run_l1(p: dict, outdir: str):
-    from .prover import prove_limitation
+    from verify.provers.limitation import prove_limitation
     res, _, _ = prove_limitation(d=p["d"], heads=p["heads"], head_size=p.get("head_size"), mlp_width=p.get("mlp_width"),
                                  seed=p.get("seed", 0), side_files=_side(outdir, p.get("_id", "L1")),
                                  artifacts=os.path.join(outdir, "smt2", p.get("_id", "L1")), timeout=p.get("timeout", 120.0))
@@ -30,7 +30,7 @@ def _run_l1_multi(p: dict, outdir: str):
 
 def _run_l2(p: dict, outdir: str):
     from constructions.datasets import l1_dataset, random_model
-    from .prover import check_memorization
+    from verify.provers.limitation import check_memorization
     model = random_model(p["d"], heads=p["heads"], head_size=p.get("head_size"), seed=p.get("seed", 0))
     ds = l1_dataset(model, seed=p.get("seed", 0), examples=p["examples"])
     res = check_memorization(model, ds, claim="L2", search_witness=False, side_files=_side(outdir, "L2"),
@@ -40,7 +40,7 @@ def _run_l2(p: dict, outdir: str):
 
 def _run_l3(p: dict, outdir: str):
     from constructions.datasets import l3_dataset, random_model
-    from .prover import check_memorization
+    from verify.provers.limitation import check_memorization
     model = random_model(p["d"], heads=p["heads"], head_size=p["head_size"], seed=p.get("seed", 0))
     ds = l3_dataset(model, seed=p.get("seed", 0))
     return check_memorization(model, ds, claim="L3", search_witness=False, side_files=_side(outdir, "L3"))
@@ -48,7 +48,7 @@ def _run_l3(p: dict, outdir: str):
 
 def _run_e(p: dict, outdir: str, claim: str = "E"):
     from constructions.datasets import prop_e_dataset, random_model
-    from .prover import check_memorization
+    from verify.provers.limitation import check_memorization
     model = random_model(p["d"], heads=1, seed=p.get("seed", 0), zero_scores=True)
     ds = prop_e_dataset(model, Fraction(p["alpha"]), seed=p.get("seed", 0))
     return check_memorization(model, ds, claim=claim, timeout=60.0, side_files=_side(outdir, claim))
@@ -60,7 +60,7 @@ def _run_e_witness(p: dict, outdir: str):
 
 def _run_e_length(p: dict, outdir: str):
     from constructions.datasets import long_prompt_dataset, random_model
-    from .prover import check_memorization
+    from verify.provers.limitation import check_memorization
     model = random_model(p["d"], heads=1, seed=p.get("seed", 5))
     ds, _ = long_prompt_dataset(model, prompt_length=p["planted_length"], seed=p.get("seed", 5))
     return check_memorization(model, ds, claim="E-length", prompt_length=p["K"], tolerance=Fraction(1, 10 ** 9),
@@ -69,7 +69,7 @@ def _run_e_length(p: dict, outdir: str):
 
 def _run_control(p: dict, outdir: str):
     from constructions.datasets import planted_dataset, random_model
-    from .prover import check_memorization
+    from verify.provers.limitation import check_memorization
     model = random_model(p["d"], heads=p["heads"], seed=p.get("seed", 0))
     ds, _ = planted_dataset(model, seed=p.get("seed", 0), examples=2)
     res = check_memorization(model, ds, claim="control-planted", tolerance=Fraction(1, 10 ** 9), timeout=30.0,

@@ -40,8 +40,8 @@ import numpy as np
 from constructions.model import (Dataset, InputError, Model, as_fraction, as_scaled_int, dataset_to_json,
                                  load_dataset, load_model, model_to_json, sha256_json)
 
-from .registry import Claim
-from .result import Result, Status
+from verify.claims import Claim
+from verify.result import Result, Status
 
 __all__ = ["check_multilayer", "certify", "replay_injectivity", "replay_prompt", "z3_crosscheck",
            "norm_grid", "norm_grid_holds", "CLAIMS", "REPLAYERS", "register", "GRID_BITS"]
@@ -842,7 +842,7 @@ def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: fl
     res.seconds = {"build": t1 - t0, "z3": t2 - t1}
     res.checks["z3_answers"] = {str(a["prompt_length"]): a["answer"] for a in answers}
     res.extra["z3"] = answers
-    from .result import solver_info
+    from verify.result import solver_info
     res.solver = solver_info()
     res.method += "; cross-checked by Z3" + (" (exact encoding)" if condition == 1 else
                                              f" (sound linear relaxation '{relax}', see proofs/multilayer.md)")
@@ -882,7 +882,7 @@ def nonvacuity(seed: int = 0, lengths=(1, 2, 3), timeout: float = 60.0, claim: s
     ds = violating_dataset(model, seed=seed)
     cert, failures = certify(model, ds, 1)
     t1 = time.perf_counter()
-    from .result import solver_info
+    from verify.result import solver_info
     res = Result(claim=claim, status=Status.UNKNOWN, statement="some prompt memorizes a non-injective dataset "
                  "when the conditions fail (the conditions are not vacuous)", method="Z3 (exact encoding) + exact replay",
                  prompt_length="any", solver=solver_info(),

@@ -29,7 +29,7 @@ app.add_typer(experiment_app, name="experiment")
 APPS = {"root": app, "prove": prove_app, "bench": bench_app, "experiment": experiment_app}
 
 #: modules whose ``register(apps)`` adds commands
-COMMAND_MODULES = ["verify.cmd_core", "verify.bench", "verify.universality", "verify.bounds", "verify.multilayer"]
+COMMAND_MODULES = ["verify.cli.core", "verify.experiments.bench", "verify.provers.universality", "verify.provers.bounds", "verify.provers.multilayer"]
 
 
 def is_tty() -> bool:
@@ -76,7 +76,7 @@ def replay(result_file: str = typer.Argument(..., metavar="RESULT.json", help="a
     """Re-verify the certificate or witness in a result file with exact arithmetic (no solver).
 
     Exit 0 only if it holds."""
-    from .replay import replay_file
+    from verify.cli.replay import replay_file
     try:
         ok, msg = replay_file(result_file)
     except InputError as exc:
@@ -93,7 +93,7 @@ def reproduce(out: str = typer.Option("ptverify-out", "--out", help="output fold
     """Run every registered claim; write OUT/report.md and one result JSON per check.
 
     Exit 1 if any claim did not reach its expected verdict."""
-    from .reproduce import run_reproduce
+    from verify.claims.reproduce import run_reproduce
     code = run_reproduce(out, quick=quick, only=only.split(",") if only else None, seed=seed)
     raise typer.Exit(code)
 

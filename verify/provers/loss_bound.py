@@ -101,7 +101,7 @@ def check_norm_bound(W: np.ndarray, b: Fraction) -> bool:
     if cheap_norm_bound(W) <= b:
         return True
     if min(Wq.shape) <= 64:
-        from .assumptions import ldl_positive_definite
+        from verify.provers.assumptions import ldl_positive_definite
         G = Wq.T.dot(Wq) if Wq.shape[1] <= Wq.shape[0] else Wq.dot(Wq.T)
         A = [[(b2 if i == j else 0) - G[i, j] for j in range(G.shape[1])] for i in range(G.shape[0])]
         return ldl_positive_definite(A)
@@ -113,7 +113,7 @@ def mlp_k(layer) -> tuple[Fraction, Fraction, Fraction, str]:
     b1, b2 = cheap_norm_bound(layer.W_1), cheap_norm_bound(layer.W_2)
     method = "cheap_norm_bound"
     try:
-        from .assumptions import certify_mlp
+        from verify.provers.assumptions import certify_mlp
         info = certify_mlp(layer)
         if Fraction(info["k"]) < b1 * b2 and "bound_W1" in info and "bound_W2" in info:
             b1, b2, method = Fraction(info["bound_W1"]), Fraction(info["bound_W2"]), "certify_mlp"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import importlib
 import os
 
-from .result import load_result
+from verify.result import load_result
 
 __all__ = ["replay_file", "replay_dict", "REPLAY_MODULES"]
 
-REPLAY_MODULES = ["verify.checker", "verify.universality", "verify.bounds", "verify.multilayer"]
+REPLAY_MODULES = ["verify.checker.limitation", "verify.provers.universality", "verify.provers.bounds", "verify.provers.multilayer"]
 
 
 def _replayers() -> dict:

@@ -74,7 +74,7 @@ def register(apps) -> None:
         and prove that no prompt of any length memorizes it (certificate re-verified exactly)."""
         from constructions.model import save_dataset as _sd, save_model as _sm
         from verify.cli import emit, fail_input
-        from verify.prover import prove_limitation
+        from verify.provers.limitation import prove_limitation
         try:
             for name, v in (("--d", d), ("--heads", heads), ("--head-size", head_size), ("--mlp-width", mlp_width)):
                 _positive(name, v)
@@ -99,7 +99,7 @@ def register(apps) -> None:
     @root.command("claims")
     def claims_cmd(markdown: bool = typer.Option(False, "--markdown", help="print the README's claims table")):
         """List the registered claims: id, statement, expected verdict, command, proof and test."""
-        from verify.registry import all_claims
+        from verify.claims import all_claims
         claims = all_claims()
         if markdown:
             print("| claim | what is checked | verdict | command | proof |")
@@ -134,7 +134,7 @@ def register(apps) -> None:
         models use relaxation R, Proposition E and Theorem L3; multi-layer models Theorem M."""
         from constructions.model import load_dataset, load_model, save_dataset as _sd
         from verify.cli import emit, fail_input
-        from verify.prover import check_memorization
+        from verify.provers.limitation import check_memorization
         try:
             pl = parse_prompt_length(prompt_length)
             tol = parse_tolerance(tolerance)
@@ -143,7 +143,7 @@ def register(apps) -> None:
             m = load_model(model)
             ds = load_dataset(dataset, d=m.d)
             if len(m.layers) > 1:
-                from verify.multilayer import check_multilayer
+                from verify.provers.multilayer import check_multilayer
                 pn = None
                 if prompt_norm is not None:
                     try:

@@ -8,14 +8,14 @@ from typing import Optional
 
 from constructions.model import atomic_write_text
 
-from .registry import all_claims
-from .result import Result, Status
+from verify.claims import all_claims
+from verify.result import Result, Status
 
 __all__ = ["run_reproduce"]
 
 
 def run_reproduce(out: str, quick: bool = False, only: Optional[list] = None, seed: int = 0) -> int:
-    from .cli import console, is_tty
+    from verify.cli import console, is_tty
     con = console()
     os.makedirs(out, exist_ok=True)
     claims = [c for c in all_claims() if only is None or c.id in only]

@@ -1,0 +1,1 @@
+"""Experiments and benchmarks (untrusted; produce results the checker re-verifies)."""

@@ -1,0 +1,1 @@
+"""Producers of results and certificates: provers, bounds, the loss bound (untrusted)."""
