@@ -38,3 +38,15 @@ def tmp_out(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     return str(out)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the mutation counts per certificate kind (tests/mutations.py)."""
+    try:
+        from mutations import COUNTS
+    except ImportError:  # pragma: no cover
+        return
+    if COUNTS:
+        terminalreporter.write_line("mutations rejected per certificate kind:")
+        for kind, (tried, rejected) in sorted(COUNTS.items()):
+            terminalreporter.write_line(f"  {kind}: {rejected} of {tried}")

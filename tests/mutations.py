@@ -1,0 +1,181 @@
+"""Mutation helpers shared by the certificate tests: every number and field of a result is
+changed, certificates are swapped, and each change must be rejected by the trusted checker.
+
+``record(kind, tried, rejected)`` keeps the counts; ``tests/conftest.py`` prints them at the end
+of the run and ``PTVERIFY_MUTATION_REPORT=path`` writes them as JSON.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from fractions import Fraction
+from typing import Any, Iterator
+
+from verify.checker import check_result
+
+__all__ = ["leaves", "set_at", "delete_at", "perturb", "envelope_mutations", "body_mutations",
+           "assert_all_rejected", "record", "COUNTS"]
+
+#: kind -> [tried, rejected]
+COUNTS: dict[str, list[int]] = {}
+
+
+def record(kind: str, tried: int, rejected: int) -> None:
+    c = COUNTS.setdefault(kind, [0, 0])
+    c[0] += tried
+    c[1] += rejected
+    path = os.environ.get("PTVERIFY_MUTATION_REPORT")
+    if path:
+        with open(path, "w") as fh:
+            json.dump(COUNTS, fh, indent=1)
+
+
+def leaves(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """Every scalar leaf (numbers, strings, bools, None) with its path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from leaves(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from leaves(v, path + (i,))
+    else:
+        yield path, obj
+
+
+def set_at(obj: Any, path: tuple, value: Any) -> Any:
+    out = copy.deepcopy(obj)
+    cur = out
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = value
+    return out
+
+
+def delete_at(obj: Any, path: tuple) -> Any:
+    out = copy.deepcopy(obj)
+    cur = out
+    for p in path[:-1]:
+        cur = cur[p]
+    del cur[path[-1]]
+    return out
+
+
+def _as_q(v: Any):
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return Fraction(v)
+    if isinstance(v, str):
+        try:
+            return Fraction(v)
+        except (ValueError, ZeroDivisionError):
+            return None
+    return None
+
+
+def perturb(v: Any) -> list:
+    """A few wrong values for a leaf: numbers moved up, down and negated; strings changed;
+    NaN/inf for floats; the same JSON type kept where possible."""
+    q = _as_q(v)
+    if q is not None:
+        cands = [q + 1, q - Fraction(1, 3), -q - 1 if q != 0 else Fraction(1), q * 2 + Fraction(1, 7)]
+        out = []
+        for c in cands:
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, int):
+                out.append(int(c) if c.denominator == 1 else int(c) + 1)
+            elif isinstance(v, float):
+                out.append(float(c))
+            else:
+                out.append(str(c))
+        if isinstance(v, float):
+            out += [float("nan"), float("inf")]
+        return [o for o in out if o != v]
+    if isinstance(v, bool):
+        return [not v]
+    if isinstance(v, str):
+        return [v + "x", ""]
+    if v is None:
+        return [0]
+    return []
+
+
+def envelope_mutations(res: dict) -> Iterator[tuple[str, dict]]:
+    """Mutations of everything outside the certificate body."""
+    for st in ("proved", "memorized", "verified", "refuted", "unknown", "timeout", "error"):
+        if st != res["status"]:
+            yield f"status={st}", dict(res, status=st)
+    yield "format", dict(res, format="ptverify-result/1")
+    yield "unknown top-level field", dict(res, extra_field=1)
+    yield "statement", dict(res, statement=res["statement"] + " (edited)")
+    for key, val in res["question"].items():
+        if key == "kind":
+            yield "question.kind", set_at(res, ("question", "kind"), "bounds" if val != "bounds" else "memorization")
+            continue
+        for i, w in enumerate(perturb(val) + (["any"] if key == "prompt_length" and val != "any" else [])
+                              + ([2] if key == "prompt_length" and val == "any" else [])
+                              + ([None] if val is not None else [])):
+            yield f"question.{key}#{i}", set_at(res, ("question", key), w)
+        yield f"question.{key} removed", delete_at(res, ("question", key))
+    yield "question unknown field", set_at(res, ("question", "extra"), 1)
+    cert = res.get("certificate")
+    if isinstance(cert, dict):
+        yield "certificate.format", set_at(res, ("certificate", "format"), "ptverify-certificate/0")
+        for k in ("limitation-farkas", "prompt-witness", "multilayer-injectivity", "universality-dp-bound",
+                  "bounds-table", "lora-witness", "loss-bound", "experiment-consistency", "nonsense"):
+            if k != cert["kind"]:
+                yield f"certificate.kind={k}", set_at(res, ("certificate", "kind"), k)
+        yield "certificate removed", dict(res, certificate=None)
+    for name, ref in res["inputs"].items():
+        yield f"inputs.{name}.sha256", set_at(res, ("inputs", name, "sha256"), "0" * 64)
+        yield f"inputs.{name} removed", delete_at(res, ("inputs", name))
+        if "embedded" in ref:
+            nums = [(p, v) for p, v in leaves(ref["embedded"]) if _as_q(v) is not None and "meta" not in p]
+            for p, v in nums[:3] + nums[-3:]:
+                yield f"inputs.{name}.embedded{list(p)}", set_at(res, ("inputs", name, "embedded") + p, perturb(v)[0])
+            if nums:
+                # re-hash, so only the content (not the hash) is wrong: must still be rejected
+                from verify.checker import canonical_sha256
+                p, v = nums[len(nums) // 2]
+                m = set_at(res, ("inputs", name, "embedded") + p, perturb(v)[0])
+                m["inputs"][name]["sha256"] = canonical_sha256(m["inputs"][name]["embedded"])
+                yield f"inputs.{name}.embedded{list(p)} rehashed", m
+        if "file" in ref:
+            yield f"inputs.{name}.file missing", set_at(res, ("inputs", name, "file"), "no-such-file.npz")
+            yield f"inputs.{name}.file path", set_at(res, ("inputs", name, "file"), "../" + ref["file"])
+    yield "reported forged", dict(res, reported=dict(res.get("reported", {}), certified_min_error="1000"))
+
+
+def body_mutations(res: dict) -> Iterator[tuple[str, dict]]:
+    """Every leaf of the certificate body perturbed, every key removed, an unknown key added."""
+    body = res["certificate"]["body"]
+    for p, v in leaves(body):
+        for i, w in enumerate(perturb(v)):
+            yield f"body{list(p)}#{i}", set_at(res, ("certificate", "body") + p, w)
+    if isinstance(body, dict):
+        for k in body:
+            yield f"body.{k} removed", delete_at(res, ("certificate", "body", k))
+        yield "body unknown field", set_at(res, ("certificate", "body", "extra_field"), 1)
+
+
+def assert_all_rejected(kind: str, res: dict, mutations, base_dir: str = ".", allow: tuple = ()) -> tuple[int, int]:
+    """Check every mutation is rejected; ``allow`` lists name prefixes known to be harmless
+    (each must be justified where it is passed).  Records and returns (tried, rejected)."""
+    ok0, msg0 = check_result(res, base_dir)
+    assert ok0, f"the unmutated result must hold: {msg0}"
+    tried = rejected = 0
+    survivors = []
+    for name, mres in mutations:
+        if any(name.startswith(a) for a in allow):
+            continue
+        tried += 1
+        ok, msg = check_result(mres, base_dir)
+        if ok:
+            survivors.append(name)
+        else:
+            rejected += 1
+    record(kind, tried, rejected)
+    assert not survivors, f"{len(survivors)} of {tried} mutations were accepted: {survivors[:10]}"
+    return tried, rejected

@@ -1,0 +1,299 @@
+"""The checker's own reader of a result's inputs: models and datasets, embedded in the result or
+in content-addressed side files next to it, each with its sha256 recomputed.
+
+Independent of ``constructions/model.py`` on purpose: the checker validates every field itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Optional
+
+import numpy as np
+
+from .numbers import Mat, Reject, fields, integer, matrix, rat
+
+__all__ = ["CModel", "CLayer", "CDataset", "canonical_sha256", "canonical_bytes", "load_input",
+           "model_from_obj", "dataset_from_obj", "MODEL_FORMAT", "DATASET_FORMAT"]
+
+MODEL_FORMAT = "ptverify-model/1"
+DATASET_FORMAT = "ptverify-dataset/1"
+MAX_SIDE_FILE_BYTES = 1 << 32
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    """The bytes an embedded input's sha256 is taken of: sorted keys, no spaces, ASCII, no NaN."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def canonical_sha256(obj: Any) -> str:
+    return hashlib.sha256(canonical_bytes(obj)).hexdigest()
+
+
+@dataclass
+class CLayer:
+    kind: str                 # "softmax" or "hardmax"
+    heads: list               # [{"W_q": Mat, "W_k": Mat, "W_v": Mat, "W_o": Mat}]
+    W_1: Mat
+    b_1: list
+    W_2: Mat
+    b_2: list
+
+
+@dataclass
+class CModel:
+    d: int
+    causal: bool
+    layers: list
+
+
+@dataclass
+class CDataset:
+    inputs: list              # per example: list of token vectors (Fractions)
+    outputs: list             # per example: list of (vector | None)
+
+
+# --------------------------------------------------------------------------- models
+
+def _check_shape(M: Mat, rows: int, cols: int, where: str) -> Mat:
+    if M.shape != (rows, cols):
+        raise Reject(f"{where}: expected shape ({rows}, {cols}), found {M.shape}")
+    return M
+
+
+def _layer(get, li: int, kind: Any, nheads: int, d: int) -> CLayer:
+    where = f"layers[{li}]"
+    if kind not in ("softmax", "hardmax"):
+        raise Reject(f"{where}.attention.kind: expected \"softmax\" or \"hardmax\", found {kind!r}")
+    if nheads < 1:
+        raise Reject(f"{where}.attention.heads: expected at least one head")
+    heads = []
+    for j in range(nheads):
+        hw = f"{where}.attention.heads[{j}]"
+        Wq = get(("attention", j, "W_q"), f"{hw}.W_q")
+        s = Wq.shape[0]
+        if s < 1:
+            raise Reject(f"{hw}.W_q: expected at least one row")
+        h = {"W_q": _check_shape(Wq, s, d, f"{hw}.W_q"),
+             "W_k": _check_shape(get(("attention", j, "W_k"), f"{hw}.W_k"), s, d, f"{hw}.W_k"),
+             "W_v": _check_shape(get(("attention", j, "W_v"), f"{hw}.W_v"), s, d, f"{hw}.W_v"),
+             "W_o": _check_shape(get(("attention", j, "W_o"), f"{hw}.W_o"), d, s, f"{hw}.W_o")}
+        heads.append(h)
+    W1 = get(("mlp", None, "W_1"), f"{where}.mlp.W_1")
+    r = W1.shape[0]
+    if r < 1:
+        raise Reject(f"{where}.mlp.W_1: expected at least one row")
+    _check_shape(W1, r, d, f"{where}.mlp.W_1")
+    W2 = _check_shape(get(("mlp", None, "W_2"), f"{where}.mlp.W_2"), d, r, f"{where}.mlp.W_2")
+    b1 = get(("mlp", None, "b_1"), f"{where}.mlp.b_1")
+    b2 = get(("mlp", None, "b_2"), f"{where}.mlp.b_2")
+    _check_shape(b1, 1, r, f"{where}.mlp.b_1")
+    _check_shape(b2, 1, d, f"{where}.mlp.b_2")
+    return CLayer(kind, heads, W1, b1.rows()[0], W2, b2.rows()[0])
+
+
+def model_from_obj(obj: Any) -> CModel:
+    """A model from a parsed ``ptverify-model/1`` JSON object."""
+    fields(obj, "model", {"format", "d", "layers"}, {"causal", "meta"})
+    if obj["format"] != MODEL_FORMAT:
+        raise Reject(f"model.format: expected {MODEL_FORMAT!r}, found {obj['format']!r}"[:200])
+    d = integer(obj["d"], "model.d", 1, 1 << 20)
+    causal = obj.get("causal", False)
+    if not isinstance(causal, bool):
+        raise Reject(f"model.causal: expected true or false, found {causal!r}"[:200])
+    if not isinstance(obj["layers"], list) or not obj["layers"]:
+        raise Reject("model.layers: expected a non-empty list")
+    layers = []
+    for li, lo in enumerate(obj["layers"]):
+        fields(lo, f"model.layers[{li}]", {"attention", "mlp"})
+        att = fields(lo["attention"], f"model.layers[{li}].attention", {"heads"}, {"kind"})
+        mlp = fields(lo["mlp"], f"model.layers[{li}].mlp", {"W_1", "b_1", "W_2", "b_2"})
+        if not isinstance(att["heads"], list):
+            raise Reject(f"model.layers[{li}].attention.heads: expected a list")
+
+        def get(key, where, _att=att, _mlp=mlp, _li=li):
+            part, j, name = key
+            if part == "attention":
+                h = fields(_att["heads"][j], f"model.layers[{_li}].attention.heads[{j}]", {"W_q", "W_k", "W_v", "W_o"})
+                val = h[name]
+            else:
+                val = _mlp[name]
+            if name.startswith("b_"):
+                return Mat.from_fractions([[rat(v, f"model.{where}[{i}]") for i, v in enumerate(_list(val, where))]],
+                                          ncols=0)
+            return Mat.from_fractions(matrix(val, f"model.{where}"), ncols=0)
+
+        layers.append(_layer(get, li, att.get("kind", "softmax"), len(att["heads"]), d))
+    return CModel(d, causal, layers)
+
+
+def _list(v, where):
+    if not isinstance(v, list):
+        raise Reject(f"model.{where}: expected a list, found {type(v).__name__}")
+    return v
+
+
+def model_from_npz(path: str) -> CModel:
+    """A model from a ``.npz`` side file (binary64 arrays, a JSON header; never pickles)."""
+    try:
+        z = np.load(path, allow_pickle=False)
+        files = set(z.files)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise Reject(f"model file {os.path.basename(path)}: not a readable .npz archive ({exc})"[:300]) from None
+    if "__header__" not in files:
+        raise Reject("model file: no __header__ entry")
+    try:
+        hdr = json.loads(bytes(np.asarray(z["__header__"], dtype=np.uint8)).decode())
+    except (ValueError, UnicodeDecodeError, TypeError):
+        raise Reject("model file: unreadable __header__") from None
+    fields(hdr, "model file __header__", {"format", "d", "kinds", "heads"}, {"causal"})
+    if hdr["format"] != MODEL_FORMAT:
+        raise Reject(f"model file __header__.format: expected {MODEL_FORMAT!r}")
+    d = integer(hdr["d"], "model file __header__.d", 1, 1 << 20)
+    kinds, nh = hdr["kinds"], hdr["heads"]
+    if not isinstance(kinds, list) or not isinstance(nh, list) or len(kinds) != len(nh) or not kinds:
+        raise Reject("model file __header__: kinds and heads must be equal-length non-empty lists")
+    causal = hdr.get("causal", False)
+    if not isinstance(causal, bool):
+        raise Reject("model file __header__.causal: expected true or false")
+    layers = []
+    for li, (kind, n) in enumerate(zip(kinds, nh)):
+        integer(n, f"model file __header__.heads[{li}]", 1, 1 << 16)
+
+        def get(key, where, _li=li):
+            part, j, name = key
+            k = (f"layers.{_li}.attention.heads.{j}.{name}" if part == "attention" else f"layers.{_li}.mlp.{name}")
+            if k not in files:
+                raise Reject(f"model file: missing array {k!r}")
+            try:
+                a = z[k]
+            except ValueError:
+                raise Reject(f"model file: array {k!r} is not a plain numeric array") from None
+            if a.dtype.kind not in "fiu":
+                raise Reject(f"model file: array {k!r} has dtype {a.dtype}, expected float64")
+            a = np.asarray(a, dtype=np.float64)
+            if a.ndim != (1 if name.startswith("b_") else 2):
+                raise Reject(f"model file: array {k!r} has {a.ndim} dimensions")
+            return Mat.from_float(a)
+
+        layers.append(_layer(get, li, kind, n, d))
+    return CModel(d, causal, layers)
+
+
+# --------------------------------------------------------------------------- datasets
+
+def dataset_from_obj(obj: Any, d: Optional[int] = None) -> CDataset:
+    fields(obj, "dataset", {"format", "examples"}, {"meta"})
+    if obj["format"] != DATASET_FORMAT:
+        raise Reject(f"dataset.format: expected {DATASET_FORMAT!r}, found {obj['format']!r}"[:200])
+    exs = obj["examples"]
+    if not isinstance(exs, list) or not exs:
+        raise Reject("dataset.examples: expected a non-empty list")
+    ins, outs = [], []
+    for i, ex in enumerate(exs):
+        w = f"dataset.examples[{i}]"
+        fields(ex, w, {"input", "output"})
+        X = matrix(ex["input"], f"{w}.input", cols=d)
+        if not X:
+            raise Reject(f"{w}.input: expected at least one token")
+        if d is not None and any(len(t) != d for t in X):
+            raise Reject(f"{w}.input: tokens must have {d} entries")
+        Y = ex["output"]
+        if not isinstance(Y, list) or len(Y) != len(X):
+            raise Reject(f"{w}.output: expected {len(X)} entries (one per input token, null allowed)")
+        ys = [None if y is None else _vec(y, f"{w}.output[{t}]", len(X[0])) for t, y in enumerate(Y)]
+        ins.append(X)
+        outs.append(ys)
+    return CDataset(ins, outs)
+
+
+def _vec(v, where, n):
+    from .numbers import vector
+    return vector(v, where, n)
+
+
+# --------------------------------------------------------------------------- the inputs block
+
+def _sha_field(ref: dict, where: str) -> str:
+    h = ref.get("sha256")
+    if not isinstance(h, str) or len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+        raise Reject(f"{where}.sha256: expected 64 lowercase hex digits")
+    return h
+
+
+def _side_path(name: Any, base_dir: str, where: str) -> str:
+    if (not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..")
+            or name.startswith(".") or "\x00" in name):
+        raise Reject(f"{where}.file: expected a plain file name next to the result, found {name!r}"[:200])
+    path = os.path.join(base_dir, name)
+    if not os.path.isfile(path):
+        raise Reject(f"{where}.file: side file {name!r} not found next to the result")
+    if os.path.getsize(path) > MAX_SIDE_FILE_BYTES:
+        raise Reject(f"{where}.file: side file {name!r} is too large")
+    return path
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_input(name: str, ref: Any, base_dir: str, d: Optional[int] = None):
+    """Load one input by its reference ``{"sha256": ..., "embedded": obj}`` or
+    ``{"sha256": ..., "file": NAME}``; the hash is recomputed.  ``model`` and ``dataset`` are
+    parsed into :class:`CModel` / :class:`CDataset`; any other input is returned as parsed JSON
+    (embedded) or as a dict of numpy arrays (``.npz`` side file)."""
+    where = f"inputs.{name}"
+    fields(ref, where, {"sha256"}, {"embedded", "file"})
+    if ("embedded" in ref) == ("file" in ref):
+        raise Reject(f"{where}: expected exactly one of 'embedded' and 'file'")
+    sha = _sha_field(ref, where)
+    if "embedded" in ref:
+        obj = ref["embedded"]
+        if canonical_sha256(obj) != sha:
+            raise Reject(f"{where}: embedded content does not match its sha256")
+        if name == "model":
+            return model_from_obj(obj)
+        if name == "dataset":
+            return dataset_from_obj(obj, d)
+        return obj
+    path = _side_path(ref["file"], base_dir, where)
+    if _file_sha256(path) != sha:
+        raise Reject(f"{where}: side file {ref['file']!r} does not match its sha256")
+    if path.endswith(".npz"):
+        if name == "model":
+            return model_from_npz(path)
+        try:
+            z = np.load(path, allow_pickle=False)
+            return {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            raise Reject(f"{where}: side file is not a readable .npz archive") from None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Reject(f"{where}: side file is not UTF-8 JSON") from None
+    if name == "model":
+        return model_from_obj(obj)
+    if name == "dataset":
+        return dataset_from_obj(obj, d)
+    return obj
+
+
+def _no_constant(c):
+    raise ValueError(f"{c} is not allowed")
+
+
+def exact_mlp(layer: CLayer, z: list) -> list:
+    """MLP(z) = z + W_2 ReLU(W_1 z + b_1) + b_2, exactly."""
+    pre = layer.W_1.mv(z)
+    hid = [max(p + b, Fraction(0)) for p, b in zip(pre, layer.b_1)]
+    post = layer.W_2.mv(hid)
+    return [a + b + c for a, b, c in zip(z, post, layer.b_2)]
