@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from typing import Optional
+from typing import Callable, Optional
 
 from constructions.model import atomic_write_text
 
@@ -14,9 +14,12 @@ from verify.result import Result, Status
 __all__ = ["run_reproduce"]
 
 
-def run_reproduce(out: str, quick: bool = False, only: Optional[list] = None, seed: int = 0) -> int:
-    from verify.cli import console, is_tty
-    con = console()
+def run_reproduce(out: str, quick: bool = False, only: Optional[list] = None, seed: int = 0,
+                  progress: Optional[Callable[[str], None]] = None) -> tuple[int, list]:
+    """Run the claims, write one result per claim and ``out/report.md``.
+
+    Returns (exit code, rows of (claim, params, result, seconds, artifact, ok)); printing is the
+    CLI's business (``progress`` receives one line per claim started)."""
     os.makedirs(out, exist_ok=True)
     claims = [c for c in all_claims() if only is None or c.id in only]
     if only:
@@ -31,12 +34,12 @@ def run_reproduce(out: str, quick: bool = False, only: Optional[list] = None, se
         params.setdefault("seed", seed)
         artifact = os.path.join(out, f"{claim.id}.json")
         t0 = time.perf_counter()
-        if is_tty():
-            con.print(f"[bold]running[/bold] {claim.id}: {claim.title} ...")
+        if progress is not None:
+            progress(f"claim {len(rows) + 1} of {len(claims)}: {claim.id}: {claim.title} ...")
         try:
             res: Result = claim.run(params, out)
         except Exception as exc:  # a crash is reported, never hidden
-            res = Result(claim=claim.id, status=Status.ERROR, statement=claim.statement,
+            res = Result(claim=claim.id, status=Status.ERROR,
                          message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
         secs = time.perf_counter() - t0
         res.write(artifact)
@@ -68,15 +71,4 @@ def run_reproduce(out: str, quick: bool = False, only: Optional[list] = None, se
             lines.append(f"Check it yourself: `{claim.command}`; proof: `{claim.proof}`; test: `{claim.test}`.")
         lines.append("")
     atomic_write_text(os.path.join(out, "report.md"), "\n".join(lines))
-    from rich.table import Table
-    table = Table(title=f"ptverify reproduce ({'quick' if quick else 'default'})")
-    for col in ("claim", "instance", "expected", "verdict", "seconds"):
-        table.add_column(col)
-    for claim, params, res, secs, artifact, ok in rows:
-        table.add_row(claim.id, " ".join(f"{k}={v}" for k, v in params.items()), claim.expected.value,
-                      Status(res.status).value + ("" if ok else " (UNEXPECTED)"), f"{secs:.2f}")
-    con.print(table)
-    con.print(f"report: {os.path.join(out, 'report.md')}")
-    if failures:
-        con.print(f"{failures} claim(s) did not reach the expected verdict")
-    return 1 if failures else 0
+    return (1 if failures else 0), rows

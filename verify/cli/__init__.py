@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Optional
 
@@ -15,9 +16,11 @@ import typer
 
 from constructions.model import InputError
 
+from .output import console, emit, fail_input, is_tty
+
 __all__ = ["app", "main", "emit", "fail_input"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ptverify: solver checks, certificates and measurements for the theory of prompt tuning.")
 prove_app = typer.Typer(no_args_is_help=True, help="Prove a limitation of prompt tuning on a constructed instance.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (timings are reported, never asserted).")
@@ -29,46 +32,7 @@ app.add_typer(experiment_app, name="experiment")
 APPS = {"root": app, "prove": prove_app, "bench": bench_app, "experiment": experiment_app}
 
 #: modules whose ``register(apps)`` adds commands
-COMMAND_MODULES = ["verify.cli.core", "verify.experiments.bench", "verify.provers.universality", "verify.provers.bounds", "verify.provers.multilayer"]
-
-
-def is_tty() -> bool:
-    return sys.stdout.isatty()
-
-
-def console():
-    from rich.console import Console
-    return Console(no_color=not is_tty(), highlight=False, soft_wrap=True)
-
-
-def fail_input(exc: InputError) -> None:
-    """Report bad input on stderr and exit 2."""
-    print(f"ptverify: error: {exc}", file=sys.stderr)
-    raise typer.Exit(2)
-
-
-def emit(result, json_out: Optional[str], expect: Optional[str] = None, quiet: bool = False) -> None:
-    """Print a one-line summary, write ``--json`` atomically, apply ``--expect``."""
-    data = result.to_json() if hasattr(result, "to_json") else result
-    if json_out:
-        if hasattr(result, "write"):
-            result.write(json_out)
-        else:
-            from constructions.model import atomic_write_text
-            atomic_write_text(json_out, json.dumps(data, indent=1))
-    if not quiet:
-        secs = sum(float(v) for v in data.get("seconds", {}).values())
-        print(f"{data['claim']}: {data['status']}  ({data.get('method', '')}; {secs:.2f} s)")
-        if data.get("message"):
-            print(f"  {data['message']}")
-        checks = data.get("checks") or {}
-        if checks:
-            print("  checks: " + ", ".join(f"{k}={v}" for k, v in checks.items()))
-        if json_out:
-            print(f"  result written to {json_out}")
-    if expect is not None and data["status"] != expect:
-        print(f"ptverify: expected status {expect!r}, got {data['status']!r}", file=sys.stderr)
-        raise typer.Exit(1)
+COMMAND_MODULES = ["verify.cli.core", "verify.cli.bench", "verify.provers.universality", "verify.provers.bounds", "verify.provers.multilayer"]
 
 
 @app.command()
@@ -96,8 +60,34 @@ def reproduce(out: str = typer.Option("ptverify-out", "--out", help="output fold
 
     Exit 1 if any claim did not reach its expected verdict."""
     from verify.claims.reproduce import run_reproduce
-    code = run_reproduce(out, quick=quick, only=only.split(",") if only else None, seed=seed)
+    ids = None
+    if only is not None:
+        ids = [x.strip() for x in only.split(",")]
+        if not all(ids):
+            fail_input(InputError("--only", "comma-separated claim ids such as L1,L3", repr(only)))
+    con = console()
+    code, rows = run_reproduce(out, quick=quick, only=ids, seed=seed,
+                               progress=(lambda msg: con.print(msg)) if is_tty() else None)
+    _print_reproduce_table(con, rows, quick, out)
     raise typer.Exit(code)
+
+
+def _print_reproduce_table(con, rows: list, quick: bool, out: str) -> None:
+    import os
+
+    from rich.table import Table
+    table = Table(title=f"ptverify reproduce ({'quick' if quick else 'default'})")
+    for col in ("claim", "instance", "expected", "verdict", "seconds"):
+        table.add_column(col)
+    for claim, params, res, secs, _artifact, ok in rows:
+        table.add_row(claim.id, " ".join(f"{k}={v}" for k, v in params.items()), claim.expected.value,
+                      str(res.status.value if hasattr(res.status, "value") else res.status)
+                      + ("" if ok else " (UNEXPECTED)"), f"{secs:.2f}")
+    con.print(table)
+    con.print(f"report: {os.path.join(out, 'report.md')}")
+    failures = sum(1 for row in rows if not row[5])
+    if failures:
+        con.print(f"{failures} claim(s) did not reach the expected verdict")
 
 
 def _load_command_modules() -> None:
@@ -112,9 +102,43 @@ _load_command_modules()
 
 
 def main(argv=None) -> None:
-    """Console entry point; bad input anywhere maps to exit code 2."""
+    """Console entry point.  Bad input anywhere is exit 2 with the field named; an internal error
+    is exit 3 with one line naming the file that holds the traceback; never a raw traceback."""
     try:
-        app(args=argv, prog_name="ptverify", standalone_mode=True)
+        rc = app(args=argv, prog_name="ptverify", standalone_mode=False)
     except InputError as exc:
         print(f"ptverify: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("ptverify: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as exc:
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"ptverify: error: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("ptverify: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place internal errors are turned into exit 3
+        sys.exit(_internal_error(exc))
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _internal_error(exc: BaseException) -> int:
+    import tempfile
+    import traceback
+    try:
+        fd, path = tempfile.mkstemp(prefix="ptverify-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(" ".join(sys.argv) + "\n\n" + traceback.format_exc())
+        where = f"traceback written to {path}"
+    except OSError:
+        where = "the traceback could not be written"
+    print(f"ptverify: internal error ({type(exc).__name__}: {str(exc)[:200]}); {where}. "
+          "Please report it with that file.", file=sys.stderr)
+    return 3

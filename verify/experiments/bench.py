@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 from constructions.model import Dataset, InputError, Model
 
-__all__ = ["encode_naive", "solve_naive", "bench_limitation", "register", "DEFAULT_DIMS", "BENCH_FORMAT"]
+__all__ = ["encode_naive", "solve_naive", "bench_limitation", "DEFAULT_DIMS", "BENCH_FORMAT"]
 
 BENCH_FORMAT = "ptverify-bench/1"
 DEFAULT_DIMS = (1, 2, 3, 4, 8, 16, 64, 256, 768)
@@ -246,60 +246,3 @@ def print_table(report: dict, console) -> None:
         t.add_row(str(row["d"]), str(row["heads"]), str(row["mlp_width"]), f"{st['seconds']:.3f}", verdict,
                   "-" if nv["seconds"] is None else f"{nv['seconds']:.3f}", answer, _fmt_speedup(row))
     console.print(t)
-
-
-def _parse_dims(v: str) -> list[int]:
-    try:
-        dims = [int(x) for x in v.split(",") if x.strip()]
-    except ValueError:
-        raise InputError("--dims", "comma-separated positive integers such as 1,2,3,8", repr(v)) from None
-    if not dims or any(x < 1 for x in dims):
-        raise InputError("--dims", "comma-separated positive integers such as 1,2,3,8", repr(v))
-    return dims
-
-
-def _parse_heads(v: str):
-    from verify.cli.core import parse_positive_or
-    return parse_positive_or(v, "--heads", "auto")
-
-
-def register(apps) -> None:
-    """Add ``ptverify bench limitation`` to the CLI."""
-    import typer
-
-    @apps["bench"].command("limitation")
-    def bench_limitation_cmd(
-        dims: str = typer.Option(",".join(map(str, DEFAULT_DIMS)), "--dims", help="comma-separated token dimensions d"),
-        heads: str = typer.Option("auto", "--heads", help="heads per layer, or 'auto' (d // 64, at least 1)"),
-        naive_timeout: float = typer.Option(60.0, "--naive-timeout", help="Z3 time limit per naive instance, seconds"),
-        prompt_length: int = typer.Option(1, "--prompt-length", help="prompt length K of the naive encoding"),
-        mlp_ratio: int = typer.Option(4, "--mlp-ratio", help="MLP width r = ratio * d"),
-        seed: int = typer.Option(0, "--seed", help="seed of the random models and datasets"),
-        json_out: Optional[str] = typer.Option(None, "--json", help="write the table as JSON here"),
-        artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write each naive query as SMT-LIB2 here"),
-    ):
-        """Time the structured prover against a naive Z3 encoding (ReLU as If terms, products of
-        unknowns, no structure) on the same L1 instances for growing d; print the table.
-
-        Once the naive encoding times out it is skipped on larger d. Timings are measurements, not verdicts."""
-        from constructions.model import atomic_write_text
-        from verify.cli import console, fail_input, is_tty
-        try:
-            dl = _parse_dims(dims)
-            hv = _parse_heads(heads)
-            if naive_timeout <= 0:
-                raise InputError("--naive-timeout", "a number of seconds > 0", str(naive_timeout))
-            if prompt_length < 1:
-                raise InputError("--prompt-length", "a positive integer", str(prompt_length))
-            if mlp_ratio < 1:
-                raise InputError("--mlp-ratio", "a positive integer", str(mlp_ratio))
-        except InputError as exc:
-            fail_input(exc)
-        con = console()
-        report = bench_limitation(dl, heads=hv, naive_timeout=naive_timeout, prompt_length=prompt_length, seed=seed,
-                                  mlp_ratio=mlp_ratio, artifacts=artifacts,
-                                  progress=(lambda msg: con.print(msg)) if is_tty() else None)
-        print_table(report, con)
-        if json_out:
-            atomic_write_text(json_out, json.dumps(report, indent=1))
-            con.print(f"table written to {json_out}")
