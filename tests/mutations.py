@@ -12,7 +12,7 @@ import os
 from fractions import Fraction
 from typing import Any, Iterator
 
-from verify.checker import check_result
+from verify.checker import check_result, statement
 
 __all__ = ["leaves", "set_at", "delete_at", "perturb", "envelope_mutations", "body_mutations",
            "assert_all_rejected", "record", "COUNTS"]
@@ -102,23 +102,62 @@ def perturb(v: Any) -> list:
     return []
 
 
+INVALID = {"prompt_length": [0, -1, None, "some", 1.5], "tolerance": [-1, "-1/3", "nan", None, True],
+           "prompt_norm": [0, -1, "x"]}
+INTEGER_FIELDS = ("d", "n", "m", "N", "heads", "head_size", "mlp_width")
+
+
+def question_mutations(q: dict, status: str) -> Iterator[tuple[str, dict]]:
+    """Questions the result's certificate must NOT support: invalid values, and changes that make
+    the claim strictly stronger (a weaker claim may legitimately still hold, so it is not
+    generated: e.g. a larger tolerance for a witness, a fixed length for an any-length proof)."""
+    def with_(key, val):
+        return dict(q, **{key: val})
+    for key in q:
+        if key == "kind":
+            continue
+        for i, bad in enumerate(INVALID.get(key, [-1, None, "x"])):
+            yield f"question.{key} invalid#{i}", with_(key, bad)
+        if key in INTEGER_FIELDS:
+            yield f"question.{key}+1", with_(key, q[key] + 1)
+    yield "question.kind", with_("kind", "bounds" if q["kind"] != "bounds" else "memorization")
+    if q["kind"] == "memorization":
+        tol = Fraction(q["tolerance"])
+        K, R = q["prompt_length"], q.get("prompt_norm")
+        if status == "proved":
+            yield "question.tolerance larger", with_("tolerance", str(tol + 1))
+            if K != "any":
+                yield "question.prompt_length any", with_("prompt_length", "any")
+            if R is not None:
+                yield "question.prompt_norm larger", with_("prompt_norm", str(Fraction(R) * 1000))
+                yield "question.prompt_norm none", {k: v for k, v in q.items() if k != "prompt_norm"}
+        else:
+            if tol:
+                yield "question.tolerance 0", with_("tolerance", "0")
+            yield "question.prompt_length other", with_("prompt_length", (K + 1) if K != "any" else 10**6)
+            yield "question.prompt_norm tiny", with_("prompt_norm", "1/1000000000")
+    if "eps" in q and status == "verified":
+        yield "question.eps smaller", with_("eps", str(Fraction(q["eps"]) / 1000))
+    if "target" in q:
+        for t in ("token-mix", "smooth", "relu-net"):
+            if t != q["target"]:
+                yield f"question.target={t}", with_("target", t)
+
+
 def envelope_mutations(res: dict) -> Iterator[tuple[str, dict]]:
     """Mutations of everything outside the certificate body."""
     for st in ("proved", "memorized", "verified", "refuted", "unknown", "timeout", "error"):
         if st != res["status"]:
             yield f"status={st}", dict(res, status=st)
+            try:  # the same, with the statement re-derived, so only the status-kind table can object
+                yield f"status={st} restated", dict(res, status=st, statement=statement(res["question"], st))
+            except Exception:  # noqa: BLE001 - an unparseable question is mutated elsewhere
+                pass
     yield "format", dict(res, format="ptverify-result/1")
     yield "unknown top-level field", dict(res, extra_field=1)
     yield "statement", dict(res, statement=res["statement"] + " (edited)")
-    for key, val in res["question"].items():
-        if key == "kind":
-            yield "question.kind", set_at(res, ("question", "kind"), "bounds" if val != "bounds" else "memorization")
-            continue
-        for i, w in enumerate(perturb(val) + (["any"] if key == "prompt_length" and val != "any" else [])
-                              + ([2] if key == "prompt_length" and val == "any" else [])
-                              + ([None] if val is not None else [])):
-            yield f"question.{key}#{i}", set_at(res, ("question", key), w)
-        yield f"question.{key} removed", delete_at(res, ("question", key))
+    for name, q in question_mutations(res["question"], res["status"]):
+        yield name, dict(copy.deepcopy(res), question=q)
     yield "question unknown field", set_at(res, ("question", "extra"), 1)
     cert = res.get("certificate")
     if isinstance(cert, dict):

@@ -6,10 +6,8 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -50,42 +48,6 @@ def test_checker_imports_only_stdlib_and_numpy():
 def test_verify_package_init_is_import_free():
     mods = _imports(os.path.join(ROOT, "verify", "__init__.py"))
     assert all(m in ("__future__",) for m, _ in mods), mods
-
-
-BOOT = textwrap.dedent("""
-    import sys
-    ALLOWED = set(sys.stdlib_module_names) | {"numpy", "verify"}
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            top = name.split(".")[0]
-            if top not in ALLOWED:
-                raise ImportError(f"blocked import of {name!r}")
-            return None
-    sys.meta_path.insert(0, Block())
-    sys.path.insert(0, sys.argv[1])
-    sys.argv = ["verify.checker"] + sys.argv[2:]
-    import runpy
-    runpy.run_module("verify.checker", run_name="__main__", alter_sys=True)
-""")
-
-
-@pytest.fixture(scope="module")
-def isolated_checker(tmp_path_factory):
-    """A copy of verify/__init__.py and verify/checker/ alone, and a launcher that blocks
-    every import but the standard library and numpy."""
-    base = tmp_path_factory.mktemp("trusted")
-    pkg = base / "verify"
-    pkg.mkdir()
-    shutil.copy(os.path.join(ROOT, "verify", "__init__.py"), pkg / "__init__.py")
-    shutil.copytree(CHECKER, pkg / "checker", ignore=shutil.ignore_patterns("__pycache__"))
-    boot = base / "boot.py"
-    boot.write_text(BOOT)
-
-    def run(*files):
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
-        return subprocess.run([sys.executable, "-I", str(boot), str(base), *map(str, files)],
-                              capture_output=True, text=True, env=env, timeout=600, cwd=str(base))
-    return run
 
 
 @pytest.fixture(scope="module")
