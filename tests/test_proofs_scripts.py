@@ -11,7 +11,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SCRIPTS = ["l1_rays_check.py", "prop_e_checks.py"]
+SCRIPTS = ["l1_rays_check.py", "prop_e_checks.py", "universality_equivariance.py"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
