@@ -11,7 +11,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SCRIPTS = ["l1_rays_check.py", "prop_e_checks.py", "universality_equivariance.py"]
+SCRIPTS = ["l1_rays_check.py", "prop_e_checks.py", "universality_equivariance.py",
+           "l4_hardmax_jump.py"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
