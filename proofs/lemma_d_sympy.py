@@ -1,4 +1,4 @@
-"""Symbolic proof of Lemma D (THEORY.md section 2) with sympy.
+"""Symbolic proof of Lemma D (proofs/lemma_d.md) with sympy.
 
 Run ``python proofs/lemma_d_sympy.py``; it prints each check and exits non-zero if any fails.
 
