@@ -19,7 +19,7 @@ CLAIM_MODULES = [
     "verify.claims.core",
     "verify.provers.universality",
     "verify.provers.bounds",
-    "verify.provers.multilayer",
+    "verify.claims.multilayer",
 ]
 
 

@@ -22,15 +22,17 @@ c ||x - x'|| > ||y - y'|| + 2 tol sqrt(d) are memorized (within tol per entry) b
 
 Rigour: every spectral norm is a grid number k / 2^20 with ``t^2 I - W W^T`` positive definite at
 t = k / 2^20 and not at (k - 1) / 2^20 (exact integer Sylvester test), so k is a function of W
-that the checker re-verifies without searching; every other number is an exact rational.  The
-certificate embeds the model and dataset (with sha256) and the checker recomputes everything.
+that the checker re-verifies without searching; every other number is an exact rational.
+
+Results are ``ptverify-result/2``: the model and dataset are embedded inputs; a proof carries a
+``multilayer-injectivity`` certificate (condition, grid norms, the pair), a memorization a
+``prompt-witness``.  The trusted checker (``verify/checker/multilayer.py``, ``witness.py``) is the
+only replay: every result is run through it before it is returned.  The command is in
+``verify/cli/multilayer.py``, the claims in ``verify/claims/multilayer.py``.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 from fractions import Fraction
 from typing import Optional
@@ -38,23 +40,22 @@ from typing import Optional
 import numpy as np
 
 from constructions.model import (Dataset, InputError, Model, as_fraction, as_scaled_int, dataset_to_json,
-                                 load_dataset, load_model, model_to_json, sha256_json)
+                                 model_to_json)
 
-from verify.claims import Claim
-from verify.result import Result, Status
+from verify.result import Result, Status, certificate, embed, memorization_question
 
-__all__ = ["check_multilayer", "certify", "replay_injectivity", "replay_prompt", "z3_crosscheck",
-           "norm_grid", "norm_grid_holds", "CLAIMS", "REPLAYERS", "register", "GRID_BITS"]
+__all__ = ["check_multilayer", "certify", "z3_crosscheck", "crosscheck", "nonvacuity", "encoder_example",
+           "prove_multilayer", "witness_result", "norm_grid", "norm_grid_holds", "GRID_BITS"]
 
 GRID_BITS = 20
 GRID = 1 << GRID_BITS
 EXACT_GRAM_MAX = 96      # spectral norms by the exact Gram test up to this size, else sqrt(||W||_1 ||W||_inf)
 CERT_KIND = "multilayer-injectivity"
-WITNESS_KIND = "multilayer-prompt"
+WITNESS_KIND = "prompt-witness"
 
 
 # =========================================================================== exact helpers
-# (shared by the prover and the checker: exact integer / rational arithmetic only)
+# (the prover's own; the trusted checker keeps independent copies in verify/checker/multilayer.py)
 
 def _is_pd(M: list) -> bool:
     """Exact positive-definiteness of a symmetric integer matrix (Sylvester's criterion; the
@@ -207,7 +208,9 @@ def _layer_bounds(model: Model, condition: int, norms: dict, R: Optional[Fractio
         B = _ceil_grid(max(R, Rx))
     for li, layer in enumerate(model.layers):
         k_mlp = nb[f"layers[{li}].mlp.W_1"] * nb[f"layers[{li}].mlp.W_2"]
-        row = {"mlp_contraction": k_mlp}
+        # the bias norms are used by condition 2's state bounds; reported for both, so a result
+        # pins every layer's biases (a changed bias is rejected even where condition 1 ignores it)
+        row = {"mlp_contraction": k_mlp, "b_1_norm": _vec_norm_up(layer.b_1), "b_2_norm": _vec_norm_up(layer.b_2)}
         if condition == 1:
             for hj in range(len(layer.heads)):
                 if nb[f"layers[{li}].heads[{hj}].W_k^T W_q"] != 0:
@@ -295,112 +298,37 @@ def _first_pair(ds: Dataset, causal: bool, c: Fraction, tol: Fraction, kinds=("c
     return None
 
 
-# =========================================================================== the checker
-
-def _model_from_json(obj: dict) -> Model:
-    with tempfile.TemporaryDirectory() as tmp:
-        p = os.path.join(tmp, "model.json")
-        with open(p, "w") as fh:
-            json.dump(obj, fh)
-        return load_model(p)
-
-
-def _dataset_from_json(obj: dict) -> Dataset:
-    with tempfile.TemporaryDirectory() as tmp:
-        p = os.path.join(tmp, "dataset.json")
-        with open(p, "w") as fh:
-            json.dump(obj, fh)
-        return load_dataset(p)
-
-
-def replay_injectivity(res: dict, base_dir: str = ".") -> tuple[bool, str]:
-    """Re-verify a ``multilayer-injectivity`` certificate from the embedded model and dataset.
-
-    Every grid norm is re-tested exactly, every bound recomputed and compared with the
-    certificate (so a changed number fails), and the colliding pair re-derived."""
-    cert = res["certificate"]
-    if sha256_json(cert["model"]) != cert["model_sha256"] or sha256_json(cert["dataset"]) != cert["dataset_sha256"]:
-        return False, "embedded model or dataset does not match its sha256"
-    model, ds = _model_from_json(cert["model"]), _dataset_from_json(cert["dataset"])
-    cond, tol = cert["condition"], Fraction(cert["tolerance"])
-    if cert["grid_bits"] != GRID_BITS:
-        return False, f"grid_bits must be {GRID_BITS}"
-    if model.causal is not True and cond != 0:
-        return False, "conditions 1 and 2 need a causal model (\"causal\": true)"
-    if tol < 0:
-        return False, "negative tolerance"
-    c = Fraction(0)
-    if cond in (1, 2):
-        mats = _layer_matrices(model, cond)
-        if set(cert["norms"]) != set(mats):
-            return False, "the certificate's norm list does not match the model's matrices"
-        for name, W in mats.items():
-            if not norm_grid_holds(W, cert["norms"][name]):
-                return False, f"grid norm of {name} is not {cert['norms'][name]} / 2^{GRID_BITS}"
-        R = Fraction(cert["prompt_norm"]) if cond == 2 else None
-        Rx = _input_norm(ds) if cond == 2 else None
-        if cond == 2 and (R < 0 or _fmt(Rx) != cert["input_norm"]):
-            return False, "prompt or input norm bound does not hold"
-        rows, failures, c = _layer_bounds(model, cond, cert["norms"], R, Rx)
-        if failures:
-            return False, "condition fails: " + "; ".join(failures)
-        if rows != cert["layers"] or _fmt(c) != cert["lower_lipschitz"]:
-            return False, "the certificate's per-layer bounds differ from the recomputed ones"
-    elif cond != 0:
-        return False, f"unknown condition {cond!r}"
-    elif cert["norms"] or cert["layers"] or cert["lower_lipschitz"] != "0":
-        return False, "a conflict certificate carries no bounds"
-    if cond != 2 and (cert["prompt_norm"] is not None or cert["input_norm"] is not None):
-        return False, "norm bounds are only part of a condition 2 certificate"
-    pair = _first_pair(ds, model.causal, c, tol, ("conflict",) if cond == 0 else ("conflict", "injective"))
-    if pair is None or pair != cert["pair"]:
-        return False, f"the colliding pair does not re-derive (recomputed {pair}, certificate {cert['pair']})"
-    return True, (f"condition {cond} holds on all {len(model.layers)} layers (c = {float(c):.6g}); examples "
-                  f"{pair['examples']} at position {pair['position']} ({pair['kind']}) cannot both be memorized")
-
-
-def replay_prompt(res: dict, base_dir: str = ".") -> tuple[bool, str]:
-    """Replay a ``multilayer-prompt`` witness: the prompt's exact forward pass reproduces every
-    given target (exact for zero-score models; else the rigorous enclosures within tolerance)."""
-    from constructions.forward import forward_exact
-    from constructions.multilayer import forward_uniform_exact, has_zero_scores
-    w = res["witness"]
-    if sha256_json(w["model"]) != w["model_sha256"] or sha256_json(w["dataset"]) != w["dataset_sha256"]:
-        return False, "embedded model or dataset does not match its sha256"
-    model, ds = _model_from_json(w["model"]), _dataset_from_json(w["dataset"])
-    P = np.array([[Fraction(v) for v in row] for row in w["prompt"]], dtype=object).reshape(-1, model.d)
-    tol = Fraction(w.get("tolerance", "0"))
-    exact = has_zero_scores(model)
-    for i, ex in enumerate(ds.examples):
-        out = forward_uniform_exact(model, ex.input, P) if exact else forward_exact(model, ex.input, P)
-        for t, y in enumerate(ex.output):
-            if y is None:
-                continue
-            for e, (o, yv) in enumerate(zip(out[t], y)):
-                yv = Fraction(yv)
-                if exact and abs(o - yv) > tol:
-                    return False, f"examples[{i}].output[{t}][{e}]: prompt gives {float(o)!r}, target {float(yv)!r}"
-                if not exact and (o.lo < yv - tol or o.hi > yv + tol):
-                    return False, f"examples[{i}].output[{t}][{e}]: enclosure {o} not within {float(tol)} of target"
-    return True, (f"the {len(P)}-token prompt reproduces every target "
-                  f"({'exactly' if tol == 0 and exact else f'within {float(tol)}'})")
-
-
-REPLAYERS = {CERT_KIND: replay_injectivity, WITNESS_KIND: replay_prompt}
-
-
 # =========================================================================== the prover
-
-def _statement(cond: int, R: Optional[Fraction]) -> str:
-    if cond == 0:
-        return "no model and no prompt memorizes the dataset: two examples see the same input and need different outputs"
-    if cond == 1:
-        return "no prompt of any length (and any norm) memorizes the dataset"
-    return f"no prompt of any length whose tokens have 2-norm <= {float(R):g} memorizes the dataset"
-
 
 METHODS = {0: "multilayer: conflicting targets", 1: "multilayer condition 1 (query-independent scores)",
            2: "multilayer condition 2 (bounded prompts, Lipschitz attention)"}
+
+
+def _found(cond: int, norms: dict, pair: dict, rows: list, c: Fraction, Rx: Optional[Fraction]) -> dict:
+    """What :func:`certify` returns: the certificate body (hints only) and the numbers to report."""
+    reported = {"condition": cond, "lower_lipschitz": _fmt(c), "margin": pair["margin"], "pair_kind": pair["kind"]}
+    if cond:
+        reported["layers"] = rows
+    if Rx is not None:
+        reported["input_norm"] = _fmt(Rx)
+    body = {"condition": cond, "norms": norms, "pair": {"examples": pair["examples"], "position": pair["position"]}}
+    return {"body": body, "reported": reported}
+
+
+def _try_condition(model: Model, dataset: Dataset, cond: int, R: Optional[Fraction], tol: Fraction):
+    """(found or None, failures) for condition 1 or 2."""
+    if cond == 2 and R is None:
+        return None, ["condition 2: needs a bound on the prompt tokens' 2-norm (--prompt-norm); none given"]
+    Rx = _input_norm(dataset) if cond == 2 else None
+    norms = {name: norm_grid(W) for name, W in _layer_matrices(model, cond).items()}
+    rows, fails, c = _layer_bounds(model, cond, norms, R, Rx)
+    if fails:
+        return None, [f"condition {cond}: {f}" for f in fails]
+    pair = _first_pair(dataset, True, c, tol)
+    if pair is None:
+        return None, [f"condition {cond} holds (lower Lipschitz constant c = {float(c):.6g}) but no pair "
+                      f"has c ||x - x'|| > ||y - y'|| + 2 tol sqrt(d)"]
+    return _found(cond, norms, pair, rows, c, Rx), []
 
 
 def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, prompt_norm=None,
@@ -416,26 +344,21 @@ def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, pro
     condition : {None, 1, 2}
         None tries conflicting targets, then condition 1, then condition 2 (if ``prompt_norm``).
     prompt_norm : rational or None
-        Bound R on the 2-norm of every prompt token (condition 2 only).
+        Bound R > 0 on the 2-norm of every prompt token (condition 2 only).
     tolerance : rational
         Memorization within this much per output entry.
 
     Returns
     -------
-    (certificate or None, failures)
+    (found or None, failures)
+        ``found = {"body": certificate body, "reported": numbers the checker re-derives}``;
         ``failures`` names every bound that failed and by how much."""
     tol = Fraction(tolerance)
     R = None if prompt_norm is None else Fraction(prompt_norm)
-    failures: list[str] = []
-    base = {"kind": CERT_KIND, "tolerance": _fmt(tol), "grid_bits": GRID_BITS,
-            "model": model_to_json(model), "dataset": dataset_to_json(dataset)}
-    base["model_sha256"], base["dataset_sha256"] = sha256_json(base["model"]), sha256_json(base["dataset"])
     if condition is None:
         pair = _first_pair(dataset, model.causal, Fraction(0), tol, ("conflict",))
         if pair is not None:
-            return dict(base, condition=0, norms={}, prompt_norm=None, input_norm=None, layers=[],
-                        lower_lipschitz="0", pair=pair), []
-    conds = [condition] if condition is not None else [1, 2]
+            return _found(0, {}, pair, [], Fraction(0), None), []
     if not model.causal:
         return None, ["the model is not causal (\"causal\": false, an encoder): prompt states depend on the input, "
                       "which conditions 1 and 2 do not cover (proofs/multilayer.md gives an encoder meeting condition "
@@ -443,27 +366,35 @@ def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, pro
     if not any(k == "injective" for *_, k in _pairs(dataset, True)):
         return None, ["no two examples share a prefix and differ in the next token with both targets given there: "
                       "Theorem M rules nothing out for this dataset"]
-    for cond in conds:
-        if cond == 2 and R is None:
-            failures.append("condition 2: needs a bound on the prompt tokens' 2-norm (--prompt-norm); none given")
-            continue
-        if cond == 2 and R < 0:
-            raise InputError("--prompt-norm", "a number >= 0", str(R))
-        Rx = _input_norm(dataset) if cond == 2 else None
-        norms = {name: norm_grid(W) for name, W in _layer_matrices(model, cond).items()}
-        rows, fails, c = _layer_bounds(model, cond, norms, R, Rx)
-        if fails:
-            failures += [f"condition {cond}: {f}" for f in fails]
-            continue
-        pair = _first_pair(dataset, True, c, tol)
-        if pair is None:
-            failures.append(f"condition {cond} holds (lower Lipschitz constant c = {float(c):.6g}) but no pair "
-                            f"has c ||x - x'|| > ||y - y'|| + 2 tol sqrt(d)")
-            continue
-        return dict(base, condition=cond, norms=norms, prompt_norm=None if R is None or cond == 1 else _fmt(R),
-                    input_norm=None if Rx is None else _fmt(Rx), layers=rows, lower_lipschitz=_fmt(c),
-                    pair=pair), []
+    failures: list[str] = []
+    for cond in ([condition] if condition is not None else [1, 2]):
+        found, fails = _try_condition(model, dataset, cond, R, tol)
+        if found is not None:
+            return found, []
+        failures += fails
     return None, failures
+
+
+def _inputs(model: Model, dataset: Dataset) -> dict:
+    return {"model": embed(model_to_json(model)), "dataset": embed(dataset_to_json(dataset))}
+
+
+def _positive_norm(prompt_norm, field: str = "--prompt-norm") -> Optional[Fraction]:
+    if prompt_norm is None:
+        return None
+    try:
+        R = Fraction(str(prompt_norm))
+    except (ValueError, ZeroDivisionError):
+        raise InputError(field, "a positive number", repr(prompt_norm)) from None
+    if R <= 0:
+        raise InputError(field, "a positive number", repr(prompt_norm))
+    return R
+
+
+def self_check(res: Result) -> tuple[bool, str]:
+    """Run the trusted checker on a result before it is returned (it is the only replay)."""
+    from verify.checker import check_result
+    return check_result(res.to_json())
 
 
 def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0),
@@ -471,47 +402,253 @@ def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolera
                      claim: str = "M") -> Result:
     """Decide what Theorem M says about a (multi-layer) model and dataset.
 
-    Returns "proved" with a ``multilayer-injectivity`` certificate (already replayed) when targets
-    conflict or condition 1 or 2 holds and two examples collide; "unknown" with a message naming
-    each bound that failed and by how much otherwise.  ``prompt_norm`` (or ``model.meta
-    ["prompt_norm"]``) enables condition 2.  A proof for any length covers ``prompt_length``.
-    ``timeout`` is accepted for the common interface; certification is exact and fast (no search).
-    Bad input (token size, negative tolerance) raises :class:`InputError`."""
+    Returns "proved" with a ``multilayer-injectivity`` certificate (accepted by the trusted checker)
+    when targets conflict or condition 1 or 2 holds and two examples collide; "unknown" with a
+    message naming each bound that failed and by how much otherwise.  ``prompt_norm`` (or
+    ``model.meta["prompt_norm"]``) enables condition 2 and is part of the question.  A proof for any
+    length covers ``prompt_length``.  ``timeout`` is accepted for the common interface;
+    certification is exact and fast (no search).  Bad input raises :class:`InputError`."""
     t0 = time.perf_counter()
     if dataset.d != model.d:
         raise InputError("examples[0].input", f"tokens of size d = {model.d} (the model's d)", f"size {dataset.d}")
     if prompt_norm is None and "prompt_norm" in model.meta:
-        prompt_norm = Fraction(str(model.meta["prompt_norm"]))
+        prompt_norm = model.meta["prompt_norm"]
+    R = _positive_norm(prompt_norm)
     tol = Fraction(tolerance)
     if tol < 0:
         raise InputError("--tolerance", "a number >= 0", str(tol))
-    cert, failures = certify(model, dataset, condition, prompt_norm, tol)
+    found, failures = certify(model, dataset, condition, R, tol)
     t1 = time.perf_counter()
-    inputs = {"model_sha256": sha256_json(model_to_json(model)), "dataset_sha256": sha256_json(dataset_to_json(dataset)),
-              "seed": model.meta.get("seed")}
-    if cert is None:
-        return Result(claim=claim, status=Status.UNKNOWN, statement="Theorem M: no prompt memorizes the dataset",
-                      method="multilayer conditions 1-2", prompt_length=prompt_length, inputs=inputs,
-                      seconds={"solve": t1 - t0}, message="not certified: " + "; ".join(failures),
-                      checks={"certificate_checked": False})
-    cond = cert["condition"]
-    res = Result(claim=claim, status=Status.PROVED, statement=_statement(cond, prompt_norm),
-                 method=METHODS[cond], prompt_length=prompt_length, certificate=cert, inputs=inputs)
-    ok, msg = replay_injectivity(res.to_json())
-    t2 = time.perf_counter()
-    res.seconds = {"solve": t1 - t0, "check": t2 - t1}
+    res = Result(claim=claim, status=Status.UNKNOWN, method="multilayer conditions 1-2",
+                 question=memorization_question(prompt_length, _fmt(tol), None if R is None else _fmt(R)),
+                 inputs=_inputs(model, dataset), seconds={"solve": t1 - t0})
+    if found is None:
+        res.message, res.checks = "not certified: " + "; ".join(failures), {"certificate_checked": False}
+        return res
+    cond = found["body"]["condition"]
+    res.status, res.method, res.reported = Status.PROVED, METHODS[cond], found["reported"]
+    res.certificate = certificate(CERT_KIND, found["body"])
+    ok, msg = self_check(res)
+    res.seconds["check"] = time.perf_counter() - t1
     res.checks = {"certificate_checked": ok}
     if not ok:
-        res.status, res.certificate = Status.ERROR, None
-        res.message = f"internal error: the certificate did not replay ({msg})"
+        res.status, res.certificate, res.reported = Status.ERROR, None, {}
+        res.message = f"internal error: the trusted checker rejected the certificate ({msg})"
         return res
-    res.message = (msg if cond == 0 else
-                   f"{msg}; per-layer attention bounds " +
-                   ", ".join(f"{float(Fraction(r['attention_lipschitz'])):.4g}" for r in cert["layers"]))
+    res.message = msg if cond == 0 else (f"{msg}; per-layer attention bounds " + ", ".join(
+        f"{float(Fraction(r['attention_lipschitz'])):.4g}" for r in found["reported"]["layers"]))
     return res
 
 
 # =========================================================================== Z3 cross-check
+
+class _Z3Encoder:
+    """The Z3 query of :func:`_z3_encode`, built piece by piece (one instance per query)."""
+
+    def __init__(self, model: Model, R: Optional[Fraction], relax: str, logic: Optional[str], tangents: int):
+        import z3
+        self.z3, self.model, self.R, self.relax = z3, model, R, relax
+        nonlinear = R is None and not _all_zero_scores(model)
+        self.solver = z3.SolverFor(logic) if logic and nonlinear else z3.SolverFor("QF_LRA")
+        self.counter = 0
+        self.tpts = [Fraction(k, 2) for k in range(-(tangents // 2), tangents // 2 + 1)]
+        self.norms = self.boxes = self.state_bounds = None
+
+    # ----------------------------------------------------------------- terms
+    def val(self, q):
+        q = Fraction(q)
+        return self.z3.RealVal(f"{q.numerator}/{q.denominator}")
+
+    def lin(self, M, v) -> list:
+        """Exact rational matrix times a vector of terms."""
+        out = []
+        for row in M:
+            terms = [self.val(a) * x for a, x in zip(row, v) if a != 0]
+            out.append(self.z3.Sum(terms) if terms else self.val(0))
+        return out
+
+    def next_id(self) -> int:
+        self.counter += 1
+        return self.counter
+
+    def is_const(self, x) -> bool:
+        return self.z3.is_rational_value(self.z3.simplify(x))
+
+    def fresh(self, name: str, exprs: list, li: Optional[int] = None) -> list:
+        """Fresh variables equal to ``exprs``; with state bounds, boxed by |entry| <= B_li."""
+        c = self.next_id()
+        vs = [self.z3.Real(f"{name}{c}_{i}") for i in range(len(exprs))]
+        self.solver.add([v == e for v, e in zip(vs, exprs)])
+        if self.boxes is not None and li is not None:
+            B = self.state_bounds[li]
+            self.solver.add([self.z3.And(v >= self.val(-B), v <= self.val(B)) for v in vs])
+        return vs
+
+    def prod(self, x, xb, y, yb):
+        """x * y: exact when a factor is constant, else a fresh w in the McCormick envelope of
+        the boxes xb, yb ((lo, hi) pairs): sound, and linear."""
+        if self.is_const(x) or self.is_const(y):
+            return x * y
+        w = self.z3.Real(f"w{self.next_id()}")
+        (xl, xu), (yl, yu) = (tuple(self.val(v) for v in xb), tuple(self.val(v) for v in yb))
+        self.solver.add(w >= xl * y + x * yl - xl * yl, w >= xu * y + x * yu - xu * yu,
+                        w <= xu * y + x * yl - xu * yl, w <= xl * y + x * yu - xl * yu)
+        return w
+
+    def nrm(self, li: int, name: str) -> Fraction:
+        return Fraction(self.norms[f"layers[{li}].{name}"], GRID)
+
+    # ----------------------------------------------------------------- domain
+    def prompt(self, m_p: int) -> list:
+        """The prompt variables; with R, in a polytope containing the ball ||p|| <= R."""
+        z3, d = self.z3, self.model.d
+        P = [[z3.Real(f"p_{b}_{i}") for i in range(d)] for b in range(m_p)]
+        if self.R is not None:
+            R, r2 = self.R, _sqrt_up_exact(Fraction(2)) * self.R
+            for p in P:
+                self.solver.add([z3.And(x >= self.val(-R), x <= self.val(R)) for x in p])
+                for i in range(d):
+                    for j in range(i + 1, d):
+                        self.solver.add(z3.And(p[i] + p[j] <= self.val(r2), p[i] + p[j] >= self.val(-r2),
+                                               p[i] - p[j] <= self.val(r2), p[i] - p[j] >= self.val(-r2)))
+        return P
+
+    def set_boxes(self, dataset: Dataset) -> None:
+        """Lemma 2's state bounds B_l and the score boxes |s| <= ||A_j|| B_l^2 (condition 2)."""
+        self.norms = {name: norm_grid(W) for name, W in _layer_matrices(self.model, 2).items()}
+        B = _ceil_grid(max(self.R, _input_norm(dataset)))
+        self.boxes, self.state_bounds = [], [B]
+        for li, layer in enumerate(self.model.layers):
+            hs = range(len(layer.heads))
+            self.boxes.append([self.nrm(li, f"heads[{hj}].W_k^T W_q") * B * B for hj in hs])
+            att = sum(self.nrm(li, f"heads[{hj}].W_o W_v") for hj in hs)
+            k_mlp = self.nrm(li, "mlp.W_1") * self.nrm(li, "mlp.W_2")
+            B = _ceil_grid(B * (1 + att) * (1 + k_mlp) + self.nrm(li, "mlp.W_2") * _vec_norm_up(layer.b_1)
+                           + _vec_norm_up(layer.b_2))
+            self.state_bounds.append(B)
+
+    # ----------------------------------------------------------------- attention heads
+    def head_weights(self, li: int, hj: int, vals: list) -> list:
+        """Softmax weights boxed by the exp bounds on the score range, summing to 1."""
+        z3, n = self.z3, len(vals)
+        vb = self.nrm(li, f"heads[{hj}].W_o W_v") * self.state_bounds[li]
+        a = self.boxes[li][hj]
+        Elo, Ehi = _exp_enc(-a)[0], _exp_enc(a)[1]
+        wlo, whi = Elo / (Elo + (n - 1) * Ehi), Ehi / (Ehi + (n - 1) * Elo)
+        c, _ = self.counter, self.next_id()  # (names as before the refactor: Z3's search depends on them)
+        ws = [z3.Real(f"w{c}_{b}") for b in range(n)]
+        self.solver.add([z3.And(w >= self.val(wlo), w <= self.val(whi)) for w in ws] + [z3.Sum(ws) == 1])
+        return [z3.Sum([self.prod(w, (wlo, whi), v[i], (-vb, vb)) for w, v in zip(ws, vals)])
+                for i in range(self.model.d)]
+
+    def _exp_var(self, sc, a: Fraction, Elo: Fraction, Ehi: Fraction):
+        """E ~ exp(sc) on |sc| <= a: tangents below, the chord through outer enclosures above."""
+        E = self.z3.Real(f"E{self.next_id()}")
+        self.solver.add(sc >= self.val(-a), sc <= self.val(a), E >= self.val(Elo), E <= self.val(Ehi))
+        for t in self.tpts:
+            if -a <= t <= a:
+                self.solver.add(E >= self.val(_exp_enc(t)[0]) * (1 + sc - self.val(t)))
+        if a > 0:
+            left = _exp_enc(-a)[1]
+            self.solver.add(E <= self.val(left) + self.val((Ehi - left) / (2 * a)) * (sc + self.val(a)))
+        return E
+
+    def head_exp(self, li: int, hj: int, A, keys: list, h: list, vals: list) -> list:
+        """Linear relaxation: McCormick products over the certified boxes, E per exponential."""
+        z3, Bl = self.z3, self.state_bounds[li]
+        nV, nA = self.nrm(li, f"heads[{hj}].W_o W_v"), self.nrm(li, f"heads[{hj}].W_k^T W_q")
+        a = self.boxes[li][hj]
+        Elo, Ehi = _exp_enc(-a)[0], _exp_enc(a)[1]
+        Ah = self.lin(A, h)
+        if not all(self.is_const(u) for u in Ah):
+            Ah = self.fresh("u", Ah)
+            self.solver.add([z3.And(u >= self.val(-nA * Bl), u <= self.val(nA * Bl)) for u in Ah])
+        Es = [self._exp_var(z3.Sum([self.prod(si, (-Bl, Bl), ui, (-nA * Bl, nA * Bl)) for si, ui in zip(s, Ah)]),
+                            a, Elo, Ehi) for s in keys]
+        c, _ = self.counter, self.next_id()
+        o = [z3.Real(f"o{c}_{i}") for i in range(self.model.d)]
+        T, vb, n = z3.Sum(Es), nV * Bl, len(keys)
+        for i in range(self.model.d):
+            self.solver.add(o[i] >= self.val(-vb), o[i] <= self.val(vb))
+            lhs = self.prod(o[i], (-vb, vb), T, (n * Elo, n * Ehi))
+            self.solver.add(lhs == z3.Sum([self.prod(E, (Elo, Ehi), v[i], (-vb, vb)) for E, v in zip(Es, vals)]))
+        return o
+
+    def head_exact(self, A, keys: list, h: list, vals: list) -> list:
+        """Exact products (nonlinear real arithmetic), one E > 0 per exponential with tangent cuts."""
+        z3 = self.z3
+        Ah = self.lin(A, h)
+        Es = []
+        for s in keys:
+            sc = z3.Sum([a_ * b_ for a_, b_ in zip(s, Ah)])
+            E = z3.Real(f"E{self.next_id()}")
+            self.solver.add(E > 0)
+            for t in self.tpts:
+                self.solver.add(E >= self.val(_exp_enc(t)[0]) * (1 + sc - self.val(t)))
+            Es.append(E)
+        c, _ = self.counter, self.next_id()
+        o = [z3.Real(f"o{c}_{i}") for i in range(self.model.d)]
+        tot = z3.Sum(Es)
+        for i in range(self.model.d):
+            self.solver.add(tot * o[i] == z3.Sum([E * v[i] for E, v in zip(Es, vals)]))
+        return o
+
+    def attend(self, li: int, layer, keys: list, h: list) -> list:
+        """Attention output at state h over the key states ``keys`` (h is the last key)."""
+        total = [self.val(0)] * self.model.d
+        for hj, head in enumerate(layer.heads):
+            V = as_fraction(head.W_o).dot(as_fraction(head.W_v))
+            A = as_fraction(head.W_k).T.dot(as_fraction(head.W_q))
+            vals = [self.lin(V, s) for s in keys]
+            if _is_zero(A) or len(keys) == 1:  # uniform weights (exactly 1 / n)
+                o = [self.z3.Sum([v[i] for v in vals]) / len(keys) for i in range(self.model.d)]
+            elif self.boxes is not None and self.relax == "weights":
+                o = self.head_weights(li, hj, vals)
+            elif self.boxes is not None:
+                o = self.head_exp(li, hj, A, keys, h, vals)
+            else:
+                o = self.head_exact(A, keys, h, vals)
+            total = [x + y for x, y in zip(total, o)]
+        return total
+
+    # ----------------------------------------------------------------- MLP and layers
+    def _stable_relu(self, li: int, layer, row, b: Fraction):
+        """The ReLU of W_1[i] z + b on the certified domain: "+" (always >= 0), "0" (always <= 0) or None."""
+        if self.boxes is None:
+            return None
+        Bz = self.state_bounds[li] * (1 + sum(self.nrm(li, f"heads[{hj}].W_o W_v") for hj in range(len(layer.heads))))
+        m = _vec_norm_up(row) * Bz  # |W_1[i] z| <= ||W_1[i]|| ||z||
+        return "+" if b - m >= 0 else "0" if b + m <= 0 else None
+
+    def mlp(self, layer, z: list, li: int) -> list:
+        W1 = as_fraction(layer.W_1)
+        hid = []
+        for row, p, b in zip(W1, self.lin(W1, z), as_fraction(layer.b_1)):
+            sign = self._stable_relu(li, layer, row, b)
+            pre = p + self.val(b)
+            hid.append(pre if sign == "+" else self.val(0) if sign == "0" else
+                       self.z3.If(pre > 0, pre, self.val(0)))
+        post = self.lin(as_fraction(layer.W_2), hid)
+        return [zi + pi + self.val(b) for zi, pi, b in zip(z, post, as_fraction(layer.b_2))]
+
+    def layer_step(self, li: int, layer, keys: list, H: list, name: str) -> list:
+        """The next states of the rows H (the visible keys of row t: keys + H[: t + 1])."""
+        out = []
+        for t in range(len(H)):
+            att = self.attend(li, layer, keys + H[: t + 1], H[t])
+            out.append(self.fresh(name, self.mlp(layer, [x + y for x, y in zip(H[t], att)], li), li + 1))
+        return out
+
+    def targets(self, H: list, outputs: list, tolerance: Fraction) -> None:
+        for t, y in enumerate(outputs):
+            if y is None:
+                continue
+            for i, yv in enumerate(as_fraction(np.asarray(y))):
+                if tolerance == 0:
+                    self.solver.add(H[t][i] == self.val(yv))
+                else:
+                    self.solver.add(H[t][i] >= self.val(yv - tolerance), H[t][i] <= self.val(yv + tolerance))
+
 
 def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, tolerance=Fraction(0),
                tangents: int = 9, logic: Optional[str] = "QF_NRA", relax: str = "exp"):
@@ -528,189 +665,21 @@ def _z3_encode(model: Model, dataset: Dataset, m_p: int, prompt_norm=None, toler
     ``relax="weights"``: the softmax weights w_b in [E_lo / (E_lo + (n-1) E_hi), E_hi / (E_hi +
     (n-1) E_lo)] (E_lo, E_hi rigorous bounds of exp on the score range) with sum 1.  Every state
     is a fresh variable equal to its layer's expression.  Returns (solver, prompt variables)."""
-    import z3
-
-    def val(q):
-        q = Fraction(q)
-        return z3.RealVal(f"{q.numerator}/{q.denominator}")
-
-    def lin(M, v):  # exact rational matrix times a vector of terms
-        out = []
-        for row in M:
-            terms = [val(a) * x for a, x in zip(row, v) if a != 0]
-            out.append(z3.Sum(terms) if terms else val(0))
-        return out
-
     R = None if prompt_norm is None else Fraction(prompt_norm)
-    nonlinear = R is None and not _all_zero_scores(model)
-    solver = z3.SolverFor(logic) if logic and nonlinear else z3.SolverFor("QF_LRA")
-    P = [[z3.Real(f"p_{b}_{i}") for i in range(model.d)] for b in range(m_p)]
-    if R is not None:  # a polytope containing the ball ||p|| <= R (sound for "unsat"); linear
-        r2 = _sqrt_up_exact(Fraction(2)) * R
-        for p in P:
-            solver.add([z3.And(x >= val(-R), x <= val(R)) for x in p])
-            for i in range(model.d):
-                for j in range(i + 1, model.d):
-                    solver.add(z3.And(p[i] + p[j] <= val(r2), p[i] + p[j] >= val(-r2),
-                                      p[i] - p[j] <= val(r2), p[i] - p[j] >= val(-r2)))
-    boxes = None
+    enc = _Z3Encoder(model, R, relax, logic, tangents)
+    P = enc.prompt(m_p)
     if R is not None:
-        norms = {name: norm_grid(W) for name, W in _layer_matrices(model, 2).items()}
-        B = _ceil_grid(max(R, _input_norm(dataset)))
-        boxes, state_bounds = [], [B]  # boxes[l][j]: |score| <= ||A_j|| B_l^2
-        for li, layer in enumerate(model.layers):
-            boxes.append([Fraction(norms[f"layers[{li}].heads[{hj}].W_k^T W_q"], GRID) * B * B
-                          for hj in range(len(layer.heads))])
-            att = sum(Fraction(norms[f"layers[{li}].heads[{hj}].W_o W_v"], GRID) for hj in range(len(layer.heads)))
-            k_mlp = Fraction(norms[f"layers[{li}].mlp.W_1"] * norms[f"layers[{li}].mlp.W_2"], GRID * GRID)
-            B = _ceil_grid(B * (1 + att) * (1 + k_mlp) + Fraction(norms[f"layers[{li}].mlp.W_2"], GRID)
-                           * _vec_norm_up(layer.b_1) + _vec_norm_up(layer.b_2))
-            state_bounds.append(B)
-    counter = [0]
-
-    def fresh(name, exprs, li=None):
-        counter[0] += 1
-        vs = [z3.Real(f"{name}{counter[0]}_{i}") for i in range(len(exprs))]
-        solver.add([v == e for v, e in zip(vs, exprs)])
-        if boxes is not None and li is not None:  # ||state|| <= B_l, so every entry is in [-B_l, B_l]
-            solver.add([z3.And(v >= val(-state_bounds[li]), v <= val(state_bounds[li])) for v in vs])
-        return vs
-
-    tpts = [Fraction(k, 2) for k in range(-(tangents // 2), tangents // 2 + 1)]
-
-    def is_const(x):
-        return z3.is_rational_value(z3.simplify(x))
-
-    def prod(x, xb, y, yb):
-        """x * y: exact when a factor is constant, else a fresh w in the McCormick envelope of
-        the boxes |x| <= xb, |y| <= yb (xb, yb as (lo, hi)): sound, and linear."""
-        if is_const(x) or is_const(y):
-            return x * y
-        counter[0] += 1
-        w = z3.Real(f"w{counter[0]}")
-        (xl, xu), (yl, yu) = (tuple(val(v) for v in xb), tuple(val(v) for v in yb))
-        solver.add(w >= xl * y + x * yl - xl * yl, w >= xu * y + x * yu - xu * yu,
-                   w <= xu * y + x * yl - xu * yl, w <= xl * y + x * yu - xl * yu)
-        return w
-
-    def attend(li, layer, keys, h):
-        """Attention output at state h over key states ``keys`` (h is the last key)."""
-        total = [val(0)] * model.d
-        for hj, head in enumerate(layer.heads):
-            V = as_fraction(head.W_o).dot(as_fraction(head.W_v))
-            A = as_fraction(head.W_k).T.dot(as_fraction(head.W_q))
-            vals = [lin(V, s) for s in keys]
-            n = len(keys)
-            if _is_zero(A) or n == 1:  # uniform weights (exactly 1 / n)
-                o = [z3.Sum([v[i] for v in vals]) / n for i in range(model.d)]
-            elif boxes is not None and relax == "weights":  # weights in the box exp bounds give
-                Bl = state_bounds[li]
-                nV = Fraction(norms[f"layers[{li}].heads[{hj}].W_o W_v"], GRID)
-                a = boxes[li][hj]
-                Elo, Ehi = _exp_enc(-a)[0], _exp_enc(a)[1]
-                wlo, whi = Elo / (Elo + (n - 1) * Ehi), Ehi / (Ehi + (n - 1) * Elo)
-                ws = [z3.Real(f"w{counter[0]}_{b}") for b in range(n)]
-                counter[0] += 1
-                solver.add([z3.And(w >= val(wlo), w <= val(whi)) for w in ws] + [z3.Sum(ws) == 1])
-                vb = nV * Bl
-                o = [z3.Sum([prod(w, (wlo, whi), v[i], (-vb, vb)) for w, v in zip(ws, vals)])
-                     for i in range(model.d)]
-            elif boxes is not None:  # linear relaxation: McCormick products over certified boxes
-                Bl = state_bounds[li]
-                nV, nA = (Fraction(norms[f"layers[{li}].heads[{hj}].{k}"], GRID) for k in ("W_o W_v", "W_k^T W_q"))
-                a = boxes[li][hj]
-                Elo, Ehi = _exp_enc(-a)[0], _exp_enc(a)[1]
-                Ah = lin(A, h)
-                if not all(is_const(u) for u in Ah):
-                    Ah = fresh("u", Ah)
-                    solver.add([z3.And(u >= val(-nA * Bl), u <= val(nA * Bl)) for u in Ah])
-                Es = []
-                for s in keys:
-                    sc = z3.Sum([prod(si, (-Bl, Bl), ui, (-nA * Bl, nA * Bl)) for si, ui in zip(s, Ah)])
-                    counter[0] += 1
-                    E = z3.Real(f"E{counter[0]}")
-                    solver.add(sc >= val(-a), sc <= val(a), E >= val(Elo), E <= val(Ehi))
-                    for t in tpts:
-                        if -a <= t <= a:
-                            solver.add(E >= val(_exp_enc(t)[0]) * (1 + sc - val(t)))
-                    if a > 0:  # chord through upper enclosures of exp(-a) and exp(a): above exp on [-a, a]
-                        Eup_left = _exp_enc(-a)[1]
-                        solver.add(E <= val(Eup_left) + val((Ehi - Eup_left) / (2 * a)) * (sc + val(a)))
-                    Es.append(E)
-                o = [z3.Real(f"o{counter[0]}_{i}") for i in range(model.d)]
-                counter[0] += 1
-                T = z3.Sum(Es)
-                vb = nV * Bl
-                for i in range(model.d):
-                    solver.add(o[i] >= val(-vb), o[i] <= val(vb))
-                    lhs = prod(o[i], (-vb, vb), T, (n * Elo, n * Ehi))
-                    solver.add(lhs == z3.Sum([prod(E, (Elo, Ehi), v[i], (-vb, vb)) for E, v in zip(Es, vals)]))
-            else:  # exact products (nonlinear real arithmetic)
-                Ah = lin(A, h)
-                Es = []
-                for s in keys:
-                    sc = z3.Sum([a_ * b_ for a_, b_ in zip(s, Ah)])
-                    counter[0] += 1
-                    E = z3.Real(f"E{counter[0]}")
-                    solver.add(E > 0)
-                    for t in tpts:
-                        solver.add(E >= val(_exp_enc(t)[0]) * (1 + sc - val(t)))
-                    Es.append(E)
-                o = [z3.Real(f"o{counter[0]}_{i}") for i in range(model.d)]
-                counter[0] += 1
-                tot = z3.Sum(Es)
-                for i in range(model.d):
-                    solver.add(tot * o[i] == z3.Sum([E * v[i] for E, v in zip(Es, vals)]))
-            total = [x + y for x, y in zip(total, o)]
-        return total
-
-    def mlp(layer, z, li):
-        W1 = as_fraction(layer.W_1)
-        pre = lin(W1, z)
-        hid = []
-        for i, (p, b) in enumerate(zip(pre, as_fraction(layer.b_1))):
-            if boxes is not None:  # |W_1[i] z| <= ||W_1[i]|| ||z||: a ReLU that is stable on the domain is linear
-                Bz = state_bounds[li] * (1 + sum(Fraction(norms[f"layers[{li}].heads[{hj}].W_o W_v"], GRID)
-                                                 for hj in range(len(layer.heads))))
-                m = _vec_norm_up(W1[i]) * Bz
-                if b - m >= 0:
-                    hid.append(p + val(b))
-                    continue
-                if b + m <= 0:
-                    hid.append(val(0))
-                    continue
-            hid.append(z3.If(p + val(b) > 0, p + val(b), val(0)))
-        post = lin(as_fraction(layer.W_2), hid)
-        return [zi + pi + val(b) for zi, pi, b in zip(z, post, as_fraction(layer.b_2))]
-
-    # prompt states layer by layer (causal: they do not depend on the input)
-    prompt_states = [P]
-    S = P
+        enc.set_boxes(dataset)
+    prompt_states, S = [P], P  # causal: the prompt's states do not depend on the input
     for li, layer in enumerate(model.layers):
-        nxt = []
-        for a in range(m_p):
-            att = attend(li, layer, S[: a + 1], S[a])
-            nxt.append(fresh("ps", mlp(layer, [x + y for x, y in zip(S[a], att)], li), li + 1))
-        S = nxt
+        S = enc.layer_step(li, layer, [], S, "ps")
         prompt_states.append(S)
-    for ei, ex in enumerate(dataset.examples):
-        H = [[val(v) for v in as_fraction(x)] for x in ex.input]
+    for ex in dataset.examples:
+        H = [[enc.val(v) for v in as_fraction(x)] for x in ex.input]
         for li, layer in enumerate(model.layers):
-            nxt = []
-            for t in range(len(H)):
-                keys = prompt_states[li] + H[: t + 1]
-                att = attend(li, layer, keys, H[t])
-                nxt.append(fresh("h", mlp(layer, [x + y for x, y in zip(H[t], att)], li), li + 1))
-            H = nxt
-        for t, y in enumerate(ex.output):
-            if y is None:
-                continue
-            for i, yv in enumerate(as_fraction(np.asarray(y))):
-                if tolerance == 0:
-                    solver.add(H[t][i] == val(yv))
-                else:
-                    solver.add(H[t][i] >= val(yv - tolerance), H[t][i] <= val(yv + tolerance))
-    return solver, P
+            H = enc.layer_step(li, layer, prompt_states[li], H, "h")
+        enc.targets(H, ex.output, tolerance)
+    return enc.solver, P
 
 
 def _exp_enc(t: Fraction, bits: int = 24):
@@ -764,7 +733,8 @@ def z3_crosscheck(model: Model, dataset: Dataset, prompt_length: int, prompt_nor
     return out
 
 
-# =========================================================================== commands and claims
+
+# =========================================================================== the claims' instances
 
 def _check_int(name: str, v, lo: int, hi: Optional[int] = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
@@ -806,19 +776,13 @@ def prove_multilayer(layers: int = 4, d: int = 16, heads: int = 2, condition: in
     _check_int("--condition", condition, 1, 2)
     _check_int("--seed", seed, 0)
     if condition == 2:
+        _positive_norm(1 if prompt_norm is None else prompt_norm)
         prompt_norm = 1 if prompt_norm is None else prompt_norm
-        try:
-            Rq = Fraction(str(prompt_norm))
-        except (ValueError, ZeroDivisionError):
-            raise InputError("--prompt-norm", "a positive number", repr(prompt_norm)) from None
-        if Rq <= 0:
-            raise InputError("--prompt-norm", "a positive number", repr(prompt_norm))
     t0 = time.perf_counter()
     model, ds, R, res = _build(layers, d, heads, condition, prompt_norm, seed, claim=claim)
     res.seconds = {"build": time.perf_counter() - t0 - sum(res.seconds.values()), **res.seconds}
-    res.inputs["seed"] = seed
     res.extra["instance"] = {"layers": layers, "d": d, "heads": heads, "condition": condition,
-                             "prompt_norm": None if R is None else _fmt(R)}
+                             "prompt_norm": None if R is None else _fmt(R), "seed": seed}
     return res
 
 
@@ -827,35 +791,52 @@ def _crosscheck_instance(condition: int, seed: int, claim: Optional[str] = None)
     return _build(2, 2, 1, condition, 1 if condition == 2 else None, seed, mlp_width=2, claim=claim)
 
 
+def witness_result(claim: str, model: Model, ds: Dataset, prompt: list, method: str) -> tuple[Result, bool, str]:
+    """A ``prompt-witness`` result (tolerance 0, the prompt's length) replayed by the trusted
+    checker: "memorized" if it holds, else "unknown".  Returns (result, holds, message)."""
+    res = Result(claim=claim, status=Status.MEMORIZED, method=method, inputs=_inputs(model, ds),
+                 question=memorization_question(len(prompt), "0"),
+                 certificate=certificate(WITNESS_KIND, {"prompt": prompt}))
+    ok, msg = self_check(res)
+    res.checks["witness_replayed"] = ok
+    if not ok:
+        res.status = Status.UNKNOWN
+    return res, ok, msg
+
+
+def _z3_found_prompt(res: Result, model: Model, ds: Dataset, sat: dict) -> Result:
+    """Z3 claims a prompt memorizes what the certificate rules out: replay it."""
+    wit, ok, msg = witness_result(res.claim, model, ds, sat["prompt"], res.method)
+    wit.extra, wit.solver, wit.seconds = res.extra, res.solver, res.seconds
+    wit.checks.update(res.checks)
+    wit.message = (f"Z3 found a prompt of length {sat['prompt_length']} "
+                   + ("that replays: the theorem's certificate is wrong" if ok else f"that does not replay ({msg})"))
+    return wit
+
+
 def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: float = 60.0,
                claim: Optional[str] = None, relax: str = "weights") -> Result:
     """Theorem M's certificate on a 2-layer d = 2 instance, and Z3 deciding the same dataset for
-    each prompt length: "proved" only if the certificate replays and Z3 answers "unsat" for every
-    length; a Z3 prompt that replays would refute the theorem ("refuted")."""
+    each prompt length.  "proved" (with the certificate the trusted checker accepted; Z3's unsat is
+    supporting information in ``info.z3``) only if Z3 also answers unsat for every length; a Z3
+    prompt that replays would contradict the theorem ("memorized", an unexpected verdict)."""
+    from verify.result import solver_info
     t0 = time.perf_counter()
     model, ds, R, res = _crosscheck_instance(condition, seed, claim=claim or f"M{condition}-z3")
+    res.extra["instance"] = {"layers": 2, "d": 2, "heads": 1, "mlp_width": 2, "condition": condition, "seed": seed}
     if Status(res.status) != Status.PROVED:
         return res
     t1 = time.perf_counter()
     answers = [z3_crosscheck(model, ds, m, prompt_norm=R, timeout=timeout, relax=relax) for m in lengths]
-    t2 = time.perf_counter()
-    res.seconds = {"build": t1 - t0, "z3": t2 - t1}
+    res.seconds = {"build": t1 - t0, "z3": time.perf_counter() - t1}
     res.checks["z3_answers"] = {str(a["prompt_length"]): a["answer"] for a in answers}
     res.extra["z3"] = answers
-    from verify.result import solver_info
     res.solver = solver_info()
     res.method += "; cross-checked by Z3" + (" (exact encoding)" if condition == 1 else
                                              f" (sound linear relaxation '{relax}', see proofs/multilayer.md)")
     sats = [a for a in answers if a["answer"] == "sat"]
     if sats:
-        wit = _witness(model, ds, sats[0]["prompt"])
-        ok, msg = replay_prompt({"witness": wit})
-        res.status = Status.REFUTED if ok else Status.UNKNOWN
-        res.message = (f"Z3 found a prompt of length {sats[0]['prompt_length']} "
-                       + ("that replays: the theorem's certificate is wrong" if ok else f"that does not replay ({msg})"))
-        if ok:
-            res.witness = wit
-        return res
+        return _z3_found_prompt(res, model, ds, sats[0])
     if any(a["answer"] != "unsat" for a in answers):
         res.status = Status.UNKNOWN
         res.message = ("the certificate holds but Z3 did not decide every prompt length within the time limit: "
@@ -866,43 +847,35 @@ def crosscheck(condition: int = 1, lengths=(1, 2, 3), seed: int = 0, timeout: fl
     return res
 
 
-def _witness(model: Model, ds: Dataset, prompt) -> dict:
-    mj, dj = model_to_json(model), dataset_to_json(ds)
-    return {"kind": WITNESS_KIND, "prompt": prompt, "tolerance": "0", "model": mj, "dataset": dj,
-            "model_sha256": sha256_json(mj), "dataset_sha256": sha256_json(dj)}
-
-
 def nonvacuity(seed: int = 0, lengths=(1, 2, 3), timeout: float = 60.0, claim: str = "M-nonvacuous") -> Result:
     """A causal 2-layer d = 2 model violating condition 1 (||W_o W_v|| = 2 in layer 1, an
     eigenvalue -2 making I + W_o W_v / 2 singular) whose non-injective dataset Z3 memorizes
-    with a one-token prompt, replayed exactly ("memorized")."""
+    with a one-token prompt, replayed exactly by the trusted checker ("memorized")."""
     from constructions.multilayer import violating_dataset, violating_model
+    from verify.result import solver_info
     t0 = time.perf_counter()
     model = violating_model(2, seed=seed)
     ds = violating_dataset(model, seed=seed)
-    cert, failures = certify(model, ds, 1)
+    found, failures = certify(model, ds, 1)
     t1 = time.perf_counter()
-    from verify.result import solver_info
-    res = Result(claim=claim, status=Status.UNKNOWN, statement="some prompt memorizes a non-injective dataset "
-                 "when the conditions fail (the conditions are not vacuous)", method="Z3 (exact encoding) + exact replay",
-                 prompt_length="any", solver=solver_info(),
-                 inputs={"model_sha256": sha256_json(model_to_json(model)),
-                         "dataset_sha256": sha256_json(dataset_to_json(ds)), "seed": seed})
-    res.checks["condition_1_certified"] = cert is not None
+    res = Result(claim=claim, status=Status.UNKNOWN, method="Z3 (exact encoding) + exact replay",
+                 question=memorization_question("any", "0"), inputs=_inputs(model, ds))
     answers = []
     for m in lengths:
-        a = z3_crosscheck(model, ds, m, timeout=timeout)
-        answers.append(a)
-        if a["answer"] == "sat":
-            wit = _witness(model, ds, a["prompt"])
-            ok, msg = replay_prompt({"witness": wit})
-            res.checks["witness_replayed"] = ok
-            if ok and cert is None:
-                res.status, res.witness, res.prompt_length = Status.MEMORIZED, wit, m
+        answers.append(z3_crosscheck(model, ds, m, timeout=timeout))
+        if answers[-1]["answer"] == "sat":
+            res, ok, msg = witness_result(claim, model, ds, answers[-1]["prompt"], res.method)
+            if not ok:
+                res.message = f"Z3's {m}-token prompt does not replay ({msg})"
+            elif found is not None:
+                res.status = Status.ERROR
+                res.message = "the model meets condition 1 yet a prompt memorizes: the instance is wrong"
+            else:
                 res.message = (f"condition 1 fails ({'; '.join(failures)}); Z3 found a {m}-token prompt "
-                               f"{a['prompt']} memorizing both examples; {msg}")
+                               f"{answers[-1]['prompt']} memorizing both examples; {msg}")
             break
-    res.extra["z3"] = answers
+    res.checks["condition_1_certified"] = found is not None
+    res.solver, res.extra["z3"], res.extra["instance"] = solver_info(), answers, {"seed": seed}
     res.seconds = {"build": t1 - t0, "z3": time.perf_counter() - t1}
     if Status(res.status) != Status.MEMORIZED and not res.message:
         res.message = "no replayable prompt found: " + ", ".join(f"m_p={a['prompt_length']}: {a['answer']}" for a in answers)
@@ -912,8 +885,8 @@ def nonvacuity(seed: int = 0, lengths=(1, 2, 3), timeout: float = 60.0, claim: s
 def encoder_example(seed: int = 0, claim: str = "M-encoder") -> Result:
     """The encoder is not covered: a 4-layer encoder whose weights meet condition 1's bounds
     (zero scores, ||W_o W_v|| <= sqrt(4/5), identity MLPs) maps every input x to -p under a
-    one-token prompt p, so p = -y memorizes {(x, y), (x', y)}; replayed exactly.  The causal
-    version of the same weights is certified by condition 1."""
+    one-token prompt p, so p = -y memorizes {(x, y), (x', y)}; replayed exactly by the trusted
+    checker.  The causal version of the same weights is certified by condition 1."""
     from constructions.model import Example
     from constructions.multilayer import encoder_counterexample
     t0 = time.perf_counter()
@@ -921,107 +894,12 @@ def encoder_example(seed: int = 0, claim: str = "M-encoder") -> Result:
     model = encoder_counterexample(causal=False)
     x, x2, y = (np.array([Fraction(int(v), 64) for v in rng.integers(-128, 128, 2)], dtype=object) for _ in range(3))
     ds = Dataset([Example(x[None, :], [y]), Example(x2[None, :], [y.copy()])])
-    wit = _witness(model, ds, [[_fmt(-v) for v in y]])
-    ok, msg = replay_prompt({"witness": wit})
-    causal = encoder_counterexample(causal=True)
-    proved = check_multilayer(causal, ds)
+    res, ok, msg = witness_result(claim, model, ds, [[_fmt(-v) for v in y]], "construction + exact replay")
+    proved = check_multilayer(encoder_counterexample(causal=True), ds)
     enc = check_multilayer(model, ds)
-    res = Result(claim=claim, status=Status.MEMORIZED if ok else Status.UNKNOWN,
-                 statement="in the encoder setting (no causal mask) condition 1's bounds do not make the network "
-                           "injective: a one-token prompt memorizes {(x, y), (x', y)}",
-                 method="construction + exact replay", prompt_length=1, witness=wit if ok else None,
-                 inputs={"model_sha256": wit["model_sha256"], "dataset_sha256": wit["dataset_sha256"], "seed": seed},
-                 checks={"witness_replayed": ok, "causal_version_proved": Status(proved.status) == Status.PROVED,
-                         "encoder_certified": Status(enc.status) == Status.PROVED},
-                 seconds={"build": time.perf_counter() - t0},
-                 message=f"prompt p = -y; {msg}; the same weights with \"causal\": true: {proved.status}")
+    res.checks.update(causal_version_proved=Status(proved.status) == Status.PROVED,
+                      encoder_certified=Status(enc.status) == Status.PROVED)
+    res.seconds = {"build": time.perf_counter() - t0}
+    res.extra["instance"] = {"seed": seed}
+    res.message = f"prompt p = -y; {msg}; the same weights with \"causal\": true: {proved.status}"
     return res
-
-
-def _run_prove(p: dict, outdir: str) -> Result:
-    return prove_multilayer(p.get("layers", 4), p.get("d", 16), p.get("heads", 2), p.get("condition", 1),
-                            p.get("prompt_norm"), p.get("seed", 0))
-
-
-def _run_cross(p: dict, outdir: str) -> Result:
-    return crosscheck(p["condition"], tuple(p.get("lengths", (1, 2, 3))), p.get("seed", 0),
-                      p.get("timeout", 60.0), claim=f"M{p['condition']}-z3")
-
-
-def _run_nonvac(p: dict, outdir: str) -> Result:
-    return nonvacuity(p.get("seed", 0))
-
-
-def _run_encoder(p: dict, outdir: str) -> Result:
-    return encoder_example(p.get("seed", 0))
-
-
-_CMD = "ptverify prove multilayer"
-CLAIMS = [
-    Claim("M1", "Theorem M, condition 1 (query-independent scores)",
-          "a causal model with W_k^T W_q = 0, ||sum_j W_o^j W_v^j|| < 1 and contractive MLPs is injective in "
-          "each input token for every prompt: no prompt of any length memorizes {(x, y), (x', y)}",
-          Status.PROVED, _run_prove, default={"layers": 4, "d": 16, "heads": 2, "condition": 1},
-          quick={"layers": 2, "d": 4, "heads": 2, "condition": 1},
-          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 1 --seed 0 --json r.json && ptverify replay r.json",
-          proof="proofs/multilayer.md", test="tests/test_multilayer.py::test_prove_condition1_replays"),
-    Claim("M2", "Theorem M, condition 2 (bounded prompts, Lipschitz attention)",
-          "with prompt tokens of norm <= 1, a causal softmax model whose per-layer attention Lipschitz bound "
-          "and MLP contraction are < 1 on the reachable states: no prompt of any length memorizes {(x, y), (x', y)}",
-          Status.PROVED, _run_prove,
-          default={"layers": 4, "d": 16, "heads": 2, "condition": 2, "prompt_norm": 1},
-          quick={"layers": 2, "d": 4, "heads": 2, "condition": 2, "prompt_norm": 1},
-          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 2 --prompt-norm 1 --seed 0 --json r.json",
-          proof="proofs/multilayer.md", test="tests/test_multilayer.py::test_prove_condition2_replays"),
-    Claim("M1-z3", "Theorem M, condition 1, cross-checked by Z3 (2 layers, d = 2, prompt lengths 1..3)",
-          "Z3, encoding the prompted network exactly, answers unsat on the dataset the certificate rules out",
-          Status.PROVED, _run_cross, default={"condition": 1, "lengths": [1, 2, 3]},
-          quick={"condition": 1, "lengths": [1, 2, 3]},
-          command="ptverify reproduce --only M1-z3", proof="proofs/multilayer.md",
-          test="tests/test_multilayer.py::test_z3_agrees_condition1"),
-    Claim("M2-z3", "Theorem M, condition 2, cross-checked by Z3 (2 layers, d = 2, prompt lengths 1..3)",
-          "Z3, on a sound linear relaxation of the prompted network (prompt norm <= 1), answers unsat on the "
-          "dataset the certificate rules out",
-          Status.PROVED, _run_cross, default={"condition": 2, "lengths": [1, 2, 3]},
-          quick={"condition": 2, "lengths": [1, 2]},
-          command="ptverify reproduce --only M2-z3", proof="proofs/multilayer.md",
-          test="tests/test_multilayer.py::test_z3_agrees_condition2"),
-    Claim("M-nonvacuous", "Theorem M's conditions are not vacuous",
-          "a 2-layer model with ||W_o W_v|| = 2 in layer 1 (violating condition 1) memorizes a non-injective "
-          "dataset with a one-token prompt found by Z3 and replayed exactly",
-          Status.MEMORIZED, _run_nonvac, default={}, quick={},
-          command="ptverify reproduce --only M-nonvacuous", proof="proofs/multilayer.md",
-          test="tests/test_multilayer.py::test_nonvacuity_replays"),
-    Claim("M-encoder", "The encoder setting is not covered by condition 1",
-          "a 4-layer encoder (no causal mask) with zero scores, ||W_o W_v|| < 1 and identity MLPs maps every "
-          "input to -p under a one-token prompt p: it memorizes {(x, y), (x', y)}, replayed exactly",
-          Status.MEMORIZED, _run_encoder, default={}, quick={},
-          command="ptverify reproduce --only M-encoder", proof="proofs/multilayer.md",
-          test="tests/test_multilayer.py::test_encoder_counterexample"),
-]
-
-
-def register(apps) -> None:
-    """Add ``ptverify prove multilayer``."""
-    import typer
-
-    @apps["prove"].command("multilayer")
-    def prove_multilayer_cmd(
-            layers: int = typer.Option(4, "--layers", help="number of layers L"),
-            d: int = typer.Option(16, "--d", help="token size d"),
-            heads: int = typer.Option(2, "--heads", help="heads per layer"),
-            condition: int = typer.Option(1, "--condition", help="1: query-independent scores (any prompt); "
-                                          "2: bounded prompts with a Lipschitz bound < 1"),
-            prompt_norm: Optional[str] = typer.Option(None, "--prompt-norm", help="condition 2: bound R on every "
-                                                      "prompt token's 2-norm (default 1)"),
-            seed: int = typer.Option(0, "--seed", help="random seed"),
-            json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
-            expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the verdict is this")):
-        """Theorem M: build a random causal L-layer model meeting the condition and a dataset
-        {(x, y), (x', y)}, certify the condition exactly and prove no prompt memorizes it."""
-        from verify.cli import emit, fail_input
-        try:
-            res = prove_multilayer(layers, d, heads, condition, prompt_norm, seed)
-        except InputError as exc:
-            fail_input(exc)
-        emit(res, json_out, expect)
