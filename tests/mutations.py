@@ -174,10 +174,13 @@ def envelope_mutations(res: dict) -> Iterator[tuple[str, dict]]:
             nums = [(p, v) for p, v in leaves(ref["embedded"]) if _as_q(v) is not None and "meta" not in p]
             for p, v in nums[:3] + nums[-3:]:
                 yield f"inputs.{name}.embedded{list(p)}", set_at(res, ("inputs", name, "embedded") + p, perturb(v)[0])
-            if nums:
-                # re-hash, so only the content (not the hash) is wrong: must still be rejected
+            outs = [(p, v) for p, v in nums if "output" in p]
+            if outs and res["status"] == "memorized":
+                # a target moved and the input re-hashed: a different instance, which the witness
+                # must not memorize (only targets: a model may ignore some input entries, and a
+                # proof may survive a moved target; the per-kind tests cover those)
                 from verify.checker import canonical_sha256
-                p, v = nums[len(nums) // 2]
+                p, v = outs[len(outs) // 2]
                 m = set_at(res, ("inputs", name, "embedded") + p, perturb(v)[0])
                 m["inputs"][name]["sha256"] = canonical_sha256(m["inputs"][name]["embedded"])
                 yield f"inputs.{name}.embedded{list(p)} rehashed", m
