@@ -15,9 +15,9 @@ from constructions.forward import forward_exact
 from constructions.universality import (TARGETS, build_network, build_prompt, build_target, cell_digits,
                                         decode_prompt, delta_K, pl_units, quantized_function, ramp_width,
                                         _pl_eval)
-from verify.cli.replay import replay_dict
-from verify.provers.universality import (CLAIMS, evaluate_cells, run_universality, rpow_down, rpow_up, setup,
-                                 sweep)
+from verify.checker import check_result
+from verify.claims.universality import CLAIMS
+from verify.provers.universality import evaluate_cells, run_universality, rpow_down, rpow_up, setup, sweep
 
 SMALL = [(1, 2), (2, 1), (1, 1)]
 
@@ -119,7 +119,7 @@ def test_reported_counts_equal_the_formulas(d, n, eps):
     assert (K * e / (2 * (L + 1))) ** p >= d * n
     assert ((K - 1) * e / (2 * (L + 1))) ** p < d * n
     assert K == delta_K(e, L, d, n, Fraction(p))
-    assert rep["m_p"] == rep["m_p_formula"] == n * K ** (d * n) == res.prompt_length
+    assert rep["m_p"] == rep["m_p_formula"] == n * K ** (d * n) == res.reported["m_p"]
     assert rep["C"] == f"{K ** (d * n)}^{K ** (d * n)}"
     assert math.isclose(rep["log10_C"], K ** (d * n) * (d * n) * math.log10(K))
     net, P, *_ = setup(d, n, "1", "2", eps, "token-mix")
@@ -129,50 +129,41 @@ def test_reported_counts_equal_the_formulas(d, n, eps):
     assert rep["heads_per_layer"][-2] == n
 
 
-def _tamper(obj):
-    """Yield copies of a result with one number of the certificate changed."""
-    for key in ("bound_p", "quantization_p", "ramp_p", "lower_p", "eps_p_lower", "margin_p", "bound",
-                "eta_max", "flat_volume", "target_lipschitz", "cells_equal_fbar", "cells"):
-        t = json.loads(json.dumps(obj))
-        v = t["certificate"][key]
-        t["certificate"][key] = (v + 1) if isinstance(v, int) else (str(Fraction(v) + Fraction(1, 1000)))
-        yield key, t
-    for key in ("eps", "lipschitz", "p", "K", "seed", "w"):
-        t = json.loads(json.dumps(obj))
-        v = t["certificate"]["params"][key]
-        t["certificate"]["params"][key] = (v + 1) if isinstance(v, int) else str(Fraction(v) * Fraction(11, 10))
-        yield "params." + key, t
-    t = json.loads(json.dumps(obj))
-    t["certificate"]["split"]["ramps"] = "0"
-    yield "split.ramps", t
-    t = json.loads(json.dumps(obj))
-    t["certificate"]["values_sha256"] = "0" * 64
-    yield "values_sha256", t
+def _checked(res) -> dict:
+    obj = json.loads(json.dumps(res.to_json(), allow_nan=False))
+    ok, msg = check_result(obj)
+    assert ok, msg
+    return obj
 
 
-def test_bound_verified_and_replays(tmp_out):
+def test_bound_verified_and_checked(tmp_out):
     res = run_universality(1, 2, "1", "2", "1", "relu-net", seed=3, samples=16)
     assert res.status.value == "verified"
-    cert = res.certificate
-    assert Fraction(cert["bound"]) <= 1
-    assert Fraction(cert["bound_p"]) <= Fraction(cert["eps_p_lower"])
-    assert cert["cells_equal_fbar"] == cert["cells"]
+    rep = res.reported
+    assert Fraction(rep["bound"]) <= 1
+    assert rep["cells_equal_fbar"] == rep["cells"]
     path = os.path.join(tmp_out, "u.json")
     res.write(path)
     with open(path) as fh:
         obj = json.load(fh)
-    ok, msg = replay_dict(obj)
-    assert ok, msg
-    for key, bad in _tamper(obj):
-        ok, msg = replay_dict(bad)
-        assert not ok, f"tampering with {key} was not detected"
-    bad = json.loads(json.dumps(obj))
-    bad["status"] = "refuted"
-    assert not replay_dict(bad)[0]
-    for key in ("bound_exact", "m_p", "parameters", "depth"):
+    assert obj["question"]["seed"] == 3 and "temperature" not in obj["question"]
+    assert "verdict" not in obj["certificate"]["body"]
+    _checked(res)
+    # every reported number is re-derived by the checker: changing any one is caught
+    for key, v in obj["reported"].items():
         bad = json.loads(json.dumps(obj))
-        bad["report"][key] = "0" if key == "bound_exact" else bad["report"][key] + 1
-        assert not replay_dict(bad)[0], f"tampering with report.{key} was not detected"
+        bad["reported"][key] = (v + 1) if isinstance(v, int) else str(Fraction(v) + Fraction(1, 1 << 70))
+        assert not check_result(bad)[0], f"tampering with reported.{key} was not detected"
+    assert obj["info"]["report"]["measured"]["samples"] == 16
+
+
+def test_prover_module_does_not_import_the_cli():
+    import subprocess
+    import sys
+    code = ("import sys, verify.provers.universality; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'typer' or m.startswith('verify.cli')]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_output_range_is_certified_only_for_a_clipping_last_layer():
@@ -186,9 +177,9 @@ def test_output_range_is_certified_only_for_a_clipping_last_layer():
 def test_softmax_version_at_the_reported_temperature():
     res = run_universality(2, 1, "1", "2", "1", "smooth", temperature="1/64", samples=8)
     assert res.status.value == "verified"
-    eta = Fraction(res.certificate["eta_max"])
+    eta = Fraction(res.reported["eta_max"])
     assert 0 < eta < Fraction(1, 10 ** 12)
-    assert replay_dict(res.to_json())[0]
+    assert _checked(res)["question"]["temperature"] == "1/64"
     # far too hot: the perturbation argument no longer applies and nothing is claimed
     hot = run_universality(2, 1, "1", "2", "1", "smooth", temperature="4", samples=0)
     assert hot.status.value != "verified"
@@ -200,6 +191,8 @@ def test_too_coarse_delta_is_caught():
         r = run_universality(1, 2, "4", "2", "1/20", name, K=2, samples=0)
         statuses[name] = r.status.value
         assert r.status.value != "verified"
+        if r.status.value == "refuted":
+            assert _checked(r)["question"]["delta"] == "1/2"
     assert "refuted" in statuses.values()
 
 
@@ -253,7 +246,7 @@ def test_claims_are_registered_with_quick_sizes():
 def test_issue_instances_verified(target, d, n):
     r = run_universality(d, n, "1", "2", "1/4", target, samples=16)
     assert r.status.value == "verified"
-    assert replay_dict(r.to_json())[0]
+    _checked(r)
 
 
 def test_d2_n2_gates_on_both_sides_reproduce_fbar():

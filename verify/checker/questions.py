@@ -73,6 +73,17 @@ def _memorization_statement(q: dict, status: str) -> str:
     return f"undecided ({status}): whether {body}"
 
 
+def _universality_statement(q: dict, status: str) -> str:
+    att = "hardmax" if q.get("temperature") is None else f"softmax at temperature {fmt(q['temperature'])}"
+    what = (f"d_{fmt(q['p'])}(g([P_f, .]), f) {{}} {fmt(q['eps'])} for the given {att} network g and lookup "
+            f"prompt P_f of the {q['target']} target f (L = {fmt(q['lipschitz'])}, d = {q['d']}, n = {q['n']})")
+    if status == "verified":
+        return what.format("<=")
+    if status == "refuted":
+        return what.format(">")
+    return f"undecided ({status}): whether " + what.format("<=")
+
+
 def _generic(what: str) -> Callable[[dict, str], str]:
     def st(q: dict, status: str) -> str:
         if status in DECIDED_STATUSES:
@@ -89,12 +100,14 @@ QUESTIONS: dict[str, Question] = {
         inputs=frozenset({"model", "dataset"}),
         statement=_memorization_statement),
     # Theorem U: is d_p(g([P_f, .]), f) <= eps for the built network and the named target?
+    # (temperature: softmax with scores divided by T, absent for hardmax; seed: relu-net only;
+    #  delta: 1/K overriding the grid of the formula)
     "universality": Question(
         fields={"d": (count, True), "n": (count, True), "lipschitz": (positive, True), "p": (positive, True),
                 "eps": (positive, True), "target": (text, True), "temperature": (optional_positive, False),
-                "seed": (seed, False)},
+                "seed": (seed, False), "delta": (optional_positive, False)},
         inputs=frozenset({"network", "prompt"}),
-        statement=_generic("d_p(g([P_f, .]), f) <= eps for the built network and target")),
+        statement=_universality_statement),
     # the L4/L5 parameter table on instances of these sizes
     "bounds": Question(
         fields={"d": (count, True), "m": (count, True), "N": (count, True), "heads": (count, True),

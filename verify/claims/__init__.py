@@ -17,7 +17,7 @@ __all__ = ["Claim", "all_claims", "get_claim", "CLAIM_MODULES"]
 #: modules that contribute claims, in report order
 CLAIM_MODULES = [
     "verify.claims.core",
-    "verify.provers.universality",
+    "verify.claims.universality",
     "verify.provers.bounds",
     "verify.claims.multilayer",
 ]

@@ -8,19 +8,22 @@ The bound (``proofs/universality.md``):
   zero) as affine functions of the input whose ReLUs are shown sign-stable on the box, so the
   tokens are constants there; the later layers exactly in rationals (rank-1 hardmax heads: the
   arg-max depends only on the sign of the query).  The softmax version adds a rigorous
-  perturbation radius ``eta`` (score margins, ``exp`` enclosures, Lipschitz constants of MLPs).
+  perturbation radius ``eta`` (score margins, exp(-G) <= 2^-floor(10 G / 7), Lipschitz constants
+  of MLPs).
 * With X_0 the centre of B_c and c its output:
   ||f(X) - g(X)||_p <= ||f(X_0) - c||_p + Lip(f) ||X - X_0||_p + (dn)^{1/p} eta.
 * On R, f and g both lie in [0,1] (the last MLP clips), so ||f - g||_p^p <= d n.
 
 Everything is exact rational arithmetic (p-th roots rounded outward on a 2^-64 grid);
-"verified" only when the upper bound on d_p^p is at most eps^p.  The measured error is a Monte
-Carlo estimate in float64 (``forward_torch``) with a Hoeffding 95% bound, reported, never used
-for the verdict.
+"verified" only when the upper bound on d_p^p is at most eps^p, "refuted" only when the lower
+bound exceeds it (both decided exactly).  The result (``ptverify-result/2``) carries the network
+and the prompt as inputs and a ``universality-dp-bound`` certificate that the trusted checker
+(``verify/checker/universality.py``) re-derives with its own evaluator.  The measured error is a
+Monte Carlo estimate in float64 (``forward_torch``) with a Hoeffding 95% bound, reported under
+``info``, never used for the verdict.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,33 +33,31 @@ from typing import Optional
 
 import numpy as np
 
-from constructions.forward import exp_enclosure
-from constructions.model import InputError, model_to_json, sha256_json
+from constructions.model import InputError, model_to_json
 from constructions.universality import (UniversalNetwork, build_network, build_prompt, build_target,
                                         cell_digits, default_temperature, delta_K, forward_float,
                                         quantized_function, ramp_width, TARGETS)
+from verify.checker import canonical_sha256
+from verify.result import Result, Status, certificate, embed
 
-from verify.claims import Claim
-from verify.result import Result, Status
+__all__ = ["CERT_KIND", "NETWORK_FORMAT", "PROMPT_FORMAT", "certify", "evaluate_cells", "run_universality",
+           "parse_number", "rpow_up", "rpow_down", "sweep", "setup", "universality_question", "NotCertified",
+           "check_output_range", "exp_neg_upper", "TARGETS"]
 
-__all__ = ["CLAIMS", "REPLAYERS", "register", "CERT_KIND", "certify", "evaluate_cells", "run_universality",
-           "replay_universality", "parse_number", "rpow_up", "rpow_down", "sweep"]
-
-CERT_KIND = "universality-dp-bound/1"
+CERT_KIND = "universality-dp-bound"
+NETWORK_FORMAT = "ptverify-universal-network/1"
+PROMPT_FORMAT = "ptverify-universal-prompt/1"
 ROOT_BITS = 64
-EXP_CAP = 256
-_EXP_CACHE: dict = {}
-
-
-def _exp_neg_up(G: Fraction) -> Fraction:
-    """A rational >= exp(-G) for rational G >= 0 (rigorous enclosure, cached)."""
-    G = Fraction(G)
-    Gr = Fraction(math.floor(G * 1024), 1024)  # exp(-G) <= exp(-Gr) since Gr <= G
-    if Gr not in _EXP_CACHE:
-        _EXP_CACHE[Gr] = exp_enclosure(-Gr)[1]
-    return _EXP_CACHE[Gr]
+EXP2_CAP = 1024
 MAX_CELLS = 20000
 MAX_SUBBOXES = 20000
+MAX_SUB = 16
+
+
+def exp_neg_upper(G: Fraction) -> Fraction:
+    """A rational >= exp(-G) for G > 0: e^-G <= 2^(-10 G / 7) because 10 ln 2 <= 7, and then
+    2^-floor(10 G / 7), capped at 2^-1024 (capping only weakens the bound)."""
+    return Fraction(1, 1 << min(math.floor(10 * Fraction(G) / 7), EXP2_CAP))
 
 
 # =========================================================================== exact powers and roots
@@ -84,9 +85,8 @@ def _root(x: Fraction, k: int, up: bool) -> Fraction:
     S = 1 << ROOT_BITS
     t = x * S ** k
     r = _iroot(t.numerator // t.denominator, k)
-    if up:
-        while Fraction(r, S) ** k < x:
-            r += 1
+    if up and Fraction(r, S) ** k < x:
+        r += 1
     return Fraction(r, S)
 
 
@@ -271,8 +271,7 @@ def _attend(pr: dict, Zn: np.ndarray, D: int, queries: list, e: Fraction, softma
                 lmin = min(qs)
                 if lmin - dl <= 0 or gap_k - 2 * dk <= 0:
                     raise NotCertified("softmax score margin too small for the perturbation bound")
-                G = min((lmin - dl) * (gap_k - 2 * dk), Fraction(EXP_CAP))  # exp(-G) <= exp(-min(G, cap))
-                rho = max(rho, (m - 1) * _exp_neg_up(G))
+                rho = max(rho, (m - 1) * exp_neg_upper((lmin - dl) * (gap_k - 2 * dk)))
             if any(x == 0 for x in lam):
                 raise NotCertified("a query with zero score (uniform softmax) cannot be bounded")
             err += wnorm * e + rho * 2 * wnorm * (zmax + e)
@@ -356,6 +355,30 @@ def check_output_range(layer) -> None:
             raise NotCertified(f"output coordinate {i} of the last MLP is not certified to lie in [0, 1]")
 
 
+def _cell_outputs(preps: list, npref: int, Zn: np.ndarray, D: int, m_p: int, n: int, softmax: bool):
+    """The outputs at the input positions (entry e = t d + i) and their softmax radius, from the
+    exact states Zn / D after the token-wise layers."""
+    e = Fraction(0)
+    for li in range(npref, len(preps)):
+        pr = preps[li]
+        last = li == len(preps) - 1
+        queries = list(range(m_p, m_p + n)) if last else list(range(m_p + n))
+        groups, err = _attend(pr, Zn, D, queries, e, softmax)
+        e = e + err
+        if not last:
+            Zn, D = _add_att(Zn, D, groups)
+            Zn, D = _mlp_int(pr, Zn, D)
+            e = e * pr["lip"]
+    outs = []
+    for a in queries:
+        z = [Fraction(int(Zn[a, i]), D) for i in range(pr["d"])]
+        for rows, vec in groups:
+            if a in rows:
+                z = [zi + vi for zi, vi in zip(z, vec)]
+        outs.extend(_mlp_frac(pr, z))
+    return outs, e * pr["lip"]
+
+
 def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None):
     """Exact outputs of g([P, X]) on the flat box of every cell.
 
@@ -392,28 +415,9 @@ def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None):
         Zi, Di = _to_int(pts, d)
         D = _lcm(Dp, Di)
         Zn = np.concatenate([Zp * (D // Dp), Zi * (D // Di)], axis=0)
-        e = Fraction(0)
-        for li in range(npref, len(preps)):
-            pr = preps[li]
-            last = li == len(preps) - 1
-            queries = list(range(m_p, m_p + n)) if last else list(range(m_p + n))
-            groups, err = _attend(pr, Zn, D, queries, e, softmax)
-            e = e + err
-            if last:
-                outs = []
-                for a in queries:
-                    z = [Fraction(int(Zn[a, i]), D) for i in range(d)]
-                    for rows, vec in groups:
-                        if a in rows:
-                            z = [zi + vi for zi, vi in zip(z, vec)]
-                    outs.append(_mlp_frac(pr, z))
-                e = e * pr["lip"]
-                values.append([outs[t][i] for t in range(n) for i in range(d)])
-                etas.append(e)
-            else:
-                Zn, D = _add_att(Zn, D, groups)
-                Zn, D = _mlp_int(pr, Zn, D)
-                e = e * pr["lip"]
+        out, e = _cell_outputs(preps, npref, Zn, D, m_p, n, softmax)
+        values.append(out)
+        etas.append(e)
     return values, etas
 
 
@@ -435,30 +439,27 @@ def _fmt(q: Fraction) -> str:
     return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
 
 
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def setup(d: int, n: int, L, p, eps, target: str, seed: int = 0, temperature=None, K: Optional[int] = None):
-    """Validate the inputs and build (net, prompt, target, fbar, params)."""
+def _check_sizes(d: int, n: int, p: Fraction) -> None:
     if not isinstance(d, int) or d < 1:
         raise InputError("--d", "a positive integer", repr(d))
     if n not in (1, 2):
         raise InputError("--n", "1 or 2 (the construction's gather reads the largest and smallest token)", repr(n))
-    L = parse_number(L, "--lipschitz")
-    p = parse_number(p, "--p")
     if p < 1:
         raise InputError("--p", "a number p >= 1", str(p))
     if p.numerator > 64 or p.denominator > 16:
         raise InputError("--p", "a rational p = u/v with u <= 64 and v <= 16", str(p))
+
+
+def setup(d: int, n: int, L, p, eps, target: str, seed: int = 0, temperature=None, K: Optional[int] = None):
+    """Validate the inputs and build (net, prompt, target, fbar, params)."""
+    L, p = parse_number(L, "--lipschitz"), parse_number(p, "--p")
+    _check_sizes(d, n, p)
     eps = parse_number(eps, "--eps")
     Kf = delta_K(eps, L, d, n, p)
     override = K is not None
-    if override:
-        if not isinstance(K, int) or K < 2:
-            raise InputError("--delta", "1/K with an integer K >= 2", repr(K))
-    else:
-        K = Kf
+    if override and (not isinstance(K, int) or K < 2):
+        raise InputError("--delta", "1/K with an integer K >= 2", repr(K))
+    K = K if override else Kf
     if K ** (d * n) > MAX_CELLS:
         raise InputError("--eps", f"a size with at most {MAX_CELLS} grid cells K^(dn)",
                          f"K = {K}, dn = {d * n}: {K ** (d * n)} cells", "Use a larger --eps or smaller --d/--n.")
@@ -490,9 +491,7 @@ def _sums(net: UniversalNetwork, tgt, values: list, etas: list, p: Fraction, Lf:
     for c in range(net.N):
         box = cell_box(c, K, net.w, dn)
         widths = [(hi - lo) / sub for lo, hi in box]
-        vol = Fraction(1)
-        for wd in widths:
-            vol *= wd
+        vol = math.prod(widths, start=Fraction(1))
         key = tuple(widths)
         if key not in radius_cache:
             radius_cache[key] = rpow_up(sum(rpow_up(wd / 2, p) for wd in widths), ip)
@@ -501,8 +500,7 @@ def _sums(net: UniversalNetwork, tgt, values: list, etas: list, p: Fraction, Lf:
         for j in range(sub ** dn):
             idx = cell_digits(j, sub, dn)
             mid = [lo + (k + Fraction(1, 2)) * wd for (lo, _), k, wd in zip(box, idx, widths)]
-            fx = tgt.f_exact(mid)
-            diffs = [abs(a - b) for a, b in zip(fx, values[c])]
+            diffs = [abs(a - b) for a, b in zip(tgt.f_exact(mid), values[c])]
             a_up = rpow_up(sum(rpow_up(x, p) for x in diffs), ip)
             a_dn = rpow_down(sum(rpow_down(x, p) for x in diffs), ip)
             tot += vol * rpow_up(a_up + Lf * r + et, p)
@@ -514,62 +512,52 @@ def _sums(net: UniversalNetwork, tgt, values: list, etas: list, p: Fraction, Lf:
     return tot, totq, low, vol_sum
 
 
+def _le_pow(x: Fraction, eps: Fraction, p: Fraction) -> bool:
+    """x <= eps^p, exactly."""
+    return x ** p.denominator <= eps ** p.numerator
+
+
+def _subdivision(N: int, dn: int) -> int:
+    s = 1
+    while s < MAX_SUB and N * (s + 1) ** dn <= MAX_SUBBOXES:
+        s += 1
+    return s
+
+
 def certify(net: UniversalNetwork, P: np.ndarray, tgt, fbar: list, params: dict,
-            values_out: Optional[list] = None) -> dict:
-    """The exact certificate: hashes, per-cell evaluation summary, the bound and its split."""
+            values_out: Optional[list] = None) -> tuple[str, dict]:
+    """(status, numbers): the exact bounds on d_p and their split; status is "verified",
+    "refuted" or "unknown".  Raises :class:`NotCertified` when a box cannot be evaluated."""
     p, eps, Lf = Fraction(params["p"]), Fraction(params["eps"]), tgt.lipschitz
-    d, n, K = net.d, net.n, net.K
-    dn = d * n
+    dn = net.d * net.n
     values, etas = evaluate_cells(net, P)
     if values_out is not None:
         values_out.extend(values)
-    ip = 1 / p
-    exact_cells = sum(1 for c in range(net.N) if values[c] == [Fraction(v, K) for v in fbar[c]])
-    sub = 1
+    ip, sub = 1 / p, 1
     tot, totq, low, vol_sum = _sums(net, tgt, values, etas, p, Lf, sub)
-    ramp_measure = 1 - vol_sum
-    ramp_p = ramp_measure * dn
-    eps_lo, eps_hi = rpow_down(eps, p), rpow_up(eps, p)
-    if not tot + ramp_p <= eps_lo:
-        # refine: split every flat box into sub^(dn) sub-boxes (the network is constant on the box)
-        sub = max(1, min(16, int((MAX_SUBBOXES / net.N) ** (1 / dn))))
-        if sub > 1:
-            tot, totq, low, _ = _sums(net, tgt, values, etas, p, Lf, sub)
+    ramp_p = (1 - vol_sum) * dn
+    if not _le_pow(tot + ramp_p, eps, p) and _subdivision(net.N, dn) > 1:
+        sub = _subdivision(net.N, dn)     # the network is constant on each box: split only f's side
+        tot, totq, low, _ = _sums(net, tgt, values, etas, p, Lf, sub)
     B_p = tot + ramp_p
-    status = "verified" if B_p <= eps_lo else ("refuted" if low > eps_hi else "unknown")
+    status = "verified" if _le_pow(B_p, eps, p) else ("unknown" if _le_pow(low, eps, p) else "refuted")
     bound = rpow_up(B_p, ip)
-    bq = rpow_up(totq, ip)
-    br = rpow_up(ramp_p, ip)
     soft = max(bound - rpow_down(totq + ramp_p, ip), Fraction(0)) if net.kind == "softmax" else Fraction(0)
-    eta_max = max(etas) if etas else Fraction(0)
-    return {
-        "kind": CERT_KIND,
-        "params": params,
-        "model_sha256": sha256_json(model_to_json(net.model)),
-        "positional_sha256": _sha([[_fmt(x) for x in row] for row in net.pos_prompt.tolist()]
-                                  + [[_fmt(x) for x in row] for row in net.pos_input.tolist()]),
-        "prompt_sha256": _sha([[_fmt(x) for x in row] for row in P.tolist()]),
-        "target_lipschitz": _fmt(Lf),
-        "cells": net.N,
-        "cells_equal_fbar": exact_cells,
-        "subdivision": sub,
-        "values_sha256": _sha([[_fmt(x) for x in v] for v in values]),
-        "eta_max": _fmt(eta_max),
-        "flat_volume": _fmt(vol_sum),
-        "ramp_measure": _fmt(ramp_measure),
-        "bound_p": _fmt(B_p),
-        "quantization_p": _fmt(totq),
-        "ramp_p": _fmt(ramp_p),
-        "lower_p": _fmt(low),
-        "eps_p_lower": _fmt(eps_lo),
-        "eps_p_upper": _fmt(eps_hi),
-        "margin_p": _fmt(eps_lo - B_p),
-        "bound": _fmt(bound),
-        "lower": _fmt(rpow_down(low, ip)),
-        "split": {"quantization": _fmt(bq), "ramps": _fmt(br), "softmax": _fmt(soft)},
-        "verdict": status,
-    }
+    K = net.K
+    nums = {"bound": _fmt(bound), "lower": _fmt(rpow_down(low, ip)), "quantization": _fmt(rpow_up(totq, ip)),
+            "ramps": _fmt(rpow_up(ramp_p, ip)), "softmax": _fmt(soft), "ramp_measure": _fmt(1 - vol_sum),
+            "K": K, "w": _fmt(net.w), "cells": net.N, "m_p": net.m_p, "subdivision": sub,
+            "cells_equal_fbar": sum(1 for c in range(net.N) if values[c] == [Fraction(v, K) for v in fbar[c]]),
+            "eta_max": _fmt(max(etas)), "target_lipschitz": _fmt(Lf)}
+    return status, nums
 
+
+def outputs_sha256(values: list) -> str:
+    """sha256 of the canonical JSON of the per-cell outputs (the certificate's commitment)."""
+    return canonical_sha256([[_fmt(x) for x in row] for row in values])
+
+
+# =========================================================================== measurement
 
 def measure_mc(net: UniversalNetwork, P: np.ndarray, tgt, p: Fraction, samples: int, seed: int,
                values: Optional[list] = None, crosscheck: int = 16) -> dict:
@@ -589,31 +577,78 @@ def measure_mc(net: UniversalNetwork, P: np.ndarray, tgt, p: Fraction, samples: 
     upper = np.where(dig == K - 1, 1.0, (dig + 1) / K - float(net.w))
     flat = np.all(Xf <= upper, axis=1)
     cells = (dig * (K ** np.arange(dn))[None, :]).sum(axis=1)
+    G, diff, used = _mc_values(net, P, X, flat, cells, values, crosscheck)
+    vals = (np.abs(G - tgt.f_float(Xf)) ** float(p)).sum(axis=1)
+    mean = float(vals.mean())
+    half = dn * math.sqrt(math.log(1 / 0.05) / (2 * samples))
+    return {"samples": samples, "estimate": mean ** (1 / float(p)),
+            "upper_95": min(mean + half, dn) ** (1 / float(p)),
+            "forward_torch_samples": used,
+            "float_crosscheck_max_diff": diff,
+            "note": ("Monte Carlo in float64: g = the certified box value on flat boxes, forward_torch "
+                     "elsewhere; one-sided Hoeffding bound for values in [0, dn]")}
+
+
+def _mc_values(net, P, X, flat, cells, values, crosscheck):
+    samples, dn = X.shape[0], net.d * net.n
     G = np.zeros((samples, dn))
     diff = 0.0
     if values is not None:
         table = np.array([[float(v) for v in row] for row in values])
         G[flat] = table[cells[flat]]
-        need = np.where(~flat)[0].tolist()
-        check = list(range(min(crosscheck, samples)))
+        need, check = np.where(~flat)[0].tolist(), list(range(min(crosscheck, samples)))
     else:
         need, check = list(range(samples)), []
     todo = sorted(set(need) | set(check))
     if todo:
         Gt = forward_float(net, P, X[todo]).reshape(len(todo), dn)
         for r, b in enumerate(todo):
-            if b in check and flat[b]:
+            if b in check and flat[b] and values is not None:
                 diff = max(diff, float(np.max(np.abs(Gt[r] - G[b]))))
-            if b in need or values is None:
+            if b in need:
                 G[b] = Gt[r]
-    vals = (np.abs(G - tgt.f_float(Xf)) ** float(p)).sum(axis=1)
-    mean = float(vals.mean())
-    half = dn * math.sqrt(math.log(1 / 0.05) / (2 * samples))
-    return {"samples": samples, "estimate": mean ** (1 / float(p)),
-            "upper_95": min(mean + half, dn) ** (1 / float(p)),
-            "forward_torch_samples": len(todo), "float_crosscheck_max_diff": diff,
-            "note": ("Monte Carlo in float64: g = the certified box value on flat boxes, forward_torch "
-                     "elsewhere; one-sided Hoeffding bound for values in [0, dn]")}
+    return G, diff, len(todo)
+
+
+# =========================================================================== the result
+
+def universality_question(params: dict) -> dict:
+    """The ``universality`` question of a run (questions.py): seed only for relu-net, delta only
+    when K was overridden, temperature only for softmax."""
+    q = {"kind": "universality", "d": params["d"], "n": params["n"], "lipschitz": params["lipschitz"],
+         "p": params["p"], "eps": params["eps"], "target": params["target"]}
+    if params["temperature"] is not None:
+        q["temperature"] = params["temperature"]
+    if params["target"] == "relu-net":
+        q["seed"] = params["seed"]
+    if params["delta_override"]:
+        q["delta"] = f"1/{params['K']}"
+    return q
+
+
+def _inputs(net: UniversalNetwork, P: np.ndarray, params: dict) -> dict:
+    """The network (softmax weights unscaled: the checker divides scores by the question's
+    temperature) and the prompt, embedded."""
+    written = net
+    if net.kind == "softmax":
+        written = build_network(net.d, net.n, net.K, net.w, kind="softmax", temperature=Fraction(1))
+    model = model_to_json(written.model)
+    model.pop("meta", None)
+
+    def rows(a):
+        return [[_fmt(x) for x in row] for row in a.tolist()]
+    network = {"format": NETWORK_FORMAT, "model": model, "pos_input": rows(written.pos_input),
+               "pos_prompt": rows(written.pos_prompt)}
+    return {"network": embed(network), "prompt": embed({"format": PROMPT_FORMAT, "tokens": rows(P)})}
+
+
+def _message(nums: dict, params: dict, mc: dict, report: dict) -> str:
+    f = lambda k: float(Fraction(nums[k]))  # noqa: E731
+    return (f"bound {f('bound'):.5g} vs eps {float(Fraction(params['eps'])):.5g} (quantization "
+            f"{f('quantization'):.4g}, ramps {f('ramps'):.4g}, softmax {f('softmax'):.3g}); lower bound "
+            f"{f('lower'):.4g}; measured {mc.get('estimate', float('nan')):.4g}; delta = 1/{nums['K']}, "
+            f"m_p = {nums['m_p']} (formula n (1/delta)^(dn) = {report['m_p_formula']}), depth {report['depth']}, "
+            f"MLP width {report['mlp_width']}, {report['parameters']} parameters")
 
 
 def run_universality(d: int = 1, n: int = 2, L="1", p="2", eps="1/4", target: str = "token-mix",
@@ -622,46 +657,37 @@ def run_universality(d: int = 1, n: int = 2, L="1", p="2", eps="1/4", target: st
     """Build g and P_f, certify the d_p bound exactly, measure it by Monte Carlo; a Result."""
     t0 = time.perf_counter()
     net, P, tgt, fbar, params = setup(d, n, L, p, eps, target, seed, temperature, K)
+    question, inputs = universality_question(params), _inputs(net, P, params)
+    method = ("exact box evaluation (hardmax)" if net.kind == "hardmax" else
+              f"exact box evaluation + softmax perturbation bound (T = {params['temperature']})")
     t1 = time.perf_counter()
-    statement = (f"d_p(g([P_f, X])_(:, m_p:), f) <= eps = {params['eps']} (p = {params['p']}) for the "
-                 f"{target} target in F_L, L = {params['lipschitz']}, d = {d}, n = {n}")
     values: list = []
     try:
-        cert = certify(net, P, tgt, fbar, params, values)
+        status, nums = certify(net, P, tgt, fbar, params, values)
     except NotCertified as exc:
-        return Result(claim=claim, status=Status.UNKNOWN, statement=statement, method="exact cell evaluation",
-                      prompt_length=net.m_p, inputs={"seed": seed}, seconds={"build": t1 - t0,
-                      "certify": time.perf_counter() - t1}, message=f"not certified: {exc}")
+        return Result(claim=claim, status=Status.UNKNOWN, question=question, inputs=inputs, method=method,
+                      seconds={"build": t1 - t0, "certify": time.perf_counter() - t1},
+                      message=f"not certified: {exc}")
     t2 = time.perf_counter()
     mc = measure_mc(net, P, tgt, Fraction(params["p"]), samples, seed, values)
     t3 = time.perf_counter()
-    report = _report(net, cert, params, mc, tgt)
-    status = Status(cert["verdict"])
-    msg = (f"bound {float(Fraction(cert['bound'])):.5g} vs eps {float(Fraction(params['eps'])):.5g} "
-           f"(quantization {float(Fraction(cert['split']['quantization'])):.4g}, ramps "
-           f"{float(Fraction(cert['split']['ramps'])):.4g}, softmax {float(Fraction(cert['split']['softmax'])):.3g}); "
-           f"measured {mc.get('estimate', float('nan')):.4g}; delta = 1/{net.K}, m_p = {net.m_p} "
-           f"(formula n (1/delta)^(dn) = {report['m_p_formula']}), depth {report['depth']}, "
-           f"MLP width {report['mlp_width']}, {report['parameters']} parameters")
-    if status == Status.UNKNOWN:
-        msg = "the rigorous upper bound exceeds eps and no lower bound refutes it: " + msg
-    res = Result(claim=claim, status=status, statement=statement,
-                 method=("exact box evaluation (hardmax)" if net.kind == "hardmax" else
-                         f"exact box evaluation + softmax perturbation bound (T = {params['temperature']})"),
-                 prompt_length=net.m_p, certificate=cert,
-                 checks={"certificate_checked": True, "cells_constant_on_flat_boxes": True,
-                         "cells_equal_fbar": f"{cert['cells_equal_fbar']}/{cert['cells']}"},
-                 inputs={"seed": seed, "model_sha256": cert["model_sha256"], "prompt_sha256": cert["prompt_sha256"]},
-                 seconds={"build": t1 - t0, "certify": t2 - t1, "measure": t3 - t2},
-                 message=msg, extra={"report": report})
-    return res
+    report = _report(net, nums, params, mc, tgt)
+    msg = _message(nums, params, mc, report)
+    if status == "unknown":
+        msg = "the rigorous upper bound exceeds eps and the lower bound does not: " + msg
+    decided = status != "unknown"
+    return Result(claim=claim, status=Status(status), question=question, inputs=inputs,
+                  certificate=certificate(CERT_KIND, {"outputs_sha256": outputs_sha256(values)}) if decided else None,
+                  reported=nums if decided else {}, method=method, message=msg,
+                  checks={"cells_equal_fbar": f"{nums['cells_equal_fbar']}/{nums['cells']}"},
+                  seconds={"build": t1 - t0, "certify": t2 - t1, "measure": t3 - t2},
+                  extra={"report": report})
 
 
-def _report(net: UniversalNetwork, cert: dict, params: dict, mc: dict, tgt) -> dict:
+def _report(net: UniversalNetwork, nums: dict, params: dict, mc: dict, tgt) -> dict:
     cnt = net.counts()
     d, n, K = net.d, net.n, net.K
-    dn = d * n
-    N = K ** dn
+    N = K ** (d * n)
     return {
         "delta": f"1/{K}", "K": K, "K_formula": params["K_formula"],
         "delta_formula": "delta <= eps / (2 (L + 1) (d n)^(1/p))",
@@ -670,63 +696,18 @@ def _report(net: UniversalNetwork, cert: dict, params: dict, mc: dict, tgt) -> d
         "recommended_softmax_temperature": _fmt(default_temperature()),
         "C": f"{N}^{N}", "log10_C": N * math.log10(N),
         "C_formula": "((1/delta)^(dn))^((1/delta)^(dn))",
-        "m_p": net.m_p, "m_p_formula": n * K ** dn, "m_p_formula_text": "m_p >= n (1/delta)^(dn)",
+        "m_p": net.m_p, "m_p_formula": n * K ** (d * n), "m_p_formula_text": "m_p >= n (1/delta)^(dn)",
         "depth": cnt["depth"], "heads_per_layer": cnt["heads_per_layer"], "heads": cnt["heads_total"],
         "head_sizes": cnt["head_sizes"], "mlp_widths": cnt["mlp_widths"], "mlp_width": cnt["mlp_width"],
         "parameters": cnt["parameters"], "nonzero_parameters": cnt["nonzero_parameters"],
         "positional_encoding_entries": cnt["positional_encoding_entries"],
         "prompt_parameters": net.m_p * d,
-        "target": tgt.name, "target_description": tgt.description, "target_lipschitz": cert["target_lipschitz"],
-        "bound": float(Fraction(cert["bound"])), "bound_exact": cert["bound"],
-        "lower_bound": float(Fraction(cert["lower"])),
+        "target": tgt.name, "target_description": tgt.description, "target_lipschitz": nums["target_lipschitz"],
+        "bound": float(Fraction(nums["bound"])), "lower_bound": float(Fraction(nums["lower"])),
         "eps": float(Fraction(params["eps"])),
-        "split": {k: float(Fraction(v)) for k, v in cert["split"].items()},
+        "split": {k: float(Fraction(nums[k])) for k in ("quantization", "ramps", "softmax")},
         "measured": mc,
     }
-
-
-# =========================================================================== replay
-
-def replay_universality(res: dict, base_dir: str = ".") -> tuple[bool, str]:
-    """Rebuild g, P_f and f from the certificate's parameters, recompute every number of the
-    certificate in exact arithmetic and compare; then check the verdict's inequality."""
-    cert = res["certificate"]
-    pr = cert["params"]
-    net, P, tgt, fbar, params = setup(int(pr["d"]), int(pr["n"]), pr["lipschitz"], pr["p"], pr["eps"],
-                                      pr["target"], int(pr["seed"]), pr["temperature"],
-                                      int(pr["K"]) if pr["delta_override"] else None)
-    if params != pr:
-        return False, "the parameters do not rebuild to themselves (K, w or K_formula altered)"
-    try:
-        again = certify(net, P, tgt, fbar, params)
-    except NotCertified as exc:
-        return False, f"the exact evaluation no longer certifies the boxes: {exc}"
-    diff = [k for k in set(again) | set(cert) if again.get(k) != cert.get(k)]
-    if diff:
-        return False, f"recomputed certificate differs in {sorted(diff)}"
-    B_p, eps_lo, eps_hi, low = (Fraction(cert[k]) for k in ("bound_p", "eps_p_lower", "eps_p_upper", "lower_p"))
-    status = res.get("status")
-    if status == "verified" and not B_p <= eps_lo:
-        return False, "bound_p > eps^p: 'verified' does not hold"
-    if status == "refuted" and not low > eps_hi:
-        return False, "lower_p <= eps^p: 'refuted' does not hold"
-    if status != cert["verdict"]:
-        return False, f"status {status!r} differs from the certificate's verdict {cert['verdict']!r}"
-    rep = res.get("report")
-    if rep is not None:
-        cnt = net.counts()
-        want = {"bound_exact": cert["bound"], "K": net.K, "m_p": net.m_p, "m_p_formula": net.n * net.K ** (net.d * net.n),
-                "depth": cnt["depth"], "mlp_width": cnt["mlp_width"], "parameters": cnt["parameters"],
-                "heads": cnt["heads_total"]}
-        bad = [k for k, v in want.items() if rep.get(k) != v]
-        if bad or res.get("prompt_length") != net.m_p:
-            return False, f"the report disagrees with the rebuilt network in {bad or ['prompt_length']}"
-    return True, (f"d_p bound {float(Fraction(cert['bound'])):.6g} "
-                  f"{'<=' if status == 'verified' else '>'} eps {float(Fraction(pr['eps'])):.6g} re-derived "
-                  f"exactly over {cert['cells']} cells")
-
-
-REPLAYERS = {CERT_KIND: replay_universality}
 
 
 # =========================================================================== sweep
@@ -773,106 +754,3 @@ def sweep(out: str, d: int = 1, n: int = 2, L="1", p="2", target: str = "token-m
     plt.close(fig)
     os.replace(tmp, png)
     return data
-
-
-# =========================================================================== claims
-
-def _claim_run(base: dict):
-    def run(params: dict, outdir: str) -> Result:
-        q = dict(base)
-        q.update(params)
-        return run_universality(d=int(q["d"]), n=int(q["n"]), L=q["L"], p=q["p"], eps=q["eps"],
-                                target=q["target"], seed=int(q.get("seed", 0)), temperature=q.get("T"),
-                                samples=int(q.get("samples", 4096)), claim=q["claim"])
-    return run
-
-
-def _claim(cid, title, quick, default, cmd):
-    return Claim(id=cid, title=title,
-                 statement="a prompt makes the frozen network g within eps of the target in d_p "
-                           "(rigorous upper bound <= eps)",
-                 expected=Status.VERIFIED, run=_claim_run({"claim": cid}), quick=quick, default=default,
-                 command=cmd, proof="proofs/universality.md",
-                 test="tests/test_universality.py::test_bound_verified_and_replays")
-
-
-_Q = {"L": "1", "p": "2", "samples": 4096}
-CLAIMS = [
-    _claim("U-hardmax", "Theorem U, exact (hardmax) version, d=1 n=2",
-           dict(_Q, d=1, n=2, eps="1/2", target="relu-net"), dict(_Q, d=1, n=2, eps="1/4", target="relu-net"),
-           "ptverify universality --d 1 --n 2 --lipschitz 1 --p 2 --eps 0.25 --target relu-net --expect verified"),
-    _claim("U-softmax", "Theorem U, standard (softmax) version at T = 1/64, d=1 n=2",
-           dict(_Q, d=1, n=2, eps="1/2", target="smooth", T="1/64"),
-           dict(_Q, d=1, n=2, eps="1/4", target="smooth", T="1/64"),
-           "ptverify universality --d 1 --n 2 --lipschitz 1 --p 2 --eps 0.25 --target smooth "
-           "--softmax-temperature 1/64 --expect verified"),
-    _claim("U-d2", "Theorem U, exact version, d=2 n=1",
-           dict(_Q, d=2, n=1, eps="1/2", target="token-mix"), dict(_Q, d=2, n=1, eps="1/4", target="token-mix"),
-           "ptverify universality --d 2 --n 1 --lipschitz 1 --p 2 --eps 0.25 --target token-mix --expect verified"),
-]
-
-
-# =========================================================================== CLI
-
-def register(apps) -> None:
-    """Add ``ptverify universality``."""
-    import typer
-
-    @apps["root"].command("universality")
-    def universality_cmd(
-            d: int = typer.Option(1, "--d", help="token size d"),
-            n: int = typer.Option(2, "--n", help="number of input tokens n (1 or 2)"),
-            lipschitz: str = typer.Option("1", "--lipschitz", help="Lipschitz constant L of the class F_L"),
-            p: str = typer.Option("2", "--p", help="the p of d_p (a rational >= 1)"),
-            eps: str = typer.Option("0.25", "--eps", help="target accuracy epsilon"),
-            target: str = typer.Option("token-mix", "--target", help=f"target function: {', '.join(sorted(TARGETS))}"),
-            softmax_temperature: Optional[str] = typer.Option(
-                None, "--softmax-temperature",
-                help="use the standard softmax version with scores divided by T (e.g. 1/64); default: hardmax"),
-            delta: Optional[str] = typer.Option(None, "--delta", help="override delta = 1/K (e.g. 1/4)"),
-            samples: int = typer.Option(4096, "--samples", help="Monte Carlo samples for the measured error"),
-            seed: int = typer.Option(0, "--seed", help="seed (random targets, Monte Carlo)"),
-            json_out: Optional[str] = typer.Option(None, "--json", help="write the ptverify-result/1 file here"),
-            expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
-            do_sweep: bool = typer.Option(False, "--sweep", help="plot error and m_p against epsilon (PNG + JSON)"),
-            out: str = typer.Option("ptverify-out", "--out", help="output folder for --sweep"),
-    ):
-        """Build the frozen network g of Theorem U and the prompt P_f of a target f, and bound
-        d_p(g([P_f, .]), f) rigorously (verified only when the bound is <= eps)."""
-        from verify.cli import emit, fail_input
-        try:
-            if samples < 0:
-                raise InputError("--samples", "a non-negative integer", str(samples))
-            if do_sweep:
-                data = sweep(out, d, n, lipschitz, p, target, seed=seed, temperature=softmax_temperature,
-                             samples=samples)
-                for r in data["rows"]:
-                    print(f"eps {r['eps']:<8.4g} {r['status']:<9} bound {r['bound']:.4g}  measured "
-                          f"{r['measured']:.4g}  m_p {r['m_p']}  ({r['seconds']:.1f} s)")
-                print(f"sweep written to {os.path.join(out, 'universality_sweep.png')} and .json")
-                return
-            K = None
-            if delta is not None:
-                q = parse_number(delta, "--delta")
-                if q.numerator != 1 or q.denominator < 2:
-                    raise InputError("--delta", "1/K with an integer K >= 2", delta)
-                K = q.denominator
-            res = run_universality(d, n, lipschitz, p, eps, target, seed, softmax_temperature, K, samples)
-        except InputError as exc:
-            fail_input(exc)
-        rep = res.extra.get("report")
-        if rep:
-            print(f"delta = {rep['delta']} (formula K >= {rep['K_formula']}), C = {rep['C']} quantized functions, "
-                  f"m_p = {rep['m_p']} (m_p >= n (1/delta)^(dn) = {rep['m_p_formula']})")
-            print(f"depth {rep['depth']}, heads {rep['heads_per_layer']}, MLP widths {rep['mlp_widths']}, "
-                  f"{rep['parameters']} parameters ({rep['nonzero_parameters']} nonzero) + "
-                  f"{rep['positional_encoding_entries']} positional-encoding entries")
-            sp = rep["split"]
-            mc = rep["measured"]
-            print(f"error budget: quantization {sp['quantization']:.4g} + ramps {sp['ramps']:.4g} + softmax "
-                  f"{sp['softmax']:.3g}; rigorous bound {rep['bound']:.5g}, lower bound {rep['lower_bound']:.4g}, "
-                  f"eps {rep['eps']:.4g}; measured {mc.get('estimate', float('nan')):.4g} "
-                  f"(95% <= {mc.get('upper_95', float('nan')):.4g}, {mc.get('samples', 0)} samples, "
-                  f"{mc.get('forward_torch_samples', 0)} through forward_torch, which differs from the "
-                  f"certified box values by <= {mc.get('float_crosscheck_max_diff', 0.0):.2g})")
-        emit(res, json_out, expect)

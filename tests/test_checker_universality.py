@@ -1,0 +1,222 @@
+"""The trusted check of Theorem U certificates (``verify/checker/universality.py``): real results
+hold, and every mutation of them is rejected by ``verify.checker.check_result``."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from fractions import Fraction
+
+import pytest
+
+from mutations import assert_all_rejected, body_mutations, envelope_mutations, record
+from verify.checker import canonical_sha256, check_file, check_result, statement
+from verify.checker.numbers import Reject
+from verify.checker.universality import instance, rpow_down, rpow_up
+from verify.claims.universality import CLAIMS
+from verify.provers.universality import run_universality
+
+KIND = "universality-dp-bound"
+NAMES = ("U-hardmax", "U-softmax", "U-d2")
+
+
+def _json(res) -> dict:
+    return json.loads(json.dumps(res.to_json(), allow_nan=False))
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    """The quick instances of the three claims, as written (no Monte Carlo samples)."""
+    out = {}
+    for c in CLAIMS:
+        params = dict(c.quick, samples=0, seed=0)
+        out[c.id] = _json(c.run(params, "."))
+    assert [out[n]["status"] for n in NAMES] == ["verified"] * 3
+    return out
+
+
+def _restated(res: dict) -> dict:
+    """The result with its statement re-derived from its (mutated) question and status, so that
+    only the certificate check can reject it; unchanged when the question no longer parses."""
+    try:
+        return dict(res, statement=statement(res["question"], res["status"]))
+    except Reject:
+        return res
+
+
+def _deep(res: dict):
+    """Question and status mutations with the statement re-derived (they reach the kind's check)."""
+    for name, m in envelope_mutations(res):
+        if name.startswith(("question", "status")):
+            yield name + " (restated)", _restated(m)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_claims_hold_and_every_mutation_is_rejected(results, name):
+    res = results[name]
+    ok, msg = check_result(res)
+    assert ok, msg
+    assert Fraction(res["reported"]["bound"]) <= Fraction(res["question"]["eps"])
+    tried, rejected = assert_all_rejected(KIND, res, list(envelope_mutations(res)) + list(body_mutations(res))
+                                          + list(_deep(res)))
+    assert tried == rejected > 60
+
+
+def _swap(res: dict, other: dict, *keys) -> dict:
+    out = copy.deepcopy(res)
+    for k in keys:
+        out[k] = copy.deepcopy(other[k])
+    return out
+
+
+def test_swapped_certificates_and_inputs_are_rejected(results):
+    muts = []
+    for a in NAMES:
+        for b in NAMES:
+            if a == b:
+                continue
+            ra, rb = results[a], results[b]
+            muts.append((f"{a} with the certificate of {b}", _swap(ra, rb, "certificate")))
+            muts.append((f"{a} with the certificate and reported numbers of {b}", _swap(ra, rb, "certificate", "reported")))
+            for inp in ("network", "prompt"):
+                m = copy.deepcopy(ra)
+                m["inputs"][inp] = copy.deepcopy(rb["inputs"][inp])
+                muts.append((f"{a} with the {inp} of {b}", m))
+    for name, m in muts:
+        ok, msg = check_result(m)
+        assert not ok, name
+    record(KIND, len(muts), len(muts))
+
+
+def _with_target(res: dict, target: str) -> dict:
+    q = dict(res["question"], target=target)
+    q.pop("seed", None)
+    if target == "relu-net":
+        q["seed"] = 0
+    return _restated(dict(res, question=q))
+
+
+def test_wrong_target_in_the_question_is_rejected(results):
+    muts = []
+    for name in NAMES:
+        for tgt in ("token-mix", "smooth", "relu-net"):
+            if tgt != results[name]["question"]["target"]:
+                muts.append((f"{name} target={tgt}", _with_target(results[name], tgt)))
+        if results[name]["question"]["target"] == "relu-net":
+            muts.append((f"{name} seed=1", _restated(dict(results[name], question=dict(results[name]["question"], seed=1)))))
+    for label, m in muts:
+        ok, msg = check_result(m)
+        assert not ok, label
+        assert "P_f" in msg or "prompt" in msg, (label, msg)
+    record(KIND, len(muts), len(muts))
+
+
+def _to_side_files(res: dict, folder: str) -> dict:
+    """The same result with the network and the prompt in content-addressed side files."""
+    out = copy.deepcopy(res)
+    for name in ("network", "prompt"):
+        data = json.dumps(res["inputs"][name]["embedded"]).encode()
+        sha = hashlib.sha256(data).hexdigest()
+        fname = f"{name}-{sha[:16]}.json"
+        with open(os.path.join(folder, fname), "wb") as fh:
+            fh.write(data)
+        out["inputs"][name] = {"sha256": sha, "file": fname}
+    return out
+
+
+def test_side_file_inputs_hold_and_replaced_ones_are_rejected(results, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    os.makedirs(a)
+    os.makedirs(b)
+    ra = _to_side_files(results["U-hardmax"], a)
+    rb = _to_side_files(results["U-softmax"], b)
+    assert check_result(ra, a)[0] and check_result(rb, b)[0]
+    muts = list(envelope_mutations(ra))
+    for inp in ("network", "prompt"):
+        # the other instance's side file, copied next to this result under its own name
+        other = rb["inputs"][inp]
+        with open(os.path.join(b, other["file"]), "rb") as src, open(os.path.join(a, other["file"]), "wb") as dst:
+            dst.write(src.read())
+        m = copy.deepcopy(ra)
+        m["inputs"][inp] = dict(other)
+        muts.append((f"{inp} side file of U-softmax", m))
+        m = copy.deepcopy(ra)
+        m["inputs"][inp]["file"] = other["file"]
+        muts.append((f"{inp} side file of U-softmax under the old hash", m))
+    assert_all_rejected(KIND, ra, muts, base_dir=a)
+
+
+def test_a_file_written_by_the_producer_holds(results, tmp_out):
+    path = os.path.join(tmp_out, "u.json")
+    with open(path, "w") as fh:
+        json.dump(results["U-d2"], fh)
+    ok, msg = check_file(path)
+    assert ok and "re-derived" in msg
+
+
+def test_refuted_result_is_checked(tmp_out):
+    res = run_universality(1, 1, "4", "2", "1/20", "token-mix", K=2, samples=0)
+    assert res.status.value == "refuted"
+    obj = _json(res)
+    ok, msg = check_result(obj)
+    assert ok, msg
+    assert Fraction(obj["reported"]["lower"]) > Fraction(1, 20)
+    tried, rejected = assert_all_rejected(KIND, obj, list(envelope_mutations(obj)) + list(_deep(obj)))
+    assert tried == rejected
+
+
+def test_statuses_need_their_inequality(results):
+    res = results["U-d2"]
+    as_refuted = _restated(dict(res, status="refuted"))
+    ok, msg = check_result(as_refuted)
+    assert not ok and "lower bound" in msg
+    tight = json.loads(json.dumps(res))
+    bound = Fraction(res["reported"]["bound"])
+    tight["question"]["eps"] = str(bound * Fraction(999, 1000))
+    ok, msg = check_result(_restated(tight))
+    assert not ok
+
+
+def test_instance_is_derived_from_the_question_alone():
+    q = {"d": 1, "n": 2, "lipschitz": Fraction(1), "p": Fraction(2), "eps": Fraction(1, 4), "target": "smooth",
+         "temperature": None, "seed": None, "delta": None}
+    inst = instance(q)
+    assert (inst.K, inst.m_p) == (23, 2 * 23 ** 2)
+    assert (inst.K * inst.eps / 4) ** 2 >= 2 > ((inst.K - 1) * inst.eps / 4) ** 2
+    for bad in ({"target": "relu-net"}, {"seed": 3}, {"p": Fraction(1, 2)}, {"delta": Fraction(2, 5)},
+                {"eps": Fraction(1, 10 ** 6)}, {"d": 15}):
+        with pytest.raises(Reject):
+            instance(dict(q, **bad))
+
+
+def test_checker_roots_bracket():
+    for x in (Fraction(2), Fraction(1, 3), Fraction(10, 7)):
+        for p in (Fraction(1), Fraction(2), Fraction(3, 2), Fraction(1, 3)):
+            lo, hi = rpow_down(x, p), rpow_up(x, p)
+            assert lo <= hi <= lo + Fraction(1, 1 << 64)
+            if p.denominator > 1:
+                assert lo ** p.denominator <= x ** p.numerator <= hi ** p.denominator
+            else:
+                assert lo == hi == x ** p
+
+
+def test_body_hash_is_the_outputs_commitment(results):
+    from verify.checker.universality import outputs_sha256
+    res = results["U-hardmax"]
+    K = res["reported"]["K"]
+    prompt = res["inputs"]["prompt"]["embedded"]["tokens"]
+    # on every flat box g outputs fbar (the lookup prompt's two tokens of that cell)
+    values = [[Fraction(prompt[2 * c][0]), Fraction(prompt[2 * c + 1][0])] for c in range(K * K)]
+    assert outputs_sha256(values) == res["certificate"]["body"]["outputs_sha256"]
+    assert canonical_sha256(res["inputs"]["network"]["embedded"]) == res["inputs"]["network"]["sha256"]
+
+
+def test_python_integer_path_gives_the_same_result(results, monkeypatch):
+    """Small integers are computed in int64 after their magnitudes are bounded; forcing Python
+    integers everywhere must give the same outputs and numbers (the reported ones)."""
+    import verify.checker.universality as cu
+    monkeypatch.setattr(cu, "INT64_SAFE", 0)
+    for name in NAMES:
+        ok, msg = check_result(results[name])
+        assert ok, (name, msg)

@@ -1,0 +1,727 @@
+"""Check a Theorem U certificate (kind ``universality-dp-bound``): a rigorous bound on
+d_p(g([P_f, .])_{:, m_p:}, f) for the network g and prompt P_f given as inputs.
+
+Everything is re-derived here, from the question and the inputs only (``proofs/universality.md``,
+section "The trusted check"):
+
+* the grid ``K`` (from eps, L, d, n, p, or the question's ``delta``), the ramp width ``w`` and the
+  flat boxes ``B_c = prod_e [k_e/K, (k_e+1)/K - w]`` (the last step reaches 1);
+* the target f (this module's own copies of ``token-mix``, ``smooth``, ``relu-net``, with their
+  Lipschitz constants), its quantization fbar and the lookup prompt P_f, which the ``prompt``
+  input must equal;
+* g on every flat box, with this module's own evaluator: the leading token-wise layers (every head
+  has W_o W_v = 0) as affine forms of the input over the box, every ReLU shown sign-stable, so the
+  input tokens are constant there; the later layers exactly in rationals, each head with a rank-1
+  score matrix W_q^T W_k = v u^T (so hardmax picks the largest or smallest key u.z); the softmax
+  version (scores divided by the question's temperature) adds a radius eta from score margins and
+  exp(-G) <= 2^-floor(10 G / 7) (valid because e^7 >= 2^10, checked with a rigorous enclosure);
+* the last MLP maps every input into [0, 1] (coordinate-wise, flat tails), so on the ramp region
+  ||f - g||_p^p <= d n;
+* the bound: sum over boxes of vol (||f(X_0) - c||_p + Lip(f) r + (dn)^(1/p) eta)^p plus
+  d n measure(ramps), p-th powers and roots rounded outward on a 2^-64 grid.  ``verified`` needs
+  bound^p <= eps^p, ``refuted`` needs lower^p > eps^p, both decided exactly.
+
+The body is ``{"outputs_sha256": H}``: the sha256 of the per-cell outputs (canonical JSON of
+``[[exact strings, entry e = t d + i] per cell]``), which the evaluation here must reproduce.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+from .envelope import Context, Outcome
+from .inputs import canonical_sha256, model_from_obj
+from .numbers import Reject, exp_bounds, fields, fmt, matrix
+
+__all__ = ["check", "Instance", "instance", "target_values", "rpow_up", "rpow_down", "evaluate_cells",
+           "NETWORK_FORMAT", "PROMPT_FORMAT", "TARGET_NAMES"]
+
+NETWORK_FORMAT = "ptverify-universal-network/1"
+PROMPT_FORMAT = "ptverify-universal-prompt/1"
+MAX_CELLS = 20000
+MAX_SUBBOXES = 20000
+MAX_SUB = 16
+ROOT_BITS = 64
+EXP2_CAP = 1024          # exp(-G) <= 2^-min(floor(10 G / 7), EXP2_CAP)
+MAX_RAMP_HALVINGS = 2000
+TARGET_NAMES = ("token-mix", "smooth", "relu-net")
+
+
+# =========================================================================== roots
+
+def _iroot(x: int, k: int) -> int:
+    """floor(x^(1/k)) for an integer x >= 0."""
+    if x < 2:
+        return x
+    r = 1 << ((x.bit_length() + k - 1) // k)
+    while True:
+        y = ((k - 1) * r + x // r ** (k - 1)) // k
+        if y >= r:
+            break
+        r = y
+    while r ** k > x:
+        r -= 1
+    while (r + 1) ** k <= x:
+        r += 1
+    return r
+
+
+def _root(x: Fraction, k: int, up: bool) -> Fraction:
+    """ceil (up) or floor of 2^64 x^(1/k), over 2^64."""
+    if k == 1 or x == 0:
+        return x
+    S = 1 << ROOT_BITS
+    t = x * S ** k
+    r = _iroot(t.numerator // t.denominator, k)
+    if up and Fraction(r, S) ** k < x:
+        r += 1
+    return Fraction(r, S)
+
+
+def rpow_up(x: Fraction, p: Fraction) -> Fraction:
+    """The least multiple of 2^-64 >= x^p (x >= 0, p > 0 rational); exact when p is an integer."""
+    return _root(Fraction(x) ** p.numerator, p.denominator, True)
+
+
+def rpow_down(x: Fraction, p: Fraction) -> Fraction:
+    """The greatest multiple of 2^-64 <= x^p; exact when p is an integer."""
+    return _root(Fraction(x) ** p.numerator, p.denominator, False)
+
+
+def _pow_le(x: Fraction, eps: Fraction, p: Fraction) -> bool:
+    """Is x <= eps^p exactly (x, eps >= 0)?"""
+    return x ** p.denominator <= eps ** p.numerator
+
+
+# =========================================================================== the instance
+
+@dataclass
+class Instance:
+    """The question's parameters and what follows from them."""
+    d: int
+    n: int
+    L: Fraction
+    p: Fraction
+    eps: Fraction
+    target: str
+    seed: Optional[int]
+    T: Optional[Fraction]      # None: hardmax; else softmax with scores divided by T
+    K: int
+    w: Fraction
+
+    @property
+    def dn(self) -> int:
+        return self.d * self.n
+
+    @property
+    def N(self) -> int:
+        return self.K ** self.dn
+
+    @property
+    def m_p(self) -> int:
+        return self.n * self.N
+
+
+def _grid_ok(K: int, eps: Fraction, L: Fraction, dn: int, p: Fraction) -> bool:
+    """1/K <= eps / (2 (L + 1) (dn)^(1/p)), i.e. (K eps / (2 (L + 1)))^p >= dn."""
+    return (K * eps / (2 * (L + 1))) ** p.numerator >= Fraction(dn) ** p.denominator
+
+
+def _grid(q: dict, dn: int) -> int:
+    """K = 1/delta: the question's delta, or the least K >= 2 of the formula (exact search)."""
+    kmax = 1
+    while (kmax + 1) ** dn <= MAX_CELLS:
+        kmax += 1
+    if q["delta"] is not None:
+        dl = q["delta"]
+        if dl.numerator != 1 or dl.denominator < 2:
+            raise Reject(f"question.delta: expected 1/K with an integer K >= 2, found {fmt(dl)}")
+        K = dl.denominator
+    else:
+        lo, hi = 2, kmax
+        if not _grid_ok(hi, q["eps"], q["lipschitz"], dn, q["p"]):
+            raise Reject(f"question: the grid for eps = {fmt(q['eps'])} has more than {MAX_CELLS} cells")
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if _grid_ok(mid, q["eps"], q["lipschitz"], dn, q["p"]) else (mid + 1, hi)
+        K = lo
+    if K > kmax:
+        raise Reject(f"question: K^(dn) = {K}^{dn} cells exceeds the checker's limit {MAX_CELLS}")
+    return K
+
+
+def _ramp(eps: Fraction, p: Fraction, dn: int, K: int) -> Fraction:
+    """w = 1/(K 2^k), the least k >= 1 with (dn)^2 (K - 1) w <= (eps/4)^p."""
+    for k in range(1, MAX_RAMP_HALVINGS + 1):
+        w = Fraction(1, K << k)
+        if (dn * dn * (K - 1) * w) ** p.denominator <= (eps / 4) ** p.numerator:
+            return w
+    raise Reject(f"question.eps: the ramp width needs more than {MAX_RAMP_HALVINGS} halvings")
+
+
+def instance(q: dict) -> Instance:
+    """The instance a parsed ``universality`` question describes (limits checked)."""
+    d, n, p = q["d"], q["n"], q["p"]
+    if d * n > 14:
+        raise Reject(f"question: d n = {d * n} gives more than {MAX_CELLS} cells for every K >= 2")
+    if p < 1 or p.numerator > 64 or p.denominator > 16:
+        raise Reject(f"question.p: expected a rational p = u/v >= 1 with u <= 64, v <= 16, found {fmt(p)}")
+    if q["target"] not in TARGET_NAMES:
+        raise Reject(f"question.target: expected one of {list(TARGET_NAMES)}, found {q['target']!r}"[:200])
+    if (q["seed"] is None) != (q["target"] != "relu-net"):
+        raise Reject("question.seed: required for the relu-net target and absent for the others")
+    K = _grid(q, d * n)
+    return Instance(d, n, q["lipschitz"], p, q["eps"], q["target"], q["seed"], q["temperature"], K,
+                    _ramp(q["eps"], p, d * n, K))
+
+
+# =========================================================================== targets
+
+def _clip01(v: Fraction) -> Fraction:
+    return min(max(v, Fraction(0)), Fraction(1))
+
+
+def _op_norm(W: list) -> Fraction:
+    """max(||W||_1, ||W||_inf) >= ||W||_{p -> p} for every p >= 1 (Riesz-Thorin)."""
+    cols = max(sum(abs(r[j]) for r in W) for j in range(len(W[0])))
+    return max(cols, max(sum(abs(x) for x in r) for r in W))
+
+
+def _relu_net(inst: Instance):
+    """clip(1/2 + (L / Lambda)(net(X) - net(1/2))), net = W2 relu(W1 x + b1) with dyadic weights
+    drawn from numpy's default_rng(seed); Lipschitz (L / Lambda) Lambda."""
+    dn, rng = inst.dn, np.random.default_rng(inst.seed)
+
+    def draw(shape, scale):
+        a = rng.normal(0, scale, shape)
+        return [Fraction(int(round(float(v) * 16)), 16) for v in a.reshape(-1)], a.shape
+    (w1, _), (b1, _), (w2, _) = draw((8, dn), 1.5), draw((8,), 0.5), draw((dn, 8), 1.0)
+    W1 = [w1[k * dn:(k + 1) * dn] for k in range(8)]
+    W2 = [w2[e * 8:(e + 1) * 8] for e in range(dn)]
+    lam = _op_norm(W1) * _op_norm(W2)
+    lam = lam if lam != 0 else Fraction(1)
+    scale = inst.L / lam
+
+    def net(x):
+        h = [max(sum(a * b for a, b in zip(W1[k], x)) + b1[k], Fraction(0)) for k in range(8)]
+        return [sum(a * b for a, b in zip(W2[e], h)) for e in range(dn)]
+    ref = net([Fraction(1, 2)] * dn)
+
+    def f(x):
+        return [_clip01(Fraction(1, 2) + scale * (y - r)) for y, r in zip(net(x), ref)]
+    return f, scale * lam
+
+
+def target_values(inst: Instance):
+    """(f, Lipschitz constant of f in the entry-wise p-norm, every p >= 1)."""
+    dn, d, n, L, half = inst.dn, inst.d, inst.n, inst.L, Fraction(1, 2)
+    if inst.target == "relu-net":
+        return _relu_net(inst)
+    if inst.target == "token-mix":
+        # clip(1/2 + L (M x - 1/2)) with M doubly stochastic: ||M||_1 = ||M||_inf = 1
+        perm = [((e // d + 1) % n) * d + e % d for e in range(dn)] if n >= 2 else [(e + 1) % dn for e in range(dn)]
+        return (lambda x: [_clip01(half + L * ((x[e] + x[perm[e]]) / 2 - half)) for e in range(dn)]), L
+    perm = [(e + d) % dn for e in range(dn)] if n >= 2 else [(e + 1) % dn for e in range(dn)]
+    a = 2 * L / 3   # smoothstep 3v^2 - 2v^3 has slope <= 3/2 on [0, 1]
+
+    def smooth(x):
+        vs = [_clip01(x[perm[e]]) for e in range(dn)]
+        return [_clip01(half + a * (3 * v * v - 2 * v * v * v - half)) for v in vs]
+    return smooth, L
+
+
+def _digits(c: int, K: int, dn: int) -> list:
+    out = []
+    for _ in range(dn):
+        out.append(c % K)
+        c //= K
+    return out
+
+
+def lookup_prompt(inst: Instance, f) -> list:
+    """P_f: token n c + s holds fbar(c) at output position s, fbar = floor(K f(corner)) / K
+    (clipped to K - 1)."""
+    K, d, n, dn = inst.K, inst.d, inst.n, inst.dn
+    P = []
+    for c in range(inst.N):
+        vals = f([Fraction(k, K) for k in _digits(c, K, dn)])
+        idx = [min(math.floor(v * K), K - 1) for v in vals]
+        P.extend([Fraction(idx[s * d + i], K) for i in range(d)] for s in range(n))
+    return P
+
+
+# =========================================================================== inputs
+
+def _network(obj, inst: Instance):
+    """(CModel, input positions n x d, prompt positions m_p x d) from the ``network`` input."""
+    fields(obj, "inputs.network", {"format", "model", "pos_input", "pos_prompt"})
+    if obj["format"] != NETWORK_FORMAT:
+        raise Reject(f"inputs.network.format: expected {NETWORK_FORMAT!r}, found {obj['format']!r}"[:200])
+    model = model_from_obj(obj["model"])
+    if model.d != inst.d:
+        raise Reject(f"inputs.network.model.d: expected the question's d = {inst.d}, found {model.d}")
+    if model.causal:
+        raise Reject("inputs.network.model.causal: expected false (g reads the whole sequence)")
+    kind = "hardmax" if inst.T is None else "softmax"
+    for li, la in enumerate(model.layers):
+        if la.kind != kind:
+            raise Reject(f"inputs.network.model.layers[{li}]: expected {kind} attention (the question's "
+                         f"temperature), found {la.kind}")
+    pin = matrix(obj["pos_input"], "inputs.network.pos_input", inst.n, inst.d)
+    ppr = matrix(obj["pos_prompt"], "inputs.network.pos_prompt", inst.m_p, inst.d)
+    return model, pin, ppr
+
+
+def _prompt(obj, inst: Instance, f) -> list:
+    fields(obj, "inputs.prompt", {"format", "tokens"})
+    if obj["format"] != PROMPT_FORMAT:
+        raise Reject(f"inputs.prompt.format: expected {PROMPT_FORMAT!r}, found {obj['format']!r}"[:200])
+    P = matrix(obj["tokens"], "inputs.prompt.tokens", inst.m_p, inst.d)
+    want = lookup_prompt(inst, f)
+    for j, (got, exp) in enumerate(zip(P, want)):
+        if got != exp:
+            raise Reject(f"inputs.prompt.tokens[{j}]: expected P_f's token {[fmt(x) for x in exp]} for the "
+                         f"{inst.target} target, found {[fmt(x) for x in got]}"[:300])
+    return P
+
+
+# =========================================================================== layers
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _den(vals) -> int:
+    D = 1
+    for v in vals:
+        D = _lcm(D, Fraction(v).denominator)
+    return D
+
+
+def _ints(vals) -> tuple:
+    D = _den(vals)
+    return [int(Fraction(v) * D) for v in vals], D
+
+
+def _matmul(A: list, B: list) -> list:
+    return [[sum((a * B[k][j] for k, a in enumerate(row)), Fraction(0)) for j in range(len(B[0]))] for row in A]
+
+
+def _head(h: dict, T: Optional[Fraction], where: str) -> Optional[dict]:
+    """A head as its rank-1 score factors: score(a <- b) = (v . z_a)(u . z_b) (divided by T),
+    with W_ov = W_o W_v; None when W_ov = 0 (the head adds nothing)."""
+    Wov = _matmul(h["W_o"].rows(), h["W_v"].rows())
+    if not any(x for r in Wov for x in r):
+        return None
+    M = _matmul([list(c) for c in zip(*h["W_q"].rows())], h["W_k"].rows())   # z_a^T M z_b
+    nz = [(i, j) for i, r in enumerate(M) for j, x in enumerate(r) if x]
+    if not nz:
+        raise Reject(f"{where}: W_q^T W_k = 0 with W_o W_v != 0 (uniform attention) is not supported")
+    i0, j0 = nz[0]
+    u = [x / (T or 1) for x in M[i0]]
+    v = [M[i][j0] / M[i0][j0] for i in range(len(M))]
+    if any(M[i][j] != v[i] * M[i0][j] for i in range(len(M)) for j in range(len(M))):
+        raise Reject(f"{where}: the score matrix W_q^T W_k has rank > 1 (not supported)")
+    ui, du = _ints(u)
+    vi, dv = _ints(v)
+    return {"Wov": Wov, "u": u, "v": v, "ui": ui, "du": du, "vi": vi, "dv": dv,
+            "wnorm": max(sum(abs(x) for x in r) for r in Wov)}
+
+
+def _prep(layer, T: Optional[Fraction], li: int) -> dict:
+    """Sparse MLP units (reading row, bias, written outputs), b_2, the heads, and the MLP's
+    Lipschitz constant in the max-norm: 1 + max_i sum_k |W_2[i,k]| ||W_1[k,:]||_1."""
+    W1, W2 = layer.W_1.rows(), layer.W_2.rows()
+    units = []
+    for k, row in enumerate(W1):
+        outs = [(i, W2[i][k]) for i in range(len(W2)) if W2[i][k]]
+        if outs:
+            units.append(([(j, w) for j, w in enumerate(row) if w], layer.b_1[k], outs))
+    d = len(W2)
+    lip = 1 + max((sum(abs(co) * sum(abs(w) for _, w in row) for row, _, outs in units for i2, co in outs
+                       if i2 == i) for i in range(d)), default=Fraction(0))
+    heads = [_head(h, T, f"inputs.network.model.layers[{li}].heads[{j}]") for j, h in enumerate(layer.heads)]
+    pr = {"units": units, "b2": list(layer.b_2), "heads": [h for h in heads if h], "lip": Fraction(lip), "d": d}
+    pr["int_units"] = _mlp_units(pr)
+    return pr
+
+
+def _check_clipping(pr: dict) -> None:
+    """Every output of the last MLP lies in [0, 1] for every input: each unit reads and writes
+    one coordinate i, each coordinate's map z + b_2 + sum co relu(w z + b) has flat tails and
+    values in [0, 1] at its breakpoints (so everywhere)."""
+    per = {i: [] for i in range(pr["d"])}
+    for row, b, outs in pr["units"]:
+        if len(row) != 1 or len(outs) != 1 or row[0][0] != outs[0][0]:
+            raise Reject("inputs.network: the last MLP is not coordinate-wise, so g's range [0, 1] is not certified")
+        per[row[0][0]].append((row[0][1], b, outs[0][1]))
+    for i, us in per.items():
+        brk = sorted({-b / w for w, b, _ in us})
+        left = 1 + sum(co * w for w, _, co in us if w < 0)
+        right = 1 + sum(co * w for w, _, co in us if w > 0)
+        vals = [z + pr["b2"][i] + sum(co * max(w * z + b, 0) for w, b, co in us) for z in brk]
+        if not brk or left != 0 or right != 0 or not all(0 <= v <= 1 for v in vals):
+            raise Reject(f"inputs.network: output coordinate {i} of the last MLP is not certified to lie in [0, 1]")
+
+
+# =========================================================================== exact evaluation
+
+def _affine_mlp(pr: dict, z: list, mid: list, half: list) -> list:
+    """The residual MLP on affine forms [const, c_1..c_d] of one token's own coordinates over a
+    box (centre ``mid``, half-widths ``half``); every ReLU must keep one sign on the box."""
+    nv = len(mid)
+    out = [list(f) for f in z]
+    for i in range(pr["d"]):
+        out[i][0] += pr["b2"][i]
+    for row, b, outs in pr["units"]:
+        pre = [b] + [Fraction(0)] * nv
+        for j, w in row:
+            pre = [a + w * c for a, c in zip(pre, z[j])]
+        cen = pre[0] + sum(c * m for c, m in zip(pre[1:], mid))
+        rad = sum(abs(c) * h for c, h in zip(pre[1:], half))
+        if cen + rad <= 0:
+            continue
+        if cen - rad < 0:
+            raise Reject("evaluation: a ReLU of a token-wise layer changes sign inside a flat box")
+        for i, co in outs:
+            out[i] = [a + co * c for a, c in zip(out[i], pre)]
+    return out
+
+
+def _input_token(preps: list, pos: list, box: list) -> list:
+    """An input token (its box plus its positional vector) through the token-wise layers; it must
+    come out constant on the box."""
+    mid = [(lo + hi) / 2 for lo, hi in box]
+    half = [(hi - lo) / 2 for lo, hi in box]
+    d = len(box)
+    tok = [[Fraction(pos[i])] + [Fraction(int(i == j)) for j in range(d)] for i in range(d)]
+    for pr in preps:
+        tok = _affine_mlp(pr, tok, mid, half)
+    if any(any(f[1:]) for f in tok):
+        raise Reject("evaluation: an input token is not constant on its flat box after the token-wise layers")
+    return [f[0] for f in tok]
+
+
+#: |integers| below this are computed in int64 (every result's magnitude is bounded first);
+#: larger ones as Python integers (numpy object arrays): exact either way
+INT64_SAFE = 1 << 62
+
+
+def _typed(Z: np.ndarray, bound: int) -> np.ndarray:
+    """Z as int64 when every value an operation produces is shown below 2^62, else as Python ints."""
+    return Z.astype(np.int64) if bound < INT64_SAFE else Z.astype(object)
+
+
+def _absmax(Z: np.ndarray) -> int:
+    return int(np.max(np.abs(Z))) if Z.size else 0
+
+
+def _to_int(rows: list) -> tuple:
+    D = _den(x for r in rows for x in r)
+    Z = np.array([[int(x * D) for x in r] for r in rows], dtype=object)
+    return _typed(Z, _absmax(Z)), D
+
+
+def _mlp_units(pr: dict) -> tuple:
+    """The MLP as integers: per unit (den, bias * den, [(j, w * den)], [(i, co * L / den)]), and L."""
+    L, units = _den(pr["b2"]), []
+    for row, b, outs in pr["units"]:
+        den = _den([b] + [w for _, w in row])
+        units.append([den, int(b * den), [(j, int(w * den)) for j, w in row], outs])
+        for _, co in outs:
+            L = _lcm(L, den * co.denominator)
+    for u in units:
+        u[3] = [(i, int(co * L / u[0])) for i, co in u[3]]
+    return units, L
+
+
+def _mlp_int(pr: dict, Z: np.ndarray, D: int) -> tuple:
+    """The residual MLP exactly on every row of Z / D; returns (Z', D')."""
+    units, L = pr["int_units"]
+    B = _absmax(Z)
+    pre_b = [abs(bn) * D + sum(abs(a) for _, a in row) * B for _, bn, row, _ in units]
+    b2 = [int(x * D * L) for x in pr["b2"]]
+    bound = B * L + max(abs(x) for x in b2) + sum(pb * sum(abs(c) for _, c in outs)
+                                                  for pb, (_, _, _, outs) in zip(pre_b, units))
+    coefs = [L] + [abs(a) for _, _, row, _ in units for _, a in row] + [abs(c) for *_, outs in units for _, c in outs]
+    Z = _typed(Z, max([bound] + pre_b + coefs))
+    out = Z * L
+    for i in range(pr["d"]):
+        out[:, i] += b2[i]
+    for _, bn, row, outs in units:
+        pre = np.full(Z.shape[0], bn * D, dtype=Z.dtype)
+        for j, a in row:
+            pre += a * Z[:, j]
+        pre = np.where(pre > 0, pre, 0).astype(Z.dtype)
+        for i, c in outs:
+            out[:, i] += c * pre
+    return out, D * L
+
+
+def _lin(Z: np.ndarray, coef: list) -> np.ndarray:
+    """Z . coef per row, exactly."""
+    Z = _typed(Z, max(_absmax(Z) * sum(abs(c) for c in coef), max(abs(c) for c in coef)))
+    return Z.dot(np.array(coef, dtype=Z.dtype))
+
+
+def _exp2_neg(G: Fraction) -> Fraction:
+    """An upper bound on exp(-G), G > 0: e^-G <= 2^(-10 G / 7) since 7 >= 10 ln 2."""
+    return Fraction(1, 1 << min(math.floor(10 * G / 7), EXP2_CAP))
+
+
+def _softmax_radius(hd: dict, kap: np.ndarray, lam: np.ndarray, best: dict, D: int, e: Fraction) -> Fraction:
+    """How far softmax weights put a head's output from the hardmax one: the non-best weights sum
+    to <= (m - 1) exp(-G), G = (|lambda| - ||v||_1 e)(key gap - 2 ||u||_1 e) (states within e)."""
+    m = len(kap)
+    n1u, n1v = sum(abs(x) for x in hd["u"]), sum(abs(x) for x in hd["v"])
+    rho = Fraction(0)
+    if np.any(lam == 0):
+        raise Reject("evaluation: a softmax query with zero score (uniform weights) cannot be bounded")
+    for sgn in (1, -1):
+        qs = lam[np.sign(lam) == sgn]
+        if not qs.size or m < 2:
+            continue
+        if len(best[sgn]) != 1:
+            raise Reject("evaluation: a tie for the largest softmax score; the softmax error cannot be bounded")
+        b0 = int(best[sgn][0])
+        others = np.delete(kap, b0)
+        gap = Fraction(abs(int(kap[b0]) - int(others.max() if sgn > 0 else others.min())), D * hd["du"])
+        lmin = Fraction(int(np.min(np.abs(qs))), D * hd["dv"])
+        if lmin - n1v * e <= 0 or gap - 2 * n1u * e <= 0:
+            raise Reject("evaluation: a softmax score margin is too small for the perturbation bound")
+        rho = max(rho, (m - 1) * _exp2_neg((lmin - n1v * e) * (gap - 2 * n1u * e)))
+    return rho
+
+
+def _attend(pr: dict, Z: np.ndarray, D: int, queries: list, e: Fraction, softmax: bool) -> tuple:
+    """Hardmax attention of the rank-1 heads for the query rows: a list of (rows, vector added to
+    each), and the radius added for softmax (0 for hardmax)."""
+    m, d = Z.shape
+    groups, err = [], Fraction(0)
+    Zo = Z.astype(object)
+    for hd in pr["heads"]:
+        kap, lam = _lin(Z, hd["ui"]), _lin(Z[queries], hd["vi"])
+        best = {1: np.flatnonzero(kap == kap.max()), -1: np.flatnonzero(kap == kap.min()), 0: np.arange(m)}
+        sign = np.sign(lam)
+        for sgn in (1, -1, 0):
+            rows = [a for a, s in zip(queries, sign.tolist()) if s == sgn]
+            if rows:
+                keys = best[sgn]
+                tot = Zo[keys].sum(axis=0)
+                mean = [Fraction(int(tot[j]), D * len(keys)) for j in range(d)]
+                groups.append((rows, [sum(a * x for a, x in zip(r, mean)) for r in hd["Wov"]]))
+        if softmax:
+            zmax = Fraction(_absmax(Z), D)
+            rho = _softmax_radius(hd, kap, lam, best, D, e)
+            err += hd["wnorm"] * e + rho * 2 * hd["wnorm"] * (zmax + e)
+    return groups, err
+
+
+def _add(Z: np.ndarray, D: int, groups: list) -> tuple:
+    L = _den(x for _, vec in groups for x in vec)
+    L //= math.gcd(L, D)
+    D2 = D * L
+    adds = [(np.array(rows), [int(x * D2) for x in vec]) for rows, vec in groups]
+    Z = _typed(Z, max(_absmax(Z), 1) * L + sum(max(abs(x) for x in vec) for _, vec in adds))
+    out = Z * L
+    for idx, vec in adds:
+        for i, x in enumerate(vec):
+            if x:
+                out[idx, i] += x
+    return out, D2
+
+
+def _mlp_frac(pr: dict, z: list) -> list:
+    out = [a + b for a, b in zip(z, pr["b2"])]
+    for row, b, outs in pr["units"]:
+        pre = b + sum(w * z[j] for j, w in row)
+        if pre > 0:
+            for i, co in outs:
+                out[i] += co * pre
+    return out
+
+
+def cell_box(c: int, inst: Instance) -> list:
+    """The flat box of cell c: per entry e = t d + i, (lo, hi)."""
+    K = inst.K
+    return [(Fraction(k, K), Fraction(1) if k == K - 1 else Fraction(k + 1, K) - inst.w)
+            for k in _digits(c, K, inst.dn)]
+
+
+def _split(model, T) -> tuple:
+    """(prepared layers, number of leading token-wise layers)."""
+    preps = [_prep(la, T, li) for li, la in enumerate(model.layers)]
+    npref = 0
+    while npref < len(preps) and not preps[npref]["heads"]:
+        npref += 1
+    if npref == len(preps):
+        raise Reject("inputs.network: no attention layer reads the prompt")
+    if npref == 0:
+        raise Reject("inputs.network: no token-wise layer makes the input constant on the flat boxes")
+    return preps, npref
+
+
+def _cell(preps: list, npref: int, Z: np.ndarray, D: int, m_p: int, n: int, softmax: bool) -> tuple:
+    """Outputs at the n input positions (entry e = t d + i) and their radius eta for one cell,
+    from the exact states Z / D after the token-wise layers."""
+    e = Fraction(0)
+    for li in range(npref, len(preps)):
+        pr, last = preps[li], li == len(preps) - 1
+        queries = list(range(m_p, m_p + n)) if last else list(range(m_p + n))
+        groups, err = _attend(pr, Z, D, queries, e, softmax)
+        e += err
+        if not last:
+            Z, D = _add(Z, D, groups)
+            Z, D = _mlp_int(pr, Z, D)
+            e *= pr["lip"]
+    outs = []
+    for a in queries:
+        z = [Fraction(int(Z[a, i]), D) for i in range(pr["d"])]
+        for rows, vec in groups:
+            if a in rows:
+                z = [x + y for x, y in zip(z, vec)]
+        outs.extend(_mlp_frac(pr, z))
+    return outs, e * pr["lip"]
+
+
+def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance) -> tuple:
+    """g([P, X]) on the flat box of every cell: (values per cell, eta per cell)."""
+    preps, npref = _split(model, inst.T)
+    _check_clipping(preps[-1])
+    d, n = inst.d, inst.n
+    Zp, Dp = _to_int([[a + b for a, b in zip(t, q)] for t, q in zip(prompt, ppr)])
+    for pr in preps[:npref]:
+        Zp, Dp = _mlp_int(pr, Zp, Dp)
+    cache: dict = {}
+    values, etas = [], []
+    for c in range(inst.N):
+        box, toks = cell_box(c, inst), []
+        for t in range(n):
+            key = (t, tuple(box[t * d:(t + 1) * d]))
+            if key not in cache:
+                cache[key] = _input_token(preps[:npref], pin[t], list(key[1]))
+            toks.append(cache[key])
+        Zi, Di = _to_int(toks)
+        D = _lcm(Dp, Di)
+        B = max(max(_absmax(Zp), 1) * (D // Dp), max(_absmax(Zi), 1) * (D // Di))
+        Z = np.concatenate([_typed(Zp, B) * (D // Dp), _typed(Zi, B) * (D // Di)], axis=0)
+        out, eta = _cell(preps, npref, Z, D, inst.m_p, n, inst.T is not None)
+        values.append(out)
+        etas.append(eta)
+    return values, etas
+
+
+# =========================================================================== the bound
+
+def _subdivision(inst: Instance) -> int:
+    """The refinement used when the plain bound fails: the largest s <= 16 with N s^(dn) <= 20000."""
+    s = 1
+    while s < MAX_SUB and inst.N * (s + 1) ** inst.dn <= MAX_SUBBOXES:
+        s += 1
+    return s
+
+
+def _sums(inst: Instance, f, lip: Fraction, values: list, etas: list, sub: int) -> tuple:
+    """Integrals over the flat boxes (each split into sub^(dn) equal sub-boxes) of upper bounds on
+    ||f - g||_p^p with and without the softmax radius, of a lower bound, and the flat volume."""
+    p, dn = inst.p, inst.dn
+    ip, dn_root = 1 / p, rpow_up(Fraction(dn), 1 / p)
+    tot = totq = low = vol_sum = Fraction(0)
+    radius: dict = {}
+    for c in range(inst.N):
+        box = cell_box(c, inst)
+        widths = [(hi - lo) / sub for lo, hi in box]
+        vol = math.prod(widths, start=Fraction(1))
+        key = tuple(widths)
+        if key not in radius:
+            radius[key] = rpow_up(sum(rpow_up(wd / 2, p) for wd in widths), ip)
+        r, et = radius[key], dn_root * etas[c]
+        for j in range(sub ** dn):
+            mid = [lo + (k + Fraction(1, 2)) * wd for (lo, _), k, wd in zip(box, _digits(j, sub, dn), widths)]
+            diffs = [abs(a - b) for a, b in zip(f(mid), values[c])]
+            a_up = rpow_up(sum(rpow_up(x, p) for x in diffs), ip)
+            a_dn = rpow_down(sum(rpow_down(x, p) for x in diffs), ip)
+            tot += vol * rpow_up(a_up + lip * r + et, p)
+            totq += vol * rpow_up(a_up + lip * r, p)
+            if a_dn - lip * r - et > 0:
+                low += vol * rpow_down(a_dn - lip * r - et, p)
+            vol_sum += vol
+    return tot, totq, low, vol_sum
+
+
+def derive_bounds(inst: Instance, f, lip: Fraction, values: list, etas: list) -> dict:
+    """Upper and lower bounds on d_p and the split of the upper one (all exact rationals)."""
+    p, dn, ip = inst.p, inst.dn, 1 / inst.p
+    sub = 1
+    tot, totq, low, vol = _sums(inst, f, lip, values, etas, sub)
+    ramp_p = (1 - vol) * dn      # on the ramps f, g lie in [0, 1]^(dn)
+    if not _pow_le(tot + ramp_p, inst.eps, p) and _subdivision(inst) > 1:
+        sub = _subdivision(inst)
+        tot, totq, low, _ = _sums(inst, f, lip, values, etas, sub)
+    B = tot + ramp_p
+    bound = rpow_up(B, ip)
+    soft = max(bound - rpow_down(totq + ramp_p, ip), Fraction(0)) if inst.T is not None else Fraction(0)
+    return {"bound_p": B, "lower_p": low, "bound": bound, "lower": rpow_down(low, ip),
+            "quantization": rpow_up(totq, ip), "ramps": rpow_up(ramp_p, ip), "softmax": soft,
+            "ramp_measure": 1 - vol, "subdivision": sub}
+
+
+# =========================================================================== the check
+
+def outputs_sha256(values: list) -> str:
+    """The commitment a certificate carries: sha256 of the canonical JSON of the per-cell outputs."""
+    return canonical_sha256([[fmt(x) for x in row] for row in values])
+
+
+def _body(body) -> str:
+    fields(body, "certificate.body", {"outputs_sha256"})
+    h = body["outputs_sha256"]
+    if not isinstance(h, str) or len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+        raise Reject("certificate.body.outputs_sha256: expected 64 lowercase hex digits")
+    return h
+
+
+def _exp2_constant_holds() -> None:
+    """e^-G <= 2^(-10 G / 7) for G >= 0 needs 7 >= 10 ln 2, i.e. e^7 >= 2^10."""
+    if not exp_bounds(Fraction(7))[0] >= 1024:   # pragma: no cover - a fact of arithmetic
+        raise Reject("internal: e^7 >= 1024 could not be shown")
+
+
+def _derived(inst: Instance, lip: Fraction, b: dict, values: list, etas: list, prompt: list) -> dict:
+    K = inst.K
+    fbar_cells = sum(1 for c, row in enumerate(values)
+                     if row == [x for s in range(inst.n) for x in prompt[inst.n * c + s]])
+    out = {k: fmt(b[k]) for k in ("bound", "lower", "quantization", "ramps", "softmax", "ramp_measure")}
+    out.update({"K": K, "w": fmt(inst.w), "cells": inst.N, "m_p": inst.m_p, "subdivision": b["subdivision"],
+                "cells_equal_fbar": fbar_cells, "eta_max": fmt(max(etas)), "target_lipschitz": fmt(lip)})
+    return out
+
+
+def check(ctx: Context) -> Outcome:
+    """Check a ``universality-dp-bound`` certificate (module docstring)."""
+    commit = _body(ctx.body)
+    inst = instance(ctx.question)
+    f, lip = target_values(inst)
+    model, pin, ppr = _network(ctx.inputs["network"], inst)
+    prompt = _prompt(ctx.inputs["prompt"], inst, f)
+    if inst.T is not None:
+        _exp2_constant_holds()
+    values, etas = evaluate_cells(model, pin, ppr, prompt, inst)
+    if outputs_sha256(values) != commit:
+        raise Reject("certificate.body.outputs_sha256: differs from the hash of the outputs the network computes")
+    b = derive_bounds(inst, f, lip, values, etas)
+    eps = fmt(inst.eps)
+    if ctx.status == "verified" and not _pow_le(b["bound_p"], inst.eps, inst.p):
+        raise Reject(f"status verified: the derived upper bound {float(b['bound']):.6g} on d_p exceeds eps = {eps}")
+    if ctx.status == "refuted" and _pow_le(b["lower_p"], inst.eps, inst.p):
+        raise Reject(f"status refuted: the derived lower bound {float(b['lower']):.6g} on d_p does not exceed "
+                     f"eps = {eps}")
+    rel = (f"{float(b['bound']):.6g} <= eps = {eps}" if ctx.status == "verified"
+           else f"{float(b['lower']):.6g} > eps = {eps}")
+    msg = (f"d_p bound {rel} (p = {fmt(inst.p)}, {inst.target}), re-derived from an exact evaluation of g "
+           f"on {inst.N} flat boxes (subdivision {b['subdivision']}), K = {inst.K}, m_p = {inst.m_p}")
+    return Outcome(msg, _derived(inst, lip, b, values, etas, prompt))
