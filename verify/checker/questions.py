@@ -111,14 +111,17 @@ QUESTIONS: dict[str, Question] = {
     # the L4/L5 parameter table on instances of these sizes
     "bounds": Question(
         fields={"d": (count, True), "m": (count, True), "N": (count, True), "heads": (count, True),
-                "head_size": (count, True), "mlp_width": (count, True), "seed": (seed, False)},
+                "head_size": (count, True), "mlp_width": (count, True)},   # no seed: the checker cannot tie one
         inputs=frozenset(),
-        statement=_generic("every row of the prompt-vs-LoRA parameter table holds on its instance")),
+        statement=lambda q, st: _generic(
+            f"every row of the prompt-vs-LoRA parameter table for d={q['d']}, m={q['m']}, N={q['N']}, "
+            f"h={q['heads']}, s={q['head_size']}, r={q['mlp_width']} holds on its instance")(q, st)),
     # does a LoRA update of the named weight memorize the dataset?
     "lora-memorization": Question(
         fields={"target": (text, True), "tolerance": (nonneg, True)},
         inputs=frozenset({"model", "dataset"}),
-        statement=_generic("a LoRA update memorizes the dataset")),
+        statement=lambda q, st: _generic(f"a LoRA update of {q['target']} memorizes the dataset "
+                                         f"{_tol_text(q['tolerance'])}")(q, st)),
     # a certified lower bound on the loss of every prompt
     "loss-bound": Question(
         fields={"prompt_length": (prompt_length, True)},

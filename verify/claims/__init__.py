@@ -18,7 +18,7 @@ __all__ = ["Claim", "all_claims", "get_claim", "CLAIM_MODULES"]
 CLAIM_MODULES = [
     "verify.claims.core",
     "verify.claims.universality",
-    "verify.provers.bounds",
+    "verify.claims.bounds",
     "verify.claims.multilayer",
 ]
 

@@ -1,5 +1,6 @@
-"""``ptverify bounds``: the prompt-vs-LoRA parameter table (Theorems L4, L5, with L1 and L3), and
-its verification on seeded random instances.
+"""The prompt-vs-LoRA parameter table (Theorems L4, L5, with L1 and L3) and its verification on
+seeded random instances: the producer side.  The command is in ``verify/cli/bounds.py``, the
+claims in ``verify/claims/bounds.py``, the checks in ``verify/checker/bounds.py``.
 
 Rows of the table, for d, m (tokens per example), N (examples), h, s, r:
 
@@ -12,8 +13,10 @@ Rows of the table, for d, m (tokens per example), N (examples), h, s, r:
 * crossover: the smallest N at which the L5 count drops to the L4 count, within L5's hypothesis
   N m <= r.
 
-``--verify`` checks each row on instances (see :func:`verify_table`); every check that says
-"memorized" or "proved" carries a witness or certificate that :data:`REPLAYERS` re-verifies.
+``--verify`` checks each row on instances (:func:`verify_table`).  The result is a
+``ptverify-result/2`` with a ``bounds-table`` certificate whose rows are nested results (a
+``prompt-witness`` fit at m_p = m N, ``lora-witness`` updates, ``limitation-farkas`` proofs), each
+re-checked by the trusted checker.
 """
 from __future__ import annotations
 
@@ -25,18 +28,15 @@ from typing import Optional
 import numpy as np
 
 from constructions.datasets import l1_dataset, l3_dataset, random_model, random_tokens
-from constructions.lora import (LoRAUpdate, NotExact, apply_lora, constrained_positions, forward_rational,
-                                frac_matrix, lora_w2_exact, rank_exact)
-from constructions.model import (Dataset, Example, InputError, Model, as_float, as_fraction, dataset_from_json,
-                                 dataset_to_json, model_to_json, sha256_json)
+from constructions.lora import NotExact, frac_matrix, lora_w2_exact
+from constructions.model import Dataset, Example, InputError, Model, as_fraction, dataset_to_json, model_to_json
 
-from verify.provers.loss_bound import AssumptionViolated, certified_min_loss, model_from_json, replay_certified_loss
-from verify.claims import Claim
-from verify.result import Result, Status
+from verify.checker import check_result
+from verify.checker.bounds import FIT_TOLERANCE
+from verify.result import DECIDED, Result, Status, certificate, embed, memorization_question
 
-__all__ = ["bounds_table", "verify_table", "run_bounds", "lora_witness", "replay_lora_witness",
-           "replay_prompt_tolerance", "replay_bounds_table", "replay_experiment", "CLAIMS", "REPLAYERS",
-           "register", "generic_exact_dataset"]
+__all__ = ["bounds_table", "verify_table", "run_bounds", "lora_result", "fit_result", "nested",
+           "generic_exact_dataset"]
 
 
 def _q(x) -> str:
@@ -104,7 +104,7 @@ def bounds_table(d: int, m: int, N: int, heads: int, head_size: int, mlp_width: 
             "crossover": crossover, "scan": scan}
 
 
-# --------------------------------------------------------------------------- witnesses
+# --------------------------------------------------------------------------- instances and results
 
 def generic_exact_dataset(model: Model, N: int, m: int, seed: int) -> Dataset:
     """N examples of m random dyadic tokens, every output a random dyadic target (exact)."""
@@ -117,85 +117,78 @@ def generic_exact_dataset(model: Model, N: int, m: int, seed: int) -> Dataset:
     return Dataset(exs, meta={"builder": "generic_exact_dataset", "seed": seed})
 
 
-def lora_witness(model: Model, dataset: Dataset, upd: LoRAUpdate) -> dict:
-    mj, dj = model_to_json(model), dataset_to_json(dataset)
-    return {"kind": "lora-w2-exact", "model": mj, "dataset": dj, "model_sha256": sha256_json(mj),
-            "dataset_sha256": sha256_json(dj), "target": "W_2", "rank": upd.rank,
-            "params": upd.n_parameters,
-            "B": [[_q(v) for v in row] for row in frac_matrix(upd.B)] if upd.rank else [[] for _ in range(model.d)],
-            "A": [[_q(v) for v in row] for row in frac_matrix(upd.A)] if upd.rank else []}
+def _rows(M) -> list:
+    return [[_q(v) for v in row] for row in frac_matrix(M)] if M.size else [[] for _ in range(M.shape[0])]
 
 
-def replay_lora_witness(w: dict) -> tuple[bool, str]:
-    """Apply ``W_2 += B A`` exactly and check every constrained output equals its target exactly,
-    and that the stated rank is the rank of B A and at most min(d, n)."""
-    model = model_from_json(w["model"])
-    ds = dataset_from_json(w["dataset"], model.d)
-    if sha256_json(w["model"]) != w["model_sha256"] or sha256_json(w["dataset"]) != w["dataset_sha256"]:
-        return False, "model or dataset does not match its recorded sha256"
-    k = int(w["rank"])
-    r = model.layers[0].W_1.shape[0]
-    if len(w["B"]) != model.d or any(len(row) != k for row in w["B"]) or len(w["A"]) != k \
-            or any(len(row) != r for row in w["A"]):
-        return False, f"B must be {model.d} x {k} and A {k} x {r} for the stated rank {k}"
-    B = np.array([[Fraction(v) for v in row] for row in w["B"]], dtype=object).reshape(model.d, k)
-    A = np.array([[Fraction(v) for v in row] for row in w["A"]], dtype=object).reshape(k, r)
-    n = len(constrained_positions(ds))
-    D = B.dot(A) if k else np.zeros((model.d, r), dtype=object) + Fraction(0)
-    if (rank_exact(D) if k else 0) != k:
-        return False, f"stated rank {k} is not the rank of B A"
-    if k > min(model.d, n):
-        return False, f"rank {k} exceeds min(d, n) = {min(model.d, n)}"
-    if int(w["params"]) != k * (model.d + r):
-        return False, "parameter count != rank (d + r)"
-    m2 = apply_lora(model, [LoRAUpdate("W_2", B, A)]) if k else model
-    for i, ex in enumerate(ds.examples):
-        try:
-            out = forward_rational(m2, ex.input)
-        except NotExact as exc:
-            return False, str(exc)
-        for t, y in enumerate(ex.output):
-            if y is not None and not all(a == b for a, b in zip(out[t], as_fraction(np.asarray(y)))):
-                return False, f"example {i} position {t}: output differs from the target"
-    return True, f"rank-{k} update of W_2 memorizes all {n} constrained outputs exactly"
+def _self_checked(res: Result) -> Result:
+    """Run the trusted checker on a decided result; a rejected one is downgraded to unknown."""
+    ok, msg = check_result(res.to_json())
+    res.checks["checker"] = ok
+    if not ok:
+        res.message = f"the checker rejected the result: {msg}"
+        res.status = Status.UNKNOWN
+    return res
 
 
-def replay_prompt_tolerance(w: dict) -> tuple[bool, str]:
-    """Rigorous replay of a float prompt: exact-rational forward with exp enclosures; every
-    constrained output entry's enclosure must lie within ``tolerance`` of its target."""
-    from constructions.forward import forward_exact
-    model = model_from_json(w["model"])
-    ds = dataset_from_json(w["dataset"], model.d)
-    if sha256_json(w["model"]) != w["model_sha256"] or sha256_json(w["dataset"]) != w["dataset_sha256"]:
-        return False, "model or dataset does not match its recorded sha256"
-    tol = Fraction(w["tolerance"])
-    P = np.array(w["prompt"], dtype=np.float64)
-    if P.ndim != 2 or P.shape[1] != model.d or P.shape[0] != int(w["prompt_length"]):
-        return False, "prompt shape does not match prompt_length x d"
-    worst = Fraction(0)
-    for i, ex in enumerate(ds.examples):
-        enc = forward_exact(model, ex.input, P)
-        for t, y in enumerate(ex.output):
-            if y is None:
-                continue
-            for iv, yv in zip(enc[t], as_fraction(np.asarray(y))):
-                worst = max(worst, abs(iv.hi - yv), abs(iv.lo - yv))
-    if worst > tol:
-        return False, f"an output is up to {float(worst):.3g} from its target (> tolerance {float(tol):.3g})"
-    return True, f"prompt of length {P.shape[0]} reproduces every target within {float(worst):.3g} <= {float(tol):.3g} (rigorous)"
+def nested(res: Result) -> Optional[dict]:
+    """A decided result as it sits inside a table certificate (no ``info``), or None."""
+    if Status(res.status) not in DECIDED:
+        return None
+    out = res.to_json()
+    out.pop("info", None)
+    return out
 
 
-def _prompt_witness(model, ds, P, tol) -> dict:
-    mj, dj = model_to_json(model), dataset_to_json(ds)
-    return {"kind": "prompt-tolerance", "model": mj, "dataset": dj, "model_sha256": sha256_json(mj),
-            "dataset_sha256": sha256_json(dj), "prompt": np.asarray(P, dtype=np.float64).tolist(),
-            "prompt_length": int(len(P)), "tolerance": _q(tol)}
+def lora_result(model: Model, ds: Dataset, claim: str = "L5", inputs: Optional[dict] = None) -> Result:
+    """Theorem L5's exact update of W_2 as a ``lora-memorization`` result (``memorized`` with a
+    ``lora-witness``, or ``unknown`` when L5 does not apply or the replay is not exact)."""
+    t0 = time.perf_counter()
+    q = {"kind": "lora-memorization", "target": "W_2", "tolerance": "0"}
+    inputs = inputs or {"model": embed(model_to_json(model)), "dataset": embed(dataset_to_json(ds))}
+    res = Result(claim, Status.UNKNOWN, question=q, inputs=inputs,
+                 method="exact rational least squares (Delta W_2 = E H^+) and rank factorization")
+    try:
+        c = lora_w2_exact(model, ds)
+    except NotExact as exc:
+        res.message = str(exc)
+        return res
+    res.seconds["build"] = time.perf_counter() - t0
+    res.checks.update(rank=c.rank, rank_bound=c.bound_rank, feature_rank=c.feature_rank, tokens=c.n_tokens)
+    if c.update is None:
+        res.message = c.message
+        return res
+    u = c.update
+    res.status = Status.MEMORIZED
+    res.certificate = certificate("lora-witness", {"B": _rows(u.B), "A": _rows(u.A)})
+    res.reported = {"rank": u.rank, "params": u.n_parameters, "max_error": "0", "constrained_outputs": c.n_tokens}
+    res.message = f"rank-{u.rank} update of W_2 ({u.n_parameters} parameters) memorizes {c.n_tokens} outputs exactly"
+    t1 = time.perf_counter()
+    _self_checked(res)
+    res.seconds["check"] = time.perf_counter() - t1
+    return res
 
 
-# --------------------------------------------------------------------------- L4 numerics
+def fit_result(model: Model, ds: Dataset, P: np.ndarray, claim: str = "L4L5/L4-fit") -> Result:
+    """A float prompt as a ``memorization`` result at tolerance :data:`FIT_TOLERANCE` (a
+    ``prompt-witness``, replayed by the checker with rigorous enclosures)."""
+    q = memorization_question(prompt_length=int(len(P)), tolerance=_q(FIT_TOLERANCE))
+    body = {"prompt": [[_q(Fraction(float(x))) for x in row] for row in np.asarray(P, dtype=np.float64)]}
+    res = Result(claim, Status.MEMORIZED, question=q,
+                 inputs={"model": embed(model_to_json(model)), "dataset": embed(dataset_to_json(ds))},
+                 certificate=certificate("prompt-witness", body),
+                 method="Gauss-Newton in float64; replayed with exact rationals and exp enclosures")
+    t0 = time.perf_counter()
+    _self_checked(res)
+    res.seconds["check"] = time.perf_counter() - t0
+    return res
+
+
+# --------------------------------------------------------------------------- L4 measurements (float64)
 
 def _jacobian_rank(model: Model, ds: Dataset, P0: np.ndarray) -> tuple[int, int, float]:
-    """Numerical rank of d(outputs at constrained positions)/dP at P0 (float evidence)."""
+    """Numerical rank of d(outputs at constrained positions)/dP at P0: a float64 measurement,
+    recorded under ``info``; no verdict rests on it (proofs/L4.md)."""
     import torch
     from verify.experiments.prompt_vs_lora import TorchLayerModel, _targets
     tm = TorchLayerModel(model)
@@ -243,89 +236,6 @@ def _newton_fit(model: Model, ds: Dataset, P0: np.ndarray, iters: int = 40) -> t
     return P.numpy(), float(res.abs().max())
 
 
-# --------------------------------------------------------------------------- verification
-
-def _l5_generic(d, m, N, h, s, r, seed) -> dict:
-    """L5 on generic exact datasets: hardmax and zero-score models."""
-    out = {"row": "L5", "checks": []}
-    ok_all = True
-    for kind, zero in (("hardmax", False), ("softmax", True)):
-        model = random_model(d, heads=h, head_size=s, mlp_width=r, seed=seed, kind=kind, zero_scores=zero)
-        ds = generic_exact_dataset(model, N, m, seed)
-        t0 = time.perf_counter()
-        c = lora_w2_exact(model, ds)
-        item = {"model": f"{kind}{' zero-score' if zero else ''}", "n_tokens": c.n_tokens,
-                "feature_rank": c.feature_rank, "rank": c.rank, "bound_rank": c.bound_rank}
-        if c.update is None:
-            item.update(status="unknown", message=c.message)
-            ok_all = False
-        else:
-            w = lora_witness(model, ds, c.update)
-            ok, msg = replay_lora_witness(w)
-            item.update(status="memorized" if ok else "refuted", params=c.update.n_parameters,
-                        params_bound=c.bound_rank * (d + r), message=msg, witness=w,
-                        rank_within_bound=c.rank <= c.bound_rank)
-            ok_all = ok_all and ok and c.rank <= c.bound_rank
-        item["seconds"] = round(time.perf_counter() - t0, 3)
-        out["checks"].append(item)
-    out["verified"] = ok_all
-    return out
-
-
-def _prover_check(model, ds, prompt_length, timeout) -> dict:
-    """Run the core prover and replay what it returns."""
-    try:
-        from verify.provers.limitation import check_memorization
-    except ImportError as exc:  # pragma: no cover - the core prover is part of the package
-        return {"status": "unknown", "message": f"core prover unavailable: {exc}"}
-    from verify.cli.replay import replay_dict
-    t0 = time.perf_counter()
-    res = check_memorization(model, ds, prompt_length=prompt_length, timeout=timeout)
-    rj = res.to_json()
-    replayed = replay_dict(rj)[0] if rj["status"] in ("proved", "memorized") else None
-    return {"status": rj["status"], "method": rj.get("method", ""), "message": rj.get("message", "")[:300],
-            "replayed": replayed, "result": rj, "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def _l1_row(d, h, s, r, seed, timeout) -> dict:
-    model = random_model(d, heads=h, head_size=s, mlp_width=r, seed=seed, zero_scores=True)
-    ds = l1_dataset(model, seed)
-    prov = _prover_check(model, ds, "any", timeout)
-    c = lora_w2_exact(model, ds)
-    lw = lora_witness(model, ds, c.update) if c.update is not None else None
-    lok, lmsg = replay_lora_witness(lw) if lw else (False, c.message)
-    try:
-        cb = certified_min_loss(model, ds)
-        bok, bmsg = replay_certified_loss(cb.certificate)
-        bound = {"value": float(cb.value), "exact": cb.certificate["value"], "replayed": bok, "message": bmsg,
-                 "certificate": cb.certificate}
-    except AssumptionViolated as exc:
-        bok, bound = False, {"value": None, "message": str(exc)}
-    ok = prov["status"] == "proved" and prov["replayed"] and lok and bok and bound["value"] > 0
-    return {"row": "L1", "model": "softmax zero-score (exact)", "examples": len(ds.examples),
-            "prompt": prov, "lora": {"status": "memorized" if lok else "unknown", "rank": c.rank,
-                                      "params": c.update.n_parameters if c.update else None,
-                                      "message": lmsg, "witness": lw},
-            "certified_min_loss": bound, "verified": bool(ok)}
-
-
-def _l3_row(d, h, s, r, seed, timeout) -> dict:
-    if h * s >= d:
-        return {"row": "L3", "verified": True, "not_applicable": True,
-                "message": f"h s = {h * s} >= d = {d}: the attention subspace may be all of R^d; nothing to check"}
-    model = random_model(d, heads=h, head_size=s, mlp_width=r, seed=seed, zero_scores=True)
-    ds = l3_dataset(model, seed, examples=1)
-    prov = _prover_check(model, ds, "any", timeout)
-    c = lora_w2_exact(model, ds)
-    lw = lora_witness(model, ds, c.update) if c.update is not None else None
-    lok, lmsg = replay_lora_witness(lw) if lw else (False, c.message)
-    ok = prov["status"] == "proved" and prov["replayed"] and lok and c.rank == 1
-    return {"row": "L3", "model": "softmax zero-score (exact)", "prompt": prov,
-            "lora": {"status": "memorized" if lok else "unknown", "rank": c.rank,
-                     "params": c.update.n_parameters if c.update else None, "message": lmsg, "witness": lw},
-            "verified": bool(ok)}
-
-
 def _generic_softmax_dataset(model: Model, N: int, m: int, seed: int, P0: Optional[np.ndarray] = None,
                              noise: float = 1e-3) -> Dataset:
     """Generic targets: outputs at a random prompt P0 (when given) plus N(0, noise^2) noise, or
@@ -343,444 +253,157 @@ def _generic_softmax_dataset(model: Model, N: int, m: int, seed: int, P0: Option
     return Dataset(exs, meta={"builder": "generic_softmax_dataset", "seed": seed, "noise": noise})
 
 
-def _l4_row(d, m, N, h, s, r, seed, timeout) -> dict:
-    nm = N * m
-    out = {"row": "L4", "dimension_count": {
-        "short_prompt_length": nm - 1, "prompt_parameters": d * (nm - 1), "output_dimension": d * nm,
-        "measure_zero": d * (nm - 1) < d * nm,
-        "argument": "P -> outputs is locally Lipschitz (piecewise smooth) from R^{d m_p} into R^{d m N}; "
-                    "with d m_p < d m N its image has Lebesgue measure zero, so almost no target set is reached"}}
-    rng = np.random.default_rng(70_000 + seed)
-    # (a) m_p = m N - 1 on the user's instance: Jacobian rank and the core prover on a generic target
-    model = random_model(d, heads=h, head_size=s, mlp_width=r, seed=seed)
-    ds = _generic_softmax_dataset(model, N, m, seed)
-    short = {}
-    if nm - 1 >= 1:
-        P1 = random_tokens(rng, nm - 1, d)
-        rk, rows, cond = _jacobian_rank(model, ds, P1)
-        short = {"prompt_length": nm - 1, "jacobian_rank": rk, "jacobian_rows": rows,
-                 "rank_below_output_dimension": rk < rows}
-    prov_len = "any" if h * s < d else max(1, nm - 1)
-    prov = _prover_check(model, ds, prov_len, timeout)
-    short["prover"] = {k: prov[k] for k in ("status", "method", "message", "replayed", "seconds")}
-    short["prover_prompt_length"] = prov_len
-    short["prover_result"] = prov.get("result")
-    out["short_prompt"] = short
-    # (b) m_p = m N: a prompt that memorizes generic targets to 1e-9 (model with h s >= d)
+# --------------------------------------------------------------------------- rows on instances
+
+def _l4_row(d, m, N, h, s, r, seed) -> tuple[Optional[dict], dict]:
+    """L4: the necessary part is the dimension count (checked from the question); on an instance,
+    a prompt of length m N that fits generic targets within FIT_TOLERANCE (the bound is attained).
+    Jacobian ranks are float measurements for ``info``."""
+    nm, rng = N * m, np.random.default_rng(70_000 + seed)
+    info: dict = {"dimension_count": {"short_prompt_parameters": d * (nm - 1), "output_dimension": d * nm}}
+    if nm > 1:
+        model = random_model(d, heads=h, head_size=s, mlp_width=r, seed=seed)
+        rk, rows, _ = _jacobian_rank(model, _generic_softmax_dataset(model, N, m, seed), random_tokens(rng, nm - 1, d))
+        info["short_prompt_measurement"] = {"prompt_length": nm - 1, "jacobian_rank_float64": rk, "jacobian_rows": rows}
     s2 = s if h * s >= d else math.ceil(d / h)
-    model2 = model if s2 == s else random_model(d, heads=h, head_size=s2, mlp_width=r, seed=seed)
+    model2 = random_model(d, heads=h, head_size=s2, mlp_width=r, seed=seed)
     P0 = random_tokens(rng, nm, d)
-    rk2, rows2, cond2 = _jacobian_rank(model2, _generic_softmax_dataset(model2, N, m, seed, P0), P0)
     ds2 = _generic_softmax_dataset(model2, N, m, seed, P0, noise=1e-6)
+    rk2, rows2, cond2 = _jacobian_rank(model2, ds2, P0)
     P, err = _newton_fit(model2, ds2, P0)
-    tol = Fraction(1, 10 ** 9)
-    full = {"prompt_length": nm, "model_head_size": s2,
-            "model_note": ("the user's model" if s2 == s else
-                           f"companion model with head size {s2} (h s = {h * s2} >= d): with h s = {h * s} < d the "
-                           "outputs stay in an affine image of V, so generic targets are unreachable at every "
-                           "length (L3) and L4's count cannot be met"),
-            "jacobian_rank_at_P0": rk2, "jacobian_rows": rows2, "jacobian_condition": cond2,
-            "targets": "outputs at a random prompt P0 of length m N plus N(0, 1e-12) noise: an absolutely continuous "
-                       "target distribution on a neighbourhood of a point of full Jacobian rank (inverse function "
-                       "theorem: the image of length m N has nonempty interior, so L4 is attained)",
-            "float_max_error": err}
-    if err < 1e-11:
-        w = _prompt_witness(model2, ds2, P, tol)
-        ok, msg = replay_prompt_tolerance(w)
-        full.update(status="memorized" if ok else "unknown", replay=msg, witness=w)
-    else:
-        full.update(status="unknown", replay=f"no prompt found by Levenberg-Marquardt (max error {err:.3g})")
-    out["full_prompt"] = full
-    short_ok = (not short.get("jacobian_rank") or short["rank_below_output_dimension"])
-    prover_ok = prov["status"] in ("proved", "unknown") and (prov["status"] != "proved" or prov["replayed"])
-    # L4 is a necessary condition: the row is verified by the dimension count (a proof), consistent
-    # with the instance's Jacobian rank and the prover's verdict.  The length-m N fit is reported as
-    # evidence that the bound can be attained, not required for the row.
-    out["verified"] = bool(out["dimension_count"]["measure_zero"] and short_ok and prover_ok)
-    out["attained_at_mN"] = full["status"] == "memorized" and rk2 == rows2
-    return out
+    fit = {"prompt_length": nm, "model_head_size": s2, "jacobian_rank_float64_at_P0": rk2, "jacobian_rows": rows2,
+           "jacobian_condition_float64": cond2, "float_max_error": err,
+           "targets": "outputs at a random prompt P0 of length m N plus N(0, 1e-12) noise"}
+    info["fit"] = fit
+    if err >= 1e-11:
+        fit["status"] = f"no prompt found by Gauss-Newton (max error {err:.3g})"
+        return None, info
+    res = fit_result(model2, ds2, P)
+    fit["status"], fit["message"] = Status(res.status).value, res.message
+    return ({"fit": nested(res)} if nested(res) else None), info
 
 
-def verify_table(d, m, N, h, s, r, seed=0, timeout=30.0) -> list:
-    """Check every row on seeded instances; returns the per-row verification records."""
-    rows = [_l4_row(d, m, N, h, s, r, seed, timeout)]
+def _l5_row(d, m, N, h, s, r, seed) -> tuple[Optional[dict], dict]:
+    """L5 on generic exact datasets: a hardmax and a zero-score model."""
+    out, info = {}, {}
+    for part, kind, zero in (("hardmax", "hardmax", False), ("zero-score", "softmax", True)):
+        model = random_model(d, heads=h, head_size=s, mlp_width=r, seed=seed, kind=kind, zero_scores=zero)
+        res = lora_result(model, generic_exact_dataset(model, N, m, seed), f"L4L5/L5-{part}")
+        info[part] = {"status": Status(res.status).value, "message": res.message, **res.checks}
+        out[part] = nested(res)
+    return (out if all(out.values()) else None), info
+
+
+def _pair_row(row: str, d, h, s, r, seed, timeout) -> tuple[Optional[dict], dict]:
+    """L1 / L3 on a zero-score model: the core prover (no prompt of any length) and the exact update."""
+    from verify.provers.limitation import check_memorization
+    model = random_model(d, heads=h, head_size=s, mlp_width=r, seed=seed, zero_scores=True)
+    ds = l1_dataset(model, seed) if row == "L1" else l3_dataset(model, seed, examples=1)
+    t0 = time.perf_counter()
+    prompt = check_memorization(model, ds, prompt_length="any", timeout=timeout, claim=f"L4L5/{row}-prompt")
+    secs = time.perf_counter() - t0
+    lora = lora_result(model, ds, f"L4L5/{row}-lora", inputs=prompt.inputs or None)
+    info = {"prompt": {"status": Status(prompt.status).value, "message": prompt.message[:300], "seconds": secs},
+            "lora": {"status": Status(lora.status).value, "message": lora.message, **lora.checks}}
+    parts = {"prompt": nested(prompt), "lora": nested(lora)}
+    ok = Status(prompt.status) == Status.PROVED and all(parts.values())
+    return (parts if ok else None), info
+
+
+def verify_table(d, m, N, h, s, r, seed=0, timeout=30.0) -> tuple[dict, dict]:
+    """Every row on seeded instances: (certificate body with None for rows that failed, info)."""
+    body, info = {}, {}
+    body["L4"], info["L4"] = _l4_row(d, m, N, h, s, r, seed)
     if N * m <= r:
-        rows.append(_l5_generic(d, m, N, h, s, r, seed))
+        body["L5"], info["L5"] = _l5_row(d, m, N, h, s, r, seed)
     else:
-        rows.append({"row": "L5", "verified": True, "not_applicable": True,
-                     "message": f"N m = {N * m} > r = {r}: L5's hypothesis fails, nothing to check"})
-    rows.append(_l1_row(d, h, s, r, seed, timeout))
-    rows.append(_l3_row(d, h, s, r, seed, timeout))
-    return rows
+        info["L5"] = {"not_applicable": f"N m = {N * m} > r = {r}: L5's hypothesis fails"}
+    body["L1"], info["L1"] = _pair_row("L1", d, h, s, r, seed, timeout)
+    if h * s < d:
+        body["L3"], info["L3"] = _pair_row("L3", d, h, s, r, seed, timeout)
+    else:
+        info["L3"] = {"not_applicable": f"h s = {h * s} >= d = {d}: the attention subspace may be all of R^d"}
+    return body, info
+
+
+def _failed_rows(body: dict, d, m, N, h, s, r) -> list:
+    need = {"L4": True, "L5": N * m <= r, "L1": True, "L3": h * s < d}
+    return [k for k, v in need.items() if v and body.get(k) is None]
+
+
+def _reported(table: dict, body: dict) -> dict:
+    """The numbers the checker re-derives: the formulas (from the producer's table) and the ranks."""
+    d, m, N, h, s, r = (table[k] for k in ("d", "m", "N", "heads", "head_size", "mlp_width"))
+    rows = {row["row"]: row for row in table["rows"]}
+    l3 = h * s < d
+    rep = {"L4_min_prompt_length": rows["L4"]["prompt"]["min_length"],
+           "L4_min_prompt_params": rows["L4"]["prompt"]["min_params"],
+           "L4_short_prompt_params": d * (m * N - 1), "L4_output_dimension": d * m * N,
+           "L4_fit_head_size": s if h * s >= d else math.ceil(d / h), "L4_fit_tolerance": _q(FIT_TOLERANCE),
+           "L5_rank_bound": rows["L5"]["lora"]["rank"], "L5_params_bound": rows["L5"]["lora"]["params"],
+           "L3_lora_rank": rows["L3"]["lora"]["rank"] if l3 else None,
+           "L3_lora_params": rows["L3"]["lora"]["params"] if l3 else None,
+           "crossover_N": table["crossover"]["N"]}
+    for row, part, key in (("L5", "hardmax", "L5_hardmax_rank"), ("L5", "zero-score", "L5_zero_score_rank"),
+                           ("L1", "lora", "L1_lora_rank")):
+        rep[key] = body[row][part]["reported"]["rank"] if body.get(row) else None
+    return rep
+
+
+def _verified(res: Result, d, m, N, h, s, r, seed, timeout) -> Result:
+    body, info = verify_table(d, m, N, h, s, r, seed, timeout)
+    res.extra["rows"] = info
+    failed = _failed_rows(body, d, m, N, h, s, r)
+    res.checks.update({f"{k}_verified": k not in failed for k in body})
+    if failed:
+        res.message = f"rows not verified on their instances: {', '.join(failed)} (see info.rows)"
+        return res
+    res.status = Status.VERIFIED
+    res.certificate = certificate("bounds-table", {"L4": body["L4"], "L5": body.get("L5"), "L1": body["L1"],
+                                                   "L3": body.get("L3")})
+    res.reported = _reported(res.extra["table"], body)
+    res.message = _summary(res.extra["table"], info)
+    return _self_checked(res)
 
 
 def run_bounds(d, m, N, h, s, r, seed=0, verify=False, timeout=30.0, model_info: Optional[dict] = None) -> Result:
+    """The table for these sizes; with ``verify`` every row is checked on seeded instances and the
+    result carries a ``bounds-table`` certificate (nested results, one per instance)."""
     t0 = time.perf_counter()
     table = bounds_table(d, m, N, h, s, r)
-    t1 = time.perf_counter()
-    checks = {}
-    cert = None
-    status = Status.UNKNOWN
-    msg = "formulas only; run with --verify to check each row on instances"
+    q = {"kind": "bounds", "d": table["d"], "m": table["m"], "N": table["N"], "heads": table["heads"],
+         "head_size": table["head_size"], "mlp_width": table["mlp_width"]}
+    res = Result(claim="L4L5", status=Status.UNKNOWN, question=q, inputs={},
+                 method="parameter counting; exact rational LoRA construction; core prover; Gauss-Newton prompt "
+                        "replayed with rigorous enclosures",
+                 message="formulas only; run with --verify to check each row on instances",
+                 extra={"table": table, "seed": seed, **({"model": model_info} if model_info else {})})
+    res.seconds["table"] = time.perf_counter() - t0
     if verify:
-        rows = verify_table(d, m, N, h, s, r, seed, timeout)
-        checks = {f"{row['row']}_verified": row["verified"] for row in rows}
-        cert = {"kind": "bounds-table", "params": {"d": d, "m": m, "N": N, "heads": h, "head_size": s,
-                                                    "mlp_width": r}, "table": table, "rows": rows}
-        ok, rmsg = replay_bounds_table(cert)
-        checks["certificate_checked"] = ok
-        allv = all(row["verified"] for row in rows) and ok
-        status = Status.VERIFIED if allv else Status.UNKNOWN
-        msg = _summary(table, rows) + ("" if ok else f"\nreplay failed: {rmsg}")
-    res = Result(claim="L4L5", status=status,
-                 statement="prompt parameters needed (L4) vs LoRA parameters sufficient (L5), with L1/L3 rows",
-                 method="parameter counting; exact rational LoRA construction; core prover; certified loss bound; "
-                        "Levenberg-Marquardt prompt replayed with rigorous enclosures",
-                 prompt_length="any", certificate=cert, checks=checks,
-                 inputs={"seed": seed, "d": d, "m": m, "N": N, "heads": h, "head_size": s, "mlp_width": r,
-                         **({"model": model_info} if model_info else {})},
-                 seconds={"table": t1 - t0, "verify": time.perf_counter() - t1}, message=msg,
-                 extra={"table": table})
+        t1 = time.perf_counter()
+        _verified(res, d, m, N, h, s, r, seed, timeout)
+        res.seconds["verify"] = time.perf_counter() - t1
     return res
 
 
-def _summary(table: dict, rows: list) -> str:
+def _summary(table: dict, info: dict) -> str:
     lines = []
-    for row in rows:
-        lines.append(f"{row['row']}: {'verified' if row['verified'] else 'NOT verified'}")
-        if row["row"] == "L4":
-            sp, fp = row["short_prompt"], row["full_prompt"]
-            lines.append(f"  m_p = {sp.get('prompt_length')}: {row['dimension_count']['prompt_parameters']} parameters < "
-                         f"{row['dimension_count']['output_dimension']} outputs (measure zero); Jacobian rank "
-                         f"{sp.get('jacobian_rank')} of {sp.get('jacobian_rows')}; core prover ({sp['prover_prompt_length']}): "
-                         f"{sp['prover']['status']}")
-            lines.append(f"  m_p = {fp['prompt_length']} (head size {fp['model_head_size']}): Jacobian rank "
-                         f"{fp['jacobian_rank_at_P0']} of {fp['jacobian_rows']}; {fp['status']}: {fp['replay']}")
-        elif row.get("not_applicable"):
-            lines.append(f"  {row['message']}")
-        elif row["row"] == "L5":
-            for c in row["checks"]:
-                lines.append(f"  {c['model']}: {c['status']}, rank {c['rank']} <= {c['bound_rank']}, "
-                             f"{c.get('params')} parameters")
+    l4 = info["L4"]
+    fit = l4["fit"]
+    lines.append(f"L4: m_p = m N - 1: {l4['dimension_count']['short_prompt_parameters']} parameters < "
+                 f"{l4['dimension_count']['output_dimension']} outputs (measure zero); m_p = m N (head size "
+                 f"{fit['model_head_size']}): {fit['status']} within {_q(FIT_TOLERANCE)} (float Jacobian rank "
+                 f"{fit['jacobian_rank_float64_at_P0']} of {fit['jacobian_rows']}, a measurement)")
+    for row in ("L5", "L1", "L3"):
+        r_ = info[row]
+        if "not_applicable" in r_:
+            lines.append(f"{row}: not applicable ({r_['not_applicable']})")
+        elif row == "L5":
+            lines.append("L5: " + "; ".join(f"{k}: {v['status']}, rank {v.get('rank')} <= {v.get('rank_bound')}"
+                                            for k, v in r_.items()))
         else:
-            extra = ""
-            if row["row"] == "L1":
-                extra = f"; certified loss lower bound {row['certified_min_loss']['value']:.4g}"
-            lines.append(f"  prompt (any length): {row['prompt']['status']} (replayed {row['prompt']['replayed']}); "
-                         f"LoRA W_2: {row['lora']['status']} with rank {row['lora']['rank']}{extra}")
+            lines.append(f"{row}: prompt (any length): {r_['prompt']['status']}; LoRA W_2: {r_['lora']['status']} "
+                         f"with rank {r_['lora'].get('rank')}")
     lines.append(f"crossover: {table['crossover']['text']}")
     return "\n".join(lines)
 
-
-# --------------------------------------------------------------------------- replay
-
-def replay_bounds_table(cert: dict) -> tuple[bool, str]:
-    """Recompute the formulas; replay every witness and certificate the rows carry."""
-    from verify.cli.replay import replay_dict
-    p = cert["params"]
-    if bounds_table(p["d"], p["m"], p["N"], p["heads"], p["head_size"], p["mlp_width"]) != cert["table"]:
-        return False, "the table differs from the formulas recomputed from its parameters"
-    n = 0
-    for row in cert["rows"]:
-        name = row["row"]
-        if row.get("not_applicable"):
-            continue
-        if name == "L5":
-            for c in row["checks"]:
-                if c["status"] == "memorized":
-                    ok, msg = replay_lora_witness(c["witness"])
-                    if not ok:
-                        return False, f"L5 ({c['model']}): {msg}"
-                    n += 1
-        elif name in ("L1", "L3"):
-            if row["prompt"]["status"] in ("proved", "memorized"):
-                ok, msg = replay_dict(row["prompt"]["result"])
-                if not ok:
-                    return False, f"{name} prover certificate: {msg}"
-                n += 1
-            if row["lora"]["witness"] is not None and row["lora"]["status"] == "memorized":
-                ok, msg = replay_lora_witness(row["lora"]["witness"])
-                if not ok:
-                    return False, f"{name} LoRA witness: {msg}"
-                n += 1
-            if name == "L1" and row["certified_min_loss"].get("certificate"):
-                ok, msg = replay_certified_loss(row["certified_min_loss"]["certificate"])
-                if not ok:
-                    return False, f"L1 certified loss bound: {msg}"
-                if row["certified_min_loss"]["exact"] != row["certified_min_loss"]["certificate"]["value"]:
-                    return False, "L1 certified loss bound: stated value differs from the certificate"
-                n += 1
-        elif name == "L4":
-            dc = row["dimension_count"]
-            if dc["prompt_parameters"] != p["d"] * (p["m"] * p["N"] - 1) or dc["output_dimension"] != p["d"] * p["m"] * p["N"]:
-                return False, "L4 dimension count differs from d (m N - 1) and d m N"
-            if dc["measure_zero"] != (dc["prompt_parameters"] < dc["output_dimension"]):
-                return False, "L4 measure-zero flag inconsistent"
-            pr = row["short_prompt"].get("prover_result")
-            if pr and pr["status"] in ("proved", "memorized"):
-                ok, msg = replay_dict(pr)
-                if not ok:
-                    return False, f"L4 prover certificate: {msg}"
-                n += 1
-            fp = row["full_prompt"]
-            if fp["status"] == "memorized":
-                ok, msg = replay_prompt_tolerance(fp["witness"])
-                if not ok:
-                    return False, f"L4 prompt witness: {msg}"
-                n += 1
-    return True, f"table recomputed; {n} witnesses and certificates replayed"
-
-
-def replay_experiment(cert: dict, rigorous_max_entry: float = 16.0) -> tuple[bool, str]:
-    """Replay the certified bound of an experiment and check that every recorded final prompt has
-    loss >= the bound and equal to its recorded value.
-
-    Prompts whose entries are at most ``rigorous_max_entry`` in size are evaluated with exact
-    rationals and rigorous exponential enclosures (the lower end of the loss enclosure must be
-    >= the bound); larger ones (optimizers push prompts outward when the infimum is approached at
-    infinity, and the rational evaluation of exp(score) at scores of size 1e4 is too slow) are
-    re-evaluated in float64, and the message says how many were checked each way."""
-    from constructions.forward import forward_exact, forward_torch
-    cb = cert["bound_certificate"]
-    ok, msg = replay_certified_loss(cb)
-    if not ok:
-        return False, f"certified bound: {msg}"
-    if cert["certified_min_loss_exact"] != cb["value"]:
-        return False, "stated bound differs from the certificate's value"
-    bound = Fraction(cb["value"])
-    model = model_from_json(cb["model"])
-    ds = dataset_from_json(cb["dataset"], model.d)
-    n_rig = n_float = 0
-    for run in cert["prompts"]:
-        P = np.array(run["prompt"], dtype=np.float64)
-        if np.abs(P).max() <= rigorous_max_entry:
-            lo = Fraction(0)
-            for ex in ds.examples:
-                enc = forward_exact(model, ex.input, P)
-                for t, y in enumerate(ex.output):
-                    if y is None:
-                        continue
-                    for iv, yv in zip(enc[t], as_fraction(np.asarray(y))):
-                        a, b = iv.lo - yv, iv.hi - yv
-                        lo += Fraction(0) if a <= 0 <= b else min(a * a, b * b)
-            val, n_rig = float(lo), n_rig + 1
-            below = lo < bound
-        else:
-            val = sum(float(((forward_torch(model, ex.input, P).numpy()[t] - as_float(np.asarray(y))) ** 2).sum())
-                      for ex in ds.examples for t, y in enumerate(ex.output) if y is not None)
-            n_float += 1
-            below = val < float(bound)
-        if below:
-            return False, f"prompt of length {run['length']} (init {run['init']}) has loss below the certified bound"
-        if abs(val - run["final_loss"]) > 1e-9 * (1 + run["final_loss"]):
-            return False, f"recorded loss of the length-{run['length']} prompt (init {run['init']}) differs from its value {val:.12g}"
-    return True, (f"bound re-verified; every recorded prompt has loss >= {float(bound):.6g} "
-                  f"({n_rig} evaluated rigorously, {n_float} with large entries in float64)")
-
-
-def _replay_lora(res: dict, base: str):
-    return replay_lora_witness(res["witness"])
-
-
-def _replay_prompt(res: dict, base: str):
-    return replay_prompt_tolerance(res["witness"])
-
-
-def _replay_table(res: dict, base: str):
-    return replay_bounds_table(res["certificate"])
-
-
-def _replay_loss(res: dict, base: str):
-    ok, msg = replay_certified_loss(res["certificate"])
-    if ok and res.get("certified_min_loss_exact") not in (None, res["certificate"]["value"]):
-        return False, "certified_min_loss in the result differs from the certificate"
-    return ok, msg
-
-
-def _replay_exp(res: dict, base: str):
-    return replay_experiment(res["certificate"])
-
-
-REPLAYERS = {"lora-w2-exact": _replay_lora, "prompt-tolerance": _replay_prompt, "bounds-table": _replay_table,
-             "certified-loss-bound": _replay_loss, "experiment-consistency": _replay_exp}
-
-
-# --------------------------------------------------------------------------- claims
-
-def _claim_table(params: dict, outdir: str) -> Result:
-    return run_bounds(params["d"], params["m"], params["N"], params["heads"], params["head_size"],
-                      params["mlp_width"], seed=params.get("seed", 0), verify=True,
-                      timeout=params.get("timeout", 30.0))
-
-
-def _claim_l5(params: dict, outdir: str) -> Result:
-    t0 = time.perf_counter()
-    model = random_model(params["d"], heads=params["heads"], head_size=params["head_size"],
-                         mlp_width=params["mlp_width"], seed=params.get("seed", 0), zero_scores=True)
-    ds = l1_dataset(model, params.get("seed", 0))
-    c = lora_w2_exact(model, ds)
-    t1 = time.perf_counter()
-    if c.update is None:
-        return Result("L5", Status.UNKNOWN, message=c.message, seconds={"build": t1 - t0})
-    w = lora_witness(model, ds, c.update)
-    ok, msg = replay_lora_witness(w)
-    return Result("L5", Status.MEMORIZED if ok else Status.UNKNOWN,
-                  statement="Delta W_2 = (Y - Yhat) H^+ memorizes the L1 dataset (which no prompt memorizes) exactly",
-                  method="exact rational least squares and rank factorization", witness=w,
-                  checks={"witness_replayed": ok, "rank": c.rank, "rank_bound": c.bound_rank},
-                  inputs={"seed": params.get("seed", 0), "model_sha256": w["model_sha256"],
-                          "dataset_sha256": w["dataset_sha256"]},
-                  seconds={"build": t1 - t0, "check": time.perf_counter() - t1}, message=msg)
-
-
-def _claim_loss(params: dict, outdir: str) -> Result:
-    t0 = time.perf_counter()
-    model = random_model(params["d"], heads=params["heads"], head_size=params["head_size"],
-                         mlp_width=params["mlp_width"], seed=params.get("seed", 0))
-    ds = l1_dataset(model, params.get("seed", 0))
-    cb = certified_min_loss(model, ds)
-    t1 = time.perf_counter()
-    ok, msg = replay_certified_loss(cb.certificate)
-    st = Status.VERIFIED if ok and cb.value > 0 else Status.UNKNOWN
-    return Result("LB", st, statement="every prompt of every length has loss >= certified_min_loss > 0 on the L1 dataset",
-                  method="least squares in u, interval branch and bound in alpha", certificate=cb.certificate,
-                  checks={"certificate_checked": ok, "positive": cb.value > 0, "boxes": cb.boxes},
-                  inputs={"seed": params.get("seed", 0), "model_sha256": cb.certificate["model_sha256"],
-                          "dataset_sha256": cb.certificate["dataset_sha256"]},
-                  seconds={"solve": t1 - t0, "check": time.perf_counter() - t1},
-                  message=f"certified_min_loss = {float(cb.value):.6g} ({msg})",
-                  extra={"certified_min_loss": float(cb.value), "certified_min_loss_exact": cb.certificate["value"]})
-
-
-def experiment_result(obj: dict, seed: int, bound_cert: dict) -> Result:
-    """Wrap an experiment's JSON into a result whose certificate replays the bound and the prompts."""
-    l1 = obj["datasets"].get("L1")
-    prompts = [{"length": p["length"], "init": p["init"], "prompt": p["prompt"], "final_loss": p["final_loss"]}
-               for p in l1["prompt_runs"]] if l1 else []
-    cert = {"kind": "experiment-consistency", "bound_certificate": bound_cert,
-            "certified_min_loss_exact": bound_cert["value"], "prompts": prompts}
-    ok, msg = replay_experiment(cert)
-    ck = {k: v for name, r in obj["datasets"].items() for k, v in
-          ((f"{name}:{kk}", vv) for kk, vv in r["checks"].items() if kk != "violations")}
-    viol = any(r["checks"]["violations"] for r in obj["datasets"].values())
-    good = ok and l1 is not None and l1["checks"]["bound_positive"] and not viol and \
-        l1["checks"]["lora_w2_rank_ge_needed_below_fit_tol"]
-    st = Status.REFUTED if viol else (Status.VERIFIED if good else Status.UNKNOWN)
-    return Result("EXP", st, statement="on the L1 dataset gradient prompt tuning stays at or above the certified "
-                  "bound (> 0) while LoRA on W_2 of rank >= rank(Y - Yhat) goes below 1e-8",
-                  method="torch float64 Adam + L-BFGS; bound replayed rigorously, prompts re-evaluated",
-                  certificate=cert, checks=dict(ck, certificate_checked=ok), inputs={"seed": seed},
-                  seconds={"run": obj["seconds"]}, message="\n".join(obj["findings"]) + f"\n{msg}",
-                  extra={"certified_min_loss": obj.get("certified_min_loss"), "plot": obj.get("plot")})
-
-
-def _claim_exp(params: dict, outdir: str) -> Result:
-    import os
-
-    from verify.experiments.prompt_vs_lora import _instance, run_experiment
-    sub = os.path.join(outdir, "prompt_vs_lora")
-    obj = run_experiment(sub, quick=params.get("quick", True), seed=params.get("seed", 0),
-                         config={k: v for k, v in params.items() if k in ("datasets", "lengths", "steps", "polish")})
-    model, ds = _instance("L1", obj["datasets"]["L1"]["d"], params.get("seed", 0))
-    cb = certified_min_loss(model, ds)
-    return experiment_result(obj, params.get("seed", 0), cb.certificate)
-
-
-CLAIMS = [
-    Claim(id="L4L5", title="prompt vs LoRA parameter table, every row verified on instances",
-          statement="L4: m_p >= m N for generic targets; L5: rank min(d, N m) LoRA on W_2 suffices; "
-                    "L1/L3: no finite prompt, low-rank LoRA", expected=Status.VERIFIED, run=_claim_table,
-          default={"d": 8, "m": 2, "N": 4, "heads": 2, "head_size": 2, "mlp_width": 16},
-          quick={"d": 4, "m": 2, "N": 2, "heads": 2, "head_size": 1, "mlp_width": 8},
-          command="ptverify bounds --d 8 --m 2 --examples 4 --heads 2 --head-size 2 --mlp-width 16 --verify",
-          proof="proofs/L4.md, proofs/L5.md", test="tests/test_bounds.py::test_bounds_verify_small"),
-    Claim(id="L5", title="exact LoRA update memorizes an L1 dataset",
-          statement="Delta W_2 = (Y - Yhat) H^+ memorizes exactly, rank <= min(d, N m)", expected=Status.MEMORIZED,
-          run=_claim_l5, default={"d": 8, "heads": 2, "head_size": 2, "mlp_width": 16},
-          quick={"d": 4, "heads": 1, "head_size": 2, "mlp_width": 8},
-          command="ptverify bounds --d 8 --m 2 --examples 4 --heads 2 --head-size 2 --mlp-width 16 --verify",
-          proof="proofs/L5.md", test="tests/test_bounds.py::test_lora_exact_memorizes"),
-    Claim(id="LB", title="certified loss lower bound for every prompt (L1 dataset)",
-          statement="every prompt of every length has x_0-loss >= certified_min_loss > 0",
-          expected=Status.VERIFIED, run=_claim_loss, default={"d": 8, "heads": 2, "head_size": 2, "mlp_width": 16},
-          quick={"d": 4, "heads": 1, "head_size": 4, "mlp_width": 8},
-          command="ptverify experiment prompt-vs-lora --quick --out DIR", proof="proofs/loss_bound.md",
-          test="tests/test_bounds.py::test_bound_below_random_prompts"),
-    Claim(id="EXP", title="prompt tuning plateaus above the certified bound, LoRA reaches ~0",
-          statement="gradient prompt tuning ends at or above the certified bound; LoRA W_2 of rank >= rank(E) < 1e-8",
-          expected=Status.VERIFIED, run=_claim_exp, default={"quick": False, "datasets": ["L1", "L3"]},
-          quick={"quick": True, "datasets": ["L1"]},
-          command="ptverify experiment prompt-vs-lora --out DIR", proof="proofs/loss_bound.md",
-          test="tests/test_experiment.py::test_quick_experiment"),
-]
-
-
-# --------------------------------------------------------------------------- CLI
-
-def register(apps) -> None:
-    """Add ``ptverify bounds`` and ``ptverify experiment prompt-vs-lora``."""
-    import typer
-
-    @apps["root"].command("bounds")
-    def bounds_cmd(d: int = typer.Option(8, "--d", help="token dimension d"),
-                   m: int = typer.Option(2, "--m", help="tokens per example m"),
-                   examples: int = typer.Option(4, "--examples", help="number of examples N"),
-                   heads: int = typer.Option(2, "--heads", help="attention heads h"),
-                   head_size: int = typer.Option(2, "--head-size", help="head size s"),
-                   mlp_width: int = typer.Option(16, "--mlp-width", help="MLP width r"),
-                   model: Optional[str] = typer.Option(None, "--model", help="take d, h, s, r from a single-layer model file (the --verify instances are seeded models of those sizes)"),
-                   verify: bool = typer.Option(False, "--verify", help="check every row on seeded random instances"),
-                   seed: int = typer.Option(0, "--seed", help="seed of the instances"),
-                   timeout: float = typer.Option(30.0, "--timeout", help="seconds per core-prover call"),
-                   json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
-                   expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless this status is reached")):
-        """Parameter table: prompt tokens needed (L4) vs LoRA rank sufficient (L5), L1/L3 rows, crossover."""
-        from verify.cli import console, emit, fail_input
-        from constructions.model import load_model
-        try:
-            info = None
-            if model is not None:
-                mdl = load_model(model)
-                if len(mdl.layers) != 1:
-                    raise InputError("--model", "a single-layer model", f"{len(mdl.layers)} layers")
-                lay = mdl.layers[0]
-                sizes = {hh.W_q.shape[0] for hh in lay.heads}
-                if len(sizes) != 1:
-                    raise InputError("--model", "heads of one size", f"sizes {sorted(sizes)}")
-                d, heads, head_size, mlp_width = mdl.d, len(lay.heads), sizes.pop(), lay.W_1.shape[0]
-                info = {"path": model, "d": d, "heads": heads, "head_size": head_size, "mlp_width": mlp_width}
-            res = run_bounds(d, m, examples, heads, head_size, mlp_width, seed=seed, verify=verify,
-                             timeout=timeout, model_info=info)
-        except InputError as exc:
-            fail_input(exc)
-        con = console()
-        from rich.table import Table
-        tab = res.extra["table"]
-        t = Table(title=f"prompt vs LoRA parameters (d={d}, m={m}, N={examples}, h={heads}, s={head_size}, r={mlp_width})")
-        for col in ("row", "dataset", "prompt", "LoRA"):
-            t.add_column(col)
-        for row in tab["rows"]:
-            t.add_row(row["row"], row["dataset"], row["prompt"]["text"] if row["prompt"] else "-",
-                      row["lora"]["text"] if row["lora"] else "-")
-        con.print(t)
-        emit(res, json_out, expect)
-
-    @apps["experiment"].command("prompt-vs-lora")
-    def prompt_vs_lora(out: str = typer.Option(..., "--out", help="output folder for the plot, JSON and table"),
-                       quick: bool = typer.Option(False, "--quick", help="small version (well under a minute)"),
-                       seed: int = typer.Option(0, "--seed", help="seed"),
-                       json_out: Optional[str] = typer.Option(None, "--json", help="also write a ptverify-result/1 file"),
-                       expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless this status is reached")):
-        """Gradient prompt tuning (lengths 1..32) vs LoRA (ranks 1, 2, 4 on W_2, W_v, W_q), float64."""
-        import os
-
-        from verify.cli import emit, is_tty
-        from verify.experiments.prompt_vs_lora import _instance, run_experiment
-        progress = (lambda s_: print(s_, flush=True)) if is_tty() else None
-        obj = run_experiment(out, quick=quick, seed=seed, progress=progress)
-        model_, ds_ = _instance("L1", obj["datasets"]["L1"]["d"], seed)
-        res = experiment_result(obj, seed, certified_min_loss(model_, ds_).certificate)
-        res.write(os.path.join(out, "result.json"))
-        print(open(os.path.join(out, "prompt_vs_lora.md")).read())
-        print(f"plot: {obj['plot']}\njson: {os.path.join(out, 'prompt_vs_lora.json')}")
-        emit(res, json_out, expect)
