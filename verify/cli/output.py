@@ -10,7 +10,7 @@ import typer
 
 from constructions.model import InputError
 
-__all__ = ["is_tty", "console", "fail_input", "emit"]
+__all__ = ["is_tty", "console", "fail_input", "emit", "check_expect"]
 
 
 def is_tty() -> bool:
@@ -28,8 +28,16 @@ def fail_input(exc: InputError) -> None:
     raise typer.Exit(2)
 
 
+def check_expect(expect: Optional[str]) -> None:
+    """``--expect`` must name a verdict (exit 2 otherwise)."""
+    from verify.result import Status
+    if expect is not None and expect not in {s.value for s in Status}:
+        fail_input(InputError("--expect", f"one of {', '.join(s.value for s in Status)}", repr(expect)))
+
+
 def emit(result, json_out: Optional[str], expect: Optional[str] = None, quiet: bool = False) -> None:
     """Print a one-line summary, write ``--json`` atomically, apply ``--expect``."""
+    check_expect(expect)
     data = result.to_json() if hasattr(result, "to_json") else result
     if json_out:
         if hasattr(result, "write"):
@@ -38,11 +46,14 @@ def emit(result, json_out: Optional[str], expect: Optional[str] = None, quiet: b
             from constructions.model import atomic_write_text
             atomic_write_text(json_out, json.dumps(data, indent=1))
     if not quiet:
-        secs = sum(float(v) for v in data.get("seconds", {}).values())
-        print(f"{data['claim']}: {data['status']}  ({data.get('method', '')}; {secs:.2f} s)")
-        if data.get("message"):
-            print(f"  {data['message']}")
-        checks = data.get("checks") or {}
+        info = data.get("info") or {}
+        secs = sum(float(v) for v in (info.get("seconds") or {}).values())
+        print(f"{data['claim']}: {data['status']}  ({info.get('method') or '-'}; {secs:.2f} s)")
+        if data.get("statement"):
+            print(f"  {data['statement']}")
+        if info.get("message"):
+            print(f"  {info['message']}")
+        checks = info.get("checks") or {}
         if checks:
             print("  checks: " + ", ".join(f"{k}={v}" for k, v in checks.items()))
         if json_out:
