@@ -239,11 +239,10 @@ class Mat:
         if emin >= 0:
             return Mat(N * (1 << emin), 1)
         # reduce the common power of two
-        g = 0
-        vals = [int(v) for v in N.reshape(-1) if v]
-        while g < -emin and all(v % 2 == 0 for v in vals):
-            vals = [v // 2 for v in vals]
-            g += 1
+        G = 0
+        for v in N.reshape(-1):
+            G = math.gcd(G, int(v))
+        g = min((G & -G).bit_length() - 1, -emin)    # common factors of two, at most 2^-emin
         if g:
             N = N // (1 << g)
         return Mat(N, 1 << (-emin - g))

@@ -1,7 +1,6 @@
 """Core commands: ``prove limitation`` and ``check``."""
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from typing import Optional
 
@@ -40,10 +39,10 @@ def parse_tolerance(v: str) -> Fraction:
 
 
 def _side(json_out: Optional[str]) -> Optional[str]:
+    """Where side files go: the folder of the result file (content-addressed names)."""
     if not json_out:
         return None
-    base = json_out[:-5] if json_out.endswith(".json") else json_out
-    return base
+    return json_out[:-5] if json_out.endswith(".json") else json_out
 
 
 def _positive(name: str, v: Optional[int]) -> None:
@@ -91,9 +90,6 @@ def register(apps) -> None:
             _sm(model, save_model)
         if save_dataset:
             _sd(ds, save_dataset)
-        if json_out and "dataset" not in res.inputs:
-            _sd(ds, _side(json_out) + ".dataset.json")
-            res.inputs["dataset_file"] = os.path.basename(_side(json_out) + ".dataset.json")
         emit(res, json_out, expect)
 
     @root.command("claims")
@@ -132,7 +128,7 @@ def register(apps) -> None:
         """Decide whether some prompt memorizes a dataset under a model (files in the documented
         formats): proved (certificate), memorized (replayed witness) or unknown.  Single-layer
         models use relaxation R, Proposition E and Theorem L3; multi-layer models Theorem M."""
-        from constructions.model import load_dataset, load_model, save_dataset as _sd
+        from constructions.model import load_dataset, load_model
         from verify.cli import emit, fail_input
         from verify.provers.limitation import check_memorization
         try:
@@ -159,7 +155,4 @@ def register(apps) -> None:
                                          claim="check", side_files=_side(json_out))
         except InputError as exc:
             fail_input(exc)
-        if json_out and "dataset" not in res.inputs:
-            _sd(ds, _side(json_out) + ".dataset.json")
-            res.inputs["dataset_file"] = os.path.basename(_side(json_out) + ".dataset.json")
         emit(res, json_out, expect)
