@@ -21,6 +21,7 @@ hold with that slack (see proofs/tolerance.md).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -31,16 +32,16 @@ from typing import Optional
 import numpy as np
 
 from constructions.forward import exp_enclosure, forward_torch
-from constructions.model import (Dataset, InputError, IntMatrix, Model, as_float, as_fraction,
-                                 dataset_to_json, model_to_json, sha256_json)
+from constructions.model import (Dataset, InputError, IntMatrix, Model, as_float, as_fraction, as_scaled_int,
+                                 dataset_to_json, model_to_json, save_model)
 
 from verify.provers.assumptions import certify_mlp, rank_certificate, sqrt_up
-from verify.result import Result, Status, solver_info
+from verify.result import Result, Status, certificate, embed, memorization_question, solver_info
 
-__all__ = ["check_memorization", "prove_limitation", "ExactLayer", "LIMITATION_STATEMENT", "CERT_KIND"]
+__all__ = ["check_memorization", "prove_limitation", "ExactLayer", "CERT_KIND", "WITNESS_KIND"]
 
-CERT_KIND = "ptverify-limitation-farkas/1"
-LIMITATION_STATEMENT = "no prompt of any length memorizes the dataset"
+CERT_KIND = "limitation-farkas"
+WITNESS_KIND = "prompt-witness"
 _SMALL_D = 48      # up to this d, exact annihilators (which support tolerance) are preferred
 _INLINE_LIMIT = 200_000  # numbers; larger models/datasets are written next to the result
 
@@ -559,10 +560,12 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                        side_files: Optional[str] = None, nonlinear: bool = True) -> Result:
     """Decide whether some prompt memorizes ``dataset`` (single-layer ``model``).
 
-    Returns "proved" only with a certificate re-verified by :mod:`verify.checker.limitation`; "memorized"
-    only with a replayed witness; otherwise "unknown".  Models too large to inline in the result
-    are written to ``side_files + ".model.npz"`` (default: a temporary folder) and referenced by
-    name and sha256, so ``ptverify replay`` can find them next to the result file."""
+    Returns "proved" only with a certificate the trusted checker (:mod:`verify.checker`) accepts,
+    "memorized" only with a witness it replays; otherwise "unknown".  The result is a
+    ``ptverify-result/2`` envelope (question, inputs, certificate).  Models and datasets too large
+    to embed are written as content-addressed side files (``<sha256 prefix>.npz`` / ``.json``) in
+    the folder of ``side_files`` (default: a temporary folder), where the result file must be
+    written for ``ptverify replay`` to find them.  ``inputs_extra`` goes to ``info``."""
     import z3
     t0 = time.perf_counter()
     tol = Fraction(tolerance)
@@ -580,22 +583,17 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
         if fn is None:
             return Result(claim=claim, status=Status.UNKNOWN, message="multi-layer models are not supported by this build")
         return fn(model, dataset, prompt_length=prompt_length, tolerance=tol, timeout=timeout)
-    inputs = _inputs(model, dataset, inputs_extra)
-    model_src = inputs.get("model")
-    if model_src is None:
-        model_src = _write_side_model(model, side_files, inputs)
-    res = Result(claim=claim, status=Status.UNKNOWN, statement=_statement(prompt_length, tol),
-                 prompt_length=prompt_length, solver=solver_info(), inputs=inputs)
+    res = _new_result(model, dataset, claim, prompt_length, tol, side_files, inputs_extra)
     layer = model.layers[0]
-    mlpc = certify_mlp(layer)
+    mlpc = _mlp_certificate(layer)
     res.checks["mlp_injective"] = bool(mlpc["injective"])
     res.extra["assumptions"] = {"mlp_lipschitz_bound": float(mlpc["k"]), "mlp_bound_methods": mlpc["methods"]}
     ex = ExactLayer(model)
     groups = _groups(model, dataset, ex)
     res.seconds["build"] = time.perf_counter() - t0
     if not groups:
-        res.message = "the dataset constrains no output; the empty prompt memorizes it"
-        _with_witness(res, model, dataset, [], tol)
+        res.message = "the dataset constrains no output; every prompt memorizes it"
+        _with_witness(res, model, dataset, [[0] * model.d] * (1 if prompt_length == "any" else prompt_length), tol)
         return res
     if not mlpc["injective"]:
         res.message = (f"assumption 'injective MLP' not certified: the rigorous bound ||W_1|| ||W_2|| <= "
@@ -674,53 +672,16 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     res.seconds["solve"] = time.perf_counter() - t1
     res.extra["log"] = log
     if found is not None:
-        g, blk, lam, rhos = found[:4]
+        g, blk, lam = found[:3]
         pieces = found[4] if len(found) > 4 else None
         ent = found[5] if len(found) > 5 else None
-        cert = _certificate(model, g, blk, lam, tol, mlpc, ds_info)
-        if ent is not None:
-            cert["prompt_length"] = prompt_length
-            if ent["log_K_hi"] is not None:
-                cert["log_K_hi"] = _rat_str(ent["log_K_hi"])
-            cert["entropy_pieces"] = []
-            for pc in ent["pieces"]:
-                e = {"lo": _rat_str(pc["lo"]), "hi": None if pc["hi"] is None else _rat_str(pc["hi"]),
-                     "mu_lo": _rat_str(pc["mu_lo"]), "mu_hi": _rat_str(pc["mu_hi"]),
-                     "multipliers": [_vec_str(r) for r in pc["lam"]]}
-                for key in ("log_lo", "log_hi"):
-                    if key in pc:
-                        e[key] = _rat_str(pc[key])
-                cert["entropy_pieces"].append(e)
-        if pieces is not None:
-            cert.pop("multipliers", None)
-            cert["prompt_length"] = prompt_length
-            cert["alpha_pieces"] = [{"lo": _rat_str(lo), "hi": None if hi is None else _rat_str(hi),
-                                     "multipliers": [_vec_str(r) for r in lm]} for lo, hi, lm in pieces]
-        res.certificate = cert
-        res.method = ("Proposition E: zero-score head, alpha = prompt length is an integer; Farkas certificate per alpha range"
-                      if pieces is not None else
-                      "Proposition E: relaxation R plus the entropy relation g^T pi = alpha (log alpha - H), Farkas certificate per alpha range"
-                      if ent is not None else {"subspace": "attention-subspace functional (L3)",
-                      "annihilator": "relaxation R, projected head system, Farkas certificate",
-                      "direct-sum": "relaxation R in head coordinates (stacked W_o of full column rank: heads decouple), Farkas certificate"}[blk.form])
-        if len(g.members) >= 2 and blk.form != "subspace":
-            res.method += f"; {len(g.members)} examples share the query token (L1/L2)"
+        res.certificate = certificate(CERT_KIND, _certificate(model, g, blk, lam, pieces, ent))
+        res.method = _proof_method(blk, g, pieces, ent)
         if "nonlinear_R" in res.solver:
             res.method += f"; Z3 QF_NRA on R with all heads jointly: {res.solver['nonlinear_R']}"
         t2 = time.perf_counter()
-        from verify.checker.limitation import check_limitation_certificate
-        ok, msg = check_limitation_certificate(model_src, dataset_to_json(dataset), cert,
-                                               os.path.dirname(model_src) if isinstance(model_src, str) else ".")
+        _vet_proof(res)
         res.seconds["check"] = time.perf_counter() - t2
-        res.checks["certificate_checked"] = ok
-        if ok:
-            res.status = Status.PROVED
-            res.extra["certified_min_error"] = (_rat_str(_min_error(model, g, blk, lam, k))
-                                                if blk.form != "direct-sum" and pieces is None and ent is None else "0")
-            res.message = f"certificate re-verified: {msg}"
-        else:
-            res.status = Status.UNKNOWN
-            res.message = f"a certificate was found but the independent checker rejected it: {msg}"
         return res
     if search_witness:
         t3 = time.perf_counter()
@@ -799,18 +760,15 @@ def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, timeout_ms, pro
 
 
 def _log_lo(a: Fraction) -> Fraction:
-    """Rational l <= log a (checked with a rigorous exp enclosure)."""
-    l_ = Fraction(math.log(float(a)) - 1e-12).limit_denominator(1 << 50)
-    while exp_enclosure(l_)[1] > a:
-        l_ -= Fraction(1, 1 << 30)
-    return l_
+    """The trusted checker's own lower bound on log a (the certificate carries no logarithms)."""
+    from verify.checker.limitation import log_below
+    return log_below(a)
 
 
 def _log_hi(b: Fraction) -> Fraction:
-    l_ = Fraction(math.log(float(b)) + 1e-12).limit_denominator(1 << 50)
-    while exp_enclosure(l_)[0] < b:
-        l_ += Fraction(1, 1 << 30)
-    return l_
+    """The trusted checker's own upper bound on log b."""
+    from verify.checker.limitation import log_above
+    return log_above(b)
 
 
 def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, timeout_ms, log):
@@ -906,14 +864,6 @@ def _zero_score_prompt_sum(z3, model, ex, groups, m_p, timeout_ms):
 
 def _short(v) -> str:
     return "[" + ", ".join(f"{float(x):.3g}" for x in v[:4]) + (", ...]" if len(v) > 4 else "]")
-
-
-def _statement(prompt_length, tol) -> str:
-    what = "of any length" if prompt_length == "any" else f"of length {prompt_length}"
-    s = f"no prompt {what} memorizes the dataset"
-    if tol:
-        s += f" to within max-norm error {float(tol):g}"
-    return s
 
 
 def _try_subspace(model: Model, g: Group, rhos: list[Fraction]) -> Optional[Block]:
@@ -1020,165 +970,204 @@ def _nonlinear_R(z3, model: Model, ex: ExactLayer, groups: list[Group], k, tol, 
     return str(s.check())
 
 
-def _min_error(model, g, blk, lam, k) -> Fraction:
-    """Largest EPS (found by bisection, each step exact) for which the certificate still holds:
-    every prompt has max-norm error > EPS on this group's outputs."""
-    d = model.d
-    lo, hi = Fraction(0), Fraction(1)
-    # grow hi until the certificate fails
-    def holds(eps):
-        rh = _weights(k, d, eps, g.members)
-        if blk.form == "subspace":
-            phi = blk.Phi[0]
-            nphi = sqrt_up(sum((x * x for x in phi), Fraction(0)))
-            return any(abs(_dotq(phi, [a - b for a, b in zip(m.z, g.x)])) > nphi * r for m, r in zip(g.members, rh))
-        return farkas_margin(blk, g.members, lam, rh) is not None
-    if not holds(Fraction(0)):
-        return Fraction(0)
-    while holds(hi) and hi < 2 ** 40:
-        lo, hi = hi, hi * 4
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if holds(mid):
-            lo = mid
-        else:
-            hi = mid
-    return Fraction(lo).limit_denominator(1 << 60) if holds(Fraction(lo).limit_denominator(1 << 60)) else lo
+# --------------------------------------------------------------------------- results
+
+def _mlp_certificate(layer) -> dict:
+    """:func:`certify_mlp`, with k raised to the trusted checker's own bound when that is larger:
+    the checker derives k itself, and the certificate's slack must hold with its k."""
+    from verify.checker.limitation import norm_upper
+    from verify.checker.numbers import Mat
+    mlpc = certify_mlp(layer)
+    kc = norm_upper(Mat(*as_scaled_int(np.asarray(layer.W_1)))) * norm_upper(Mat(*as_scaled_int(np.asarray(layer.W_2))))
+    return dict(mlpc, k=kc, injective=kc < 1) if kc > mlpc["k"] else mlpc
 
 
-def model_sha256(model: Model) -> str:
-    """sha256 of the canonical JSON of a small model; of its arrays' bytes for a large one."""
-    if model.n_parameters() <= _INLINE_LIMIT:
-        return sha256_json(model_to_json(model))
-    import hashlib
-    h = hashlib.sha256()
-    for key, a in model.arrays():
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(as_float(a)).tobytes())
-    return h.hexdigest()
+def _new_result(model: Model, dataset: Dataset, claim: str, prompt_length, tol: Fraction,
+                side_files: Optional[str], extra: Optional[dict]) -> Result:
+    """An "unknown" result with its question and inputs; ``res._base_dir`` is the folder of its
+    side files (the result file must be written there)."""
+    base = os.path.dirname(os.path.abspath(side_files)) if side_files else None
+    inputs, base = _inputs(model, dataset, base)
+    res = Result(claim=claim, status=Status.UNKNOWN, question=memorization_question(prompt_length, _rat_str(tol)),
+                 inputs=inputs, solver=solver_info())
+    res.extra.update(extra or {})
+    res._base_dir = base
+    return res
 
 
-def _write_side_model(model: Model, side_files: Optional[str], inputs: dict) -> str:
-    import hashlib
-    import tempfile
-    from constructions.model import save_model
-    if side_files is None:
-        side_files = os.path.join(tempfile.mkdtemp(prefix="ptverify-"), "result")
-    path = os.path.abspath(side_files + ".model.npz")
-    save_model(model, path)
-    with open(path, "rb") as fh:
-        inputs["model_file_sha256"] = hashlib.sha256(fh.read()).hexdigest()
-    inputs["model_file"] = os.path.basename(path)
-    return path
-
-
-def _inputs(model: Model, dataset: Dataset, extra: Optional[dict]) -> dict:
+def _inputs(model: Model, dataset: Dataset, base: Optional[str]) -> tuple[dict, str]:
+    """``{"model", "dataset"}`` embedded when small, else content-addressed side files in ``base``
+    (a new temporary folder when None); returns them and the folder."""
+    small_model = model.n_parameters() <= _INLINE_LIMIT
+    small_data = sum(e.input.size for e in dataset.examples) * 2 <= _INLINE_LIMIT
+    if not (small_model and small_data) and base is None:
+        import tempfile
+        base = tempfile.mkdtemp(prefix="ptverify-")
     dj = dataset_to_json(dataset)
-    out = {"model_sha256": model_sha256(model), "dataset_sha256": sha256_json(dj)}
-    if model.n_parameters() <= _INLINE_LIMIT:
-        out["model"] = model_to_json(model)
-    if sum(e.input.size for e in dataset.examples) * 2 <= _INLINE_LIMIT:
-        out["dataset"] = dj
-    if extra:
-        out.update(extra)
-    return out
+    refs = {"model": embed(model_to_json(model)) if small_model else _write_side_model(model, base),
+            "dataset": embed(dj) if small_data else _write_side_json(dj, base)}
+    return refs, base or "."
 
 
-def _certificate(model, g: Group, blk: Block, lam, tol, mlpc, ds_info) -> dict:
-    cert = {
-        "kind": CERT_KIND,
-        "tolerance": _rat_str(tol),
-        "query": _vec_str(g.x),
-        "members": [{"example": m.example, "position": m.position, "z": _vec_str(m.z), "exact_preimage": m.exact}
-                    for m in g.members],
-        "form": blk.form,
-        "head": blk.head,
-        "mlp_bound": {"b1": _rat_str(mlpc["bound_W1"]), "b2": _rat_str(mlpc["bound_W2"]),
-                      "k": _rat_str(mlpc["k"]), "methods": mlpc["methods"]},
-    }
-    if blk.form == "subspace":
-        cert["phi"] = _vec_str(blk.Phi[0])
-    elif blk.form == "annihilator":
-        if len(model.layers[0].heads) > 1:  # one head: Phi is the identity and is not written
-            cert["Phi"] = [_vec_str(r) for r in blk.Phi]
-        if lam is not None:
-            cert["multipliers"] = [_vec_str(r) for r in lam]
+def _write_side_model(model: Model, base: str) -> dict:
+    """The model as ``<sha256 prefix>.npz`` in ``base`` (``.json`` when a weight is not binary64)."""
+    import tempfile
+    from verify.result import side_file
+    os.makedirs(base, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=base, prefix=".tmp-", suffix=".npz")
+    os.close(fd)
+    try:
+        save_model(model, tmp)
+    except InputError:
+        os.unlink(tmp)
+        return _write_side_json(model_to_json(model), base)
+    ref = side_file(tmp)
+    final = os.path.join(base, ref["sha256"][:16] + ".npz")
+    os.replace(tmp, final)
+    return {"sha256": ref["sha256"], "file": os.path.basename(final)}
+
+
+def _write_side_json(obj: dict, base: str) -> dict:
+    """``obj`` as ``<sha256 prefix>.json`` (its canonical bytes) in ``base``."""
+    from constructions.model import atomic_write_text
+    from verify.checker.inputs import canonical_bytes
+    data = canonical_bytes(obj)
+    sha = hashlib.sha256(data).hexdigest()
+    atomic_write_text(os.path.join(base, sha[:16] + ".json"), data.decode("ascii"))
+    return {"sha256": sha, "file": sha[:16] + ".json"}
+
+
+def _base_dir(res: Result) -> str:
+    return getattr(res, "_base_dir", ".")
+
+
+def _certificate(model: Model, g: Group, blk: Block, lam, pieces=None, ent=None) -> dict:
+    """The ``limitation-farkas`` body: hints only (the checker re-derives tolerance, prompt
+    length, k, logarithms and ranks from the question and the inputs).  Members whose multipliers
+    are zero everywhere are left out (the checker refuses unused members)."""
+    lams = [lam] if lam is not None else [lm for _, _, lm in pieces] if pieces is not None else \
+        [pc["lam"] for pc in ent["pieces"]] if ent is not None else []
+    if blk.form == "subspace":   # the one member that leaves the subspace
+        keep = [next(i for i, m in enumerate(g.members) if [a - b for a, b in zip(m.z, g.x)] == blk.taus[0])]
     else:
-        cert["gammas"] = [_vec_str(gm) for gm in blk.gammas]
-        cert["rank"] = ds_info["rank"]
-        cert["multipliers"] = [_vec_str(r) for r in lam]
-    return cert
+        keep = [i for i in range(len(g.members)) if any(any(lm[i]) for lm in lams)]
+
+    def rows(lm):
+        return [_vec_str(lm[i]) for i in keep]
+    body = {"form": blk.form, "query": _vec_str(g.x),
+            "members": [{"example": g.members[i].example, "position": g.members[i].position,
+                         "z": _vec_str(g.members[i].z)} for i in keep]}
+    if blk.form == "subspace":
+        body["phi"] = _vec_str(blk.Phi[0])
+        return body
+    body["head"] = blk.head
+    if blk.form == "direct-sum":
+        body["gammas"] = [_vec_str(blk.gammas[i]) for i in keep]
+    elif len(model.layers[0].heads) > 1:  # one head: Phi is the identity and is not written
+        body["Phi"] = [_vec_str(r) for r in blk.Phi]
+    if pieces is not None:
+        body["alpha_pieces"] = [{"from": int(lo), "to": None if hi is None else int(hi), "multipliers": rows(lm)}
+                                for lo, hi, lm in pieces]
+    elif ent is not None:
+        body["entropy_pieces"] = [{"from": _rat_str(pc["lo"]), "to": None if pc["hi"] is None else _rat_str(pc["hi"]),
+                                   "mu_lo": _rat_str(pc["mu_lo"]), "mu_hi": _rat_str(pc["mu_hi"]),
+                                   "multipliers": rows(pc["lam"])} for pc in sorted(ent["pieces"], key=lambda pc: pc["lo"])]
+    else:
+        body["multipliers"] = rows(lam)
+    return body
+
+
+def _proof_method(blk: Block, g: Group, pieces, ent) -> str:
+    if pieces is not None:
+        m = "Proposition E: zero-score head, alpha = prompt length is an integer; Farkas certificate per alpha range"
+    elif ent is not None:
+        m = ("Proposition E: relaxation R plus the entropy relation g^T pi = alpha (log alpha - H), "
+             "Farkas certificate per alpha range")
+    else:
+        m = {"subspace": "attention-subspace functional (L3)",
+             "annihilator": "relaxation R, projected head system, Farkas certificate",
+             "direct-sum": "relaxation R in head coordinates (stacked W_o of full column rank: heads decouple), "
+                           "Farkas certificate"}[blk.form]
+    if len(g.members) >= 2 and blk.form != "subspace":
+        m += f"; {len(g.members)} examples share the query token (L1/L2)"
+    return m
+
+
+_CHECK_ERRORS = (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, ArithmeticError)
+
+
+def _outcome(res: Result):
+    """The trusted checker's own Outcome for this result's limitation certificate (raises Reject)."""
+    from verify.checker import Context
+    from verify.checker import limitation as trusted
+    from verify.checker.inputs import load_input
+    from verify.checker.questions import parse_question
+    _, q = parse_question(res.question)
+    model = load_input("model", res.inputs["model"], _base_dir(res))
+    ds = load_input("dataset", res.inputs["dataset"], _base_dir(res), model.d)
+    return trusted.check(Context(q, "proved", {"model": model, "dataset": ds}, res.certificate["body"], _base_dir(res)))
+
+
+def _vet_proof(res: Result) -> None:
+    """"proved" only if the trusted checker accepts the whole result; ``reported`` holds what it
+    derives (certified_min_error).  Otherwise "unknown", naming the checker's objection."""
+    from verify.checker import Reject, check_result
+    res.status = Status.PROVED
+    try:
+        res.reported = dict(_outcome(res).derived)
+        ok, msg = check_result(res.to_json(), _base_dir(res))
+    except (Reject, *_CHECK_ERRORS) as exc:
+        ok, msg = False, str(exc)
+    res.checks["certificate_checked"] = ok
+    if ok:
+        res.message = f"certificate accepted by the trusted checker: {msg}"
+        return
+    res.status, res.certificate, res.reported = Status.UNKNOWN, None, {}
+    res.message = f"a certificate was found but the trusted checker rejected it: {msg}"
 
 
 # --------------------------------------------------------------------------- witnesses
 
-def _witness_dict(prompt, tol: Fraction) -> dict:
-    return {"kind": "ptverify-prompt-witness/1",
-            "prompt": [[number if isinstance(number, float) else _rat_str(Fraction(number)) for number in row] for row in prompt],
-            "tolerance": _rat_str(max(tol, Fraction(0)))}
+def _witness_dict(prompt) -> dict:
+    """The ``prompt-witness`` body: exact rationals (a float becomes its exact binary64 value)."""
+    return {"prompt": [[_rat_str(Fraction(v)) for v in row] for row in prompt]}
 
 
-def _with_witness(res: Result, model, dataset, prompt, tol: Fraction, model_src=None) -> bool:
-    """Replay a candidate prompt with the independent checker; on success set "memorized"."""
-    from verify.checker.limitation import replay_witness
-    w = _witness_dict(prompt, tol)
-    ok, msg, err = replay_witness(model_src if model_src is not None else model_to_json(model),
-                                  dataset_to_json(dataset), w)
-    if ok:
-        res.status = Status.MEMORIZED
-        res.witness = w
-        res.checks["witness_replayed"] = True
-        res.method = res.method or "witness prompt (replayed)"
-        res.message = msg
-    return ok
+def _with_witness(res: Result, model, dataset, prompt, tol: Optional[Fraction] = None) -> bool:
+    """Keep ``prompt`` as the witness, and set "memorized", only if the trusted checker accepts it
+    for the result's own question (the tolerance is the question's; ``tol`` is not used)."""
+    from verify.checker import check_result
+    before = (res.status, res.certificate, res.reported)
+    res.status, res.certificate, res.reported = Status.MEMORIZED, certificate(WITNESS_KIND, _witness_dict(prompt)), {}
+    ok, msg = check_result(res.to_json(), _base_dir(res))
+    if not ok:
+        res.status, res.certificate, res.reported = before
+        res.extra.setdefault("rejected_witnesses", []).append(msg[:300])
+        return False
+    res.checks["witness_replayed"] = True
+    res.method = res.method or "witness prompt (replayed by the trusted checker)"
+    res.message = msg
+    return True
 
 
 def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, prompt_length,
                     budget: float = 20.0) -> None:
     """Gradient prompt tuning in float64 (L-BFGS) within a time budget.  A prompt counts only if
-    the independent checker replays it within the tolerance (exactly, for rational models)."""
+    the trusted checker replays it within the tolerance (exactly, or with rigorous enclosures)."""
     if model.d > 64 or len(dataset.examples) > 64:
         return
     import torch
     t_end = time.perf_counter() + budget
-    by_len: dict = {}
-    for e in dataset.examples:
-        by_len.setdefault(e.input.shape[0], []).append(e)
-    batches = []
-    for L, exs in by_len.items():
-        X = torch.tensor(np.stack([as_float(np.asarray(e.input)) for e in exs]))
-        mask = torch.tensor([[y is not None for y in e.output] for e in exs])
-        Y = torch.tensor(np.stack([np.stack([np.zeros(model.d) if y is None else as_float(np.asarray(y)) for y in e.output]) for e in exs]))
-        batches.append((X, Y, mask))
+    batches = _batches(model, dataset)
     lengths = [prompt_length] if prompt_length != "any" else [1, 2, 4]
     best = None
     for L in lengths:
         for seed in range(2):
             if time.perf_counter() > t_end:
                 break
-            gen = torch.Generator().manual_seed(seed)
-            P = torch.randn(L, model.d, generator=gen, dtype=torch.float64, requires_grad=True)
-            opt = torch.optim.LBFGS([P], max_iter=100, line_search_fn="strong_wolfe",
-                                    tolerance_grad=1e-16, tolerance_change=1e-20)
-
-            def objective():
-                loss = torch.zeros((), dtype=torch.float64)
-                for X, Y, mask in batches:
-                    out = forward_torch(model, X, P)
-                    loss = loss + (((out - Y) ** 2).sum(-1) * mask).sum()
-                return loss
-
-            def closure():
-                opt.zero_grad()
-                loss = objective()
-                loss.backward()
-                return loss
-            for _ in range(4):
-                if time.perf_counter() > t_end:
-                    break
-                opt.step(closure)
-            with torch.no_grad():
-                err = float(objective())
+            P = torch.randn(L, model.d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
+                            requires_grad=True)
+            err = _tune(model, batches, P, t_end)
             if best is None or err < best[0]:
                 best = (err, P.detach().numpy().copy())
             if err <= max(float(tol) ** 2, 1e-24) and _replay_candidates(res, model, dataset, best[1], tol):
@@ -1189,9 +1178,51 @@ def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, 
         _replay_candidates(res, model, dataset, best[1], tol)
 
 
+def _batches(model: Model, dataset: Dataset) -> list:
+    import torch
+    by_len: dict = {}
+    for e in dataset.examples:
+        by_len.setdefault(e.input.shape[0], []).append(e)
+    batches = []
+    for exs in by_len.values():
+        X = torch.tensor(np.stack([as_float(np.asarray(e.input)) for e in exs]))
+        mask = torch.tensor([[y is not None for y in e.output] for e in exs])
+        Y = torch.tensor(np.stack([np.stack([np.zeros(model.d) if y is None else as_float(np.asarray(y))
+                                             for y in e.output]) for e in exs]))
+        batches.append((X, Y, mask))
+    return batches
+
+
+def _tune(model: Model, batches: list, P, t_end: float) -> float:
+    """A few L-BFGS rounds on the squared error; returns the final squared error (float64)."""
+    import torch
+    opt = torch.optim.LBFGS([P], max_iter=100, line_search_fn="strong_wolfe", tolerance_grad=1e-16,
+                            tolerance_change=1e-20)
+
+    def objective():
+        loss = torch.zeros((), dtype=torch.float64)
+        for X, Y, mask in batches:
+            out = forward_torch(model, X, P)
+            loss = loss + (((out - Y) ** 2).sum(-1) * mask).sum()
+        return loss
+
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+    for _ in range(4):
+        if time.perf_counter() > t_end:
+            break
+        opt.step(closure)
+    with torch.no_grad():
+        return float(objective())
+
+
 def _replay_candidates(res, model, dataset, Pf: np.ndarray, tol: Fraction) -> bool:
-    """Try the float prompt and its dyadic roundings (exact replay needs rational prompts)."""
-    cands = [[[float(v) for v in row] for row in Pf]]
+    """The float prompt's exact value, then its dyadic roundings (simpler rationals, which replay
+    exactly where the model allows): the first the trusted checker accepts is kept."""
+    cands = [[[Fraction(float(v)) for v in row] for row in Pf]]
     cands += [[[Fraction(round(float(v) * (1 << k)), 1 << k) for v in row] for row in Pf] for k in range(6, 54, 4)]
     return any(_with_witness(res, model, dataset, cand, tol) for cand in cands)
 
