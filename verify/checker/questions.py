@@ -122,16 +122,18 @@ QUESTIONS: dict[str, Question] = {
         inputs=frozenset({"model", "dataset"}),
         statement=lambda q, st: _generic(f"a LoRA update of {q['target']} memorizes the dataset "
                                          f"{_tol_text(q['tolerance'])}")(q, st)),
-    # a certified lower bound on the loss of every prompt
+    # a certified lower bound > 0 on the loss (sum of squared errors at the constrained outputs)
     "loss-bound": Question(
         fields={"prompt_length": (prompt_length, True)},
         inputs=frozenset({"model", "dataset"}),
-        statement=_generic("every prompt's squared loss is at least the certified bound")),
-    # the experiment's consistency with the certified bound
+        statement=lambda q, st: _generic(f"every prompt of {_length_text(q['prompt_length'])} has loss at least "
+                                         "the certified bound, which is > 0")(q, st)),
+    # the recorded prompt-tuning runs (in the certificate) against the certified bound for every prompt
     "experiment": Question(
-        fields={"seed": (seed, False)},
+        fields={},
         inputs=frozenset({"model", "dataset"}),
-        statement=_generic("every prompt-tuning run's loss is at or above the certified bound")),
+        statement=_generic("every recorded prompt-tuning run's prompt has loss at least the certified bound "
+                           "for prompts of any length, which is > 0")),
 }
 
 

@@ -19,6 +19,7 @@ CLAIM_MODULES = [
     "verify.claims.core",
     "verify.claims.universality",
     "verify.claims.bounds",
+    "verify.claims.experiment",
     "verify.claims.multilayer",
 ]
 

@@ -5,7 +5,7 @@ What is measured
 The loss of a run is ``sum_i sum_t ||g([P, X_i])_t - y_it||^2`` over the *constrained* output
 positions (outputs that are not ``None``), in float64.  On the L1 datasets the constrained
 positions are exactly the shared query tokens, so this is the very quantity that
-:func:`verify.loss_bound.certified_min_loss` bounds from below for every prompt of every length;
+:func:`verify.provers.loss_bound.certified_min_loss` bounds from below for every prompt of every length;
 on the L3 datasets the bound is the off-subspace part; on generic datasets (every query token
 distinct, V = R^d) the bound is 0.
 
@@ -286,69 +286,76 @@ def _zero_mlp(model: Model) -> Model:
     return m
 
 
+_FLOOR = 1e-30
+
+
+def _plot_curves(ax, name: str, r: dict, legend: bool) -> None:
+    """Loss against optimizer step: the best initialization of each prompt length and LoRA setting."""
+    import matplotlib.pyplot as plt
+    lengths = sorted({p["length"] for p in r["prompt_runs"]})
+    cmap = plt.get_cmap("viridis")
+    for li, L in enumerate(lengths):
+        best = min((p for p in r["prompt_runs"] if p["length"] == L), key=lambda p: p["final_loss"])
+        ax.plot([max(s, 1) for s, _ in best["curve"]], [max(v, _FLOOR) for _, v in best["curve"]],
+                color=cmap(li / max(1, len(lengths) - 1)), lw=1.6, label=f"prompt m_p={L}")
+    styles = {"W_2": "--", "W_v": ":", "W_q": "-."}
+    reds = {1: "#f4a582", 2: "#d6604d", 4: "#67001f"}
+    for tgt in ("W_2", "W_v", "W_q"):
+        for k in (1, 2, 4):
+            runs = [p for p in r["lora_runs"] if p["target"] == tgt and p["rank"] == k]
+            if runs:
+                best = min(runs, key=lambda p: p["final_loss"])
+                ax.plot([max(s, 1) for s, _ in best["curve"]], [max(v, _FLOOR) for _, v in best["curve"]],
+                        styles[tgt], color=reds[k], lw=1.2, label=f"LoRA {tgt} rank {k}")
+    cb = r["certified_min_loss"]
+    if cb > 0:
+        ax.axhline(cb, color="k", lw=2, label=f"certified bound {cb:.3g}")
+    ax.axhline(FIT_TOL, color="gray", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(max(1e-20, _FLOOR), None)
+    ax.set_title(f"{name}: loss (best init) vs step" + (f"\nblack line: certified bound {cb:.4g}" if cb > 0 else
+                                                          "\ncertified bound 0 (no shared query token)"), fontsize=10)
+    ax.set_xlabel("optimizer step (last point: after L-BFGS polish)")
+    ax.set_ylabel("sum of squared errors at constrained outputs")
+    if legend:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+
+
+def _plot_params(ax2, name: str, r: dict, legend: bool) -> None:
+    """Final loss against the number of trainable parameters, every run."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    pr = r["prompt_runs"]
+    ax2.scatter([p["params"] for p in pr], [max(p["final_loss"], 1e-20) for p in pr], marker="o",
+                color="tab:blue", label="prompt (each init)")
+    for tgt, mk in (("W_2", "s"), ("W_v", "^"), ("W_q", "v")):
+        lr_ = [p for p in r["lora_runs"] if p["target"] == tgt]
+        if lr_:
+            ax2.scatter([p["params"] for p in lr_], [max(p["final_loss"], 1e-20) for p in lr_], marker=mk,
+                        color="tab:red", alpha=0.7, label=f"LoRA {tgt}")
+    if r["certified_min_loss"] > 0:
+        ax2.axhline(r["certified_min_loss"], color="k", lw=2, label="certified bound")
+    ax2.axhline(FIT_TOL, color="gray", lw=0.8, ls=":", label=f"fit tolerance {FIT_TOL:g}")
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.xaxis.set_major_formatter(ScalarFormatter())
+    ax2.xaxis.set_minor_formatter(NullFormatter())
+    ax2.set_title(f"{name}: final loss vs trainable parameters", fontsize=10)
+    ax2.set_xlabel("trainable parameters")
+    ax2.set_ylabel("final loss (values < 1e-20 drawn at 1e-20)")
+    if legend:
+        ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+
+
 def _plot(results: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(results)
     fig, axes = plt.subplots(2, len(names), figsize=(4.6 * len(names), 8.4), squeeze=False)
-    floor = 1e-30
     for col, name in enumerate(names):
-        r = results[name]
-        ax = axes[0][col]
-        lengths = sorted({p["length"] for p in r["prompt_runs"]})
-        cmap = plt.get_cmap("viridis")
-        for li, L in enumerate(lengths):
-            runs = [p for p in r["prompt_runs"] if p["length"] == L]
-            best = min(runs, key=lambda p: p["final_loss"])
-            xs = [max(s, 1) for s, _ in best["curve"]]
-            ax.plot(xs, [max(v, floor) for _, v in best["curve"]], color=cmap(li / max(1, len(lengths) - 1)),
-                    lw=1.6, label=f"prompt m_p={L}")
-        styles = {"W_2": "--", "W_v": ":", "W_q": "-."}
-        reds = {1: "#f4a582", 2: "#d6604d", 4: "#67001f"}
-        for tgt in ("W_2", "W_v", "W_q"):
-            for k in (1, 2, 4):
-                runs = [p for p in r["lora_runs"] if p["target"] == tgt and p["rank"] == k]
-                if not runs:
-                    continue
-                best = min(runs, key=lambda p: p["final_loss"])
-                ax.plot([max(s, 1) for s, _ in best["curve"]], [max(v, floor) for _, v in best["curve"]],
-                        styles[tgt], color=reds[k], lw=1.2, label=f"LoRA {tgt} rank {k}")
-        cb = r["certified_min_loss"]
-        if cb > 0:
-            ax.axhline(cb, color="k", lw=2, label=f"certified bound {cb:.3g}")
-        ax.axhline(FIT_TOL, color="gray", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_ylim(max(1e-20, floor), None)
-        ax.set_title(f"{name}: loss (best init) vs step" + (f"\nblack line: certified bound {cb:.4g}" if cb > 0 else
-                                                              "\ncertified bound 0 (no shared query token)"), fontsize=10)
-        ax.set_xlabel("optimizer step (last point: after L-BFGS polish)")
-        ax.set_ylabel("sum of squared errors at constrained outputs")
-        if col == len(names) - 1:
-            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        ax2 = axes[1][col]
-        pr = r["prompt_runs"]
-        ax2.scatter([p["params"] for p in pr], [max(p["final_loss"], 1e-20) for p in pr], marker="o",
-                    color="tab:blue", label="prompt (each init)")
-        for tgt, mk in (("W_2", "s"), ("W_v", "^"), ("W_q", "v")):
-            lr_ = [p for p in r["lora_runs"] if p["target"] == tgt]
-            if lr_:
-                ax2.scatter([p["params"] for p in lr_], [max(p["final_loss"], 1e-20) for p in lr_], marker=mk,
-                            color="tab:red", alpha=0.7, label=f"LoRA {tgt}")
-        if cb > 0:
-            ax2.axhline(cb, color="k", lw=2, label="certified bound")
-        ax2.axhline(FIT_TOL, color="gray", lw=0.8, ls=":", label=f"fit tolerance {FIT_TOL:g}")
-        ax2.set_xscale("log", base=2)
-        ax2.set_yscale("log")
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-        ax2.xaxis.set_major_formatter(ScalarFormatter())
-        ax2.xaxis.set_minor_formatter(NullFormatter())
-        ax2.set_title(f"{name}: final loss vs trainable parameters", fontsize=10)
-        ax2.set_xlabel("trainable parameters")
-        ax2.set_ylabel("final loss (values < 1e-20 drawn at 1e-20)")
-        if col == len(names) - 1:
-            ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        _plot_curves(axes[0][col], name, results[name], col == len(names) - 1)
+        _plot_params(axes[1][col], name, results[name], col == len(names) - 1)
     title = "Prompt tuning vs LoRA (float64, Adam + L-BFGS)\nblack line: certified lower bound for every prompt"
     fig.suptitle(title if len(names) > 1 else title.replace(" (", "\n("), fontsize=11)
     fig.tight_layout()
@@ -391,68 +398,65 @@ def _instance(name: str, d: int, seed: int):
     raise ValueError(f"dataset name: expected L1, L3 or generic-N<k>, found {name!r}")
 
 
-def run_experiment(out: str, quick: bool = False, seed: int = 0, progress=None, config: Optional[dict] = None) -> dict:
-    """Run the experiment; write ``out/prompt_vs_lora.json``, ``out/prompt_vs_lora.png`` and
-    ``out/prompt_vs_lora.md`` (the table); return the JSON object."""
-    import torch
-
+def _dataset_runs(name: str, cfg: dict, seed: int, progress, instances: Optional[dict]) -> dict:
+    """One dataset: its instance, certified bound, prompt runs, LoRA runs and their summary."""
     from verify.provers.loss_bound import certified_min_loss
-    torch.set_num_threads(1)
-    cfg = dict(_config(quick), **(config or {}))
-    t0 = time.perf_counter()
-    results: dict = {}
-    for name in cfg["datasets"]:
-        if progress:
-            progress(f"{name}: building instance and certified bound")
-        model, ds = _instance(name, cfg["d"], seed)
-        tb = time.perf_counter()
-        cb = certified_min_loss(model, ds)
-        t_bound = time.perf_counter() - tb
-        tm = TorchLayerModel(model)
-        if progress:
-            progress(f"{name}: prompt tuning, lengths {cfg['lengths']}")
-        pr = _prompt_runs(tm, ds, cfg["lengths"], cfg["inits"], cfg["steps"], cfg["polish"], cfg["lr"], seed)
-        if progress:
-            progress(f"{name}: LoRA on {cfg['lora_targets']}, ranks {cfg['ranks']}")
-        lr_ = _lora_runs(tm, model, ds, cfg["lora_targets"], cfg["ranks"], cfg["lora_inits"], cfg["steps"],
-                         cfg["polish"], cfg["lr"], seed)
-        X0 = ds.examples[0].input
-        N, m = len(ds.examples), X0.shape[0]
-        n_con = len(constrained_positions(ds))
-        floor = _w2_floor(model, ds)
-        bound = float(cb.value)
-        violations = [{"length": p["length"], "init": p["init"], "final_loss": p["final_loss"]}
-                      for p in pr if p["final_loss"] < bound]
-        best_by_len = {L: min(p["final_loss"] for p in pr if p["length"] == L) for L in cfg["lengths"]}
-        fit_len = next((L for L in cfg["lengths"] if best_by_len[L] < FIT_TOL), None)
-        near_len = next((L for L in cfg["lengths"] if best_by_len[L] < NEAR_TOL), None)
-        w2 = {k: min(p["final_loss"] for p in lr_ if p["target"] == "W_2" and p["rank"] == k)
-              for k in cfg["ranks"] if any(p["target"] == "W_2" and p["rank"] == k for p in lr_)}
-        w2_fit_rank = next((k for k in sorted(w2) if w2[k] < FIT_TOL), None)
-        results[name] = {
-            "d": model.d, "heads": len(model.layers[0].heads), "head_size": model.layers[0].heads[0].W_q.shape[0],
-            "mlp_width": model.layers[0].W_1.shape[0], "examples": N, "dataset_meta": ds.meta, "length": m, "constrained_outputs": n_con,
-            "certified_min_loss": bound, "certified_min_loss_exact": cb.certificate["value"],
-            "certified_bound_seconds": round(t_bound, 3), "bound_combine": cb.combine, "bound_k": float(cb.k),
-            "prompt_runs": pr, "lora_runs": lr_,
-            "best_prompt_loss_by_length": {str(k): v for k, v in best_by_len.items()},
-            "smallest_fitting_prompt_length": fit_len,
-            "smallest_prompt_length_below_near_tol": near_len,
-            "L4_prompt_length_lower_bound": N * m if name.startswith(("generic", "random")) else None,
-            "lora_w2_best_by_rank": {str(k): v for k, v in w2.items()},
-            "smallest_fitting_lora_w2_rank": w2_fit_rank,
-            "L5_rank_bound": min(model.d, n_con),
-            "lora_w2_prediction": floor,
-            "checks": {
-                "bound_positive": bound > 0,
-                "every_prompt_at_or_above_bound": not violations,
-                "violations": violations,
-                "lora_w2_rank_ge_needed_below_fit_tol": all(v < FIT_TOL for k, v in w2.items()
-                                                            if k >= floor["rank_needed"]),
-                "lora_w2_fit_rank_le_L5_bound": w2_fit_rank is not None and w2_fit_rank <= min(model.d, n_con),
-            },
-        }
-    secs = time.perf_counter() - t0
+    if progress:
+        progress(f"{name}: building instance and certified bound")
+    model, ds = _instance(name, cfg["d"], seed)
+    tb = time.perf_counter()
+    cb = certified_min_loss(model, ds)
+    t_bound = time.perf_counter() - tb
+    if instances is not None:
+        instances[name] = (model, ds, cb)
+    tm = TorchLayerModel(model)
+    if progress:
+        progress(f"{name}: prompt tuning, lengths {cfg['lengths']}")
+    pr = _prompt_runs(tm, ds, cfg["lengths"], cfg["inits"], cfg["steps"], cfg["polish"], cfg["lr"], seed)
+    if progress:
+        progress(f"{name}: LoRA on {cfg['lora_targets']}, ranks {cfg['ranks']}")
+    lr_ = _lora_runs(tm, model, ds, cfg["lora_targets"], cfg["ranks"], cfg["lora_inits"], cfg["steps"],
+                     cfg["polish"], cfg["lr"], seed)
+    out = _summary_record(name, model, ds, pr, lr_, cfg)
+    out.update({"certified_min_loss": float(cb.value), "certified_min_loss_exact": str(cb.value),
+                "certified_bound_seconds": round(t_bound, 3), "bound_combine": cb.combine, "bound_k": float(cb.k)})
+    violations = [{"length": p["length"], "init": p["init"], "final_loss": p["final_loss"]}
+                  for p in pr if p["final_loss"] < float(cb.value)]
+    out["checks"].update({"bound_positive": cb.value > 0, "every_prompt_at_or_above_bound": not violations,
+                          "violations": violations})
+    return out
+
+
+def _summary_record(name: str, model: Model, ds: Dataset, pr: list, lr_: list, cfg: dict) -> dict:
+    """The dataset's record: sizes, runs, best losses by length and rank, the LoRA prediction."""
+    N, m = len(ds.examples), ds.examples[0].input.shape[0]
+    n_con = len(constrained_positions(ds))
+    floor = _w2_floor(model, ds)
+    best_by_len = {L: min(p["final_loss"] for p in pr if p["length"] == L) for L in cfg["lengths"]}
+    w2 = {k: min(p["final_loss"] for p in lr_ if p["target"] == "W_2" and p["rank"] == k)
+          for k in cfg["ranks"] if any(p["target"] == "W_2" and p["rank"] == k for p in lr_)}
+    w2_fit_rank = next((k for k in sorted(w2) if w2[k] < FIT_TOL), None)
+    layer = model.layers[0]
+    return {
+        "d": model.d, "heads": len(layer.heads), "head_size": layer.heads[0].W_q.shape[0],
+        "mlp_width": layer.W_1.shape[0], "examples": N, "dataset_meta": ds.meta, "length": m, "constrained_outputs": n_con,
+        "prompt_runs": pr, "lora_runs": lr_,
+        "best_prompt_loss_by_length": {str(k): v for k, v in best_by_len.items()},
+        "smallest_fitting_prompt_length": next((L for L in cfg["lengths"] if best_by_len[L] < FIT_TOL), None),
+        "smallest_prompt_length_below_near_tol": next((L for L in cfg["lengths"] if best_by_len[L] < NEAR_TOL), None),
+        "L4_prompt_length_lower_bound": N * m if name.startswith(("generic", "random")) else None,
+        "lora_w2_best_by_rank": {str(k): v for k, v in w2.items()},
+        "smallest_fitting_lora_w2_rank": w2_fit_rank,
+        "L5_rank_bound": min(model.d, n_con),
+        "lora_w2_prediction": floor,
+        "checks": {
+            "lora_w2_rank_ge_needed_below_fit_tol": all(v < FIT_TOL for k, v in w2.items() if k >= floor["rank_needed"]),
+            "lora_w2_fit_rank_le_L5_bound": w2_fit_rank is not None and w2_fit_rank <= min(model.d, n_con),
+        },
+    }
+
+
+def _table_rows(results: dict) -> list:
     table = []
     for name, r in results.items():
         for p in r["prompt_runs"]:
@@ -461,7 +465,22 @@ def run_experiment(out: str, quick: bool = False, seed: int = 0, progress=None, 
         for p in r["lora_runs"]:
             table.append({"dataset": name, "method": f"LoRA {p['target']} rank {p['rank']}", "init": p["init"],
                           "params": p["params"], "final_loss": p["final_loss"]})
-    findings = _findings(results)
+    return table
+
+
+def run_experiment(out: str, quick: bool = False, seed: int = 0, progress=None, config: Optional[dict] = None,
+                   instances: Optional[dict] = None) -> dict:
+    """Run the experiment; write ``out/prompt_vs_lora.json``, ``out/prompt_vs_lora.png`` and
+    ``out/prompt_vs_lora.md`` (the table); return the JSON object.  ``instances``, when given, is
+    filled with dataset name -> (model, dataset, CertifiedLoss), what the result files embed."""
+    import json
+
+    import torch
+    torch.set_num_threads(1)
+    cfg = dict(_config(quick), **(config or {}))
+    t0 = time.perf_counter()
+    results = {name: _dataset_runs(name, cfg, seed, progress, instances) for name in cfg["datasets"]}
+    secs = time.perf_counter() - t0
     obj = {"format": EXPERIMENT_FORMAT, "experiment": "prompt-vs-lora", "quick": quick, "seed": seed,
            "loss": "sum over constrained output positions of the squared Euclidean error (float64)",
            "schedule": {"optimizer": "Adam, cosine lr from lr to lr/1000, then L-BFGS (strong Wolfe)",
@@ -470,9 +489,9 @@ def run_experiment(out: str, quick: bool = False, seed: int = 0, progress=None, 
                         "prompt_inits": cfg["inits"], "lora_inits": cfg["lora_inits"]},
            "fit_tolerance": FIT_TOL,
            "certified_min_loss": results["L1"]["certified_min_loss"] if "L1" in results else None,
-           "datasets": results, "table": table, "findings": findings, "seconds": round(secs, 2)}
+           "datasets": results, "table": _table_rows(results), "findings": _findings(results),
+           "seconds": round(secs, 2)}
     os.makedirs(out, exist_ok=True)
-    import json
     png = os.path.join(out, "prompt_vs_lora.png")
     _plot(results, png)
     obj["plot"] = png

@@ -1,5 +1,6 @@
-"""A certified lower bound on the loss of every prompt (THEORY.md section 3, "Certified loss lower
-bound"), with its certificate and the checker that replays it.
+"""A certified lower bound on the loss of every prompt (proofs/loss_bound.md), written as a
+``ptverify-result/2`` whose ``loss-bound`` certificate the trusted checker
+(``verify/checker/loss.py``) re-derives from the model and dataset alone.
 
 The loss is the sum, over every constrained output position (output not ``None``), of the squared
 Euclidean error ``||g([P, X_i])_t - y_it||^2``.  For a single softmax layer whose MLP residual
@@ -26,26 +27,30 @@ branch has a certified Lipschitz constant ``k < 1``:
 Per prompt length ``K``: a head whose score vector at the query is zero
 (``W_k^T W_q x = 0``) has ``alpha = K`` exactly (Proposition E), so ``G`` is evaluated at one
 point instead of minimized.  Other heads keep the any-length bound (still valid for length K).
+
+Every box's lower bound is written rounded down (:func:`canonical_low`): the checker requires it
+to be at most its own interval lower bound of the box and within 2^-32 relative of it.
 """
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Optional
 
 import numpy as np
 
 from constructions.datasets import cheap_norm_bound, mlp_exact, mlp_inverse_float
 from constructions.forward import Iv, exp_enclosure
 from constructions.lora import column_basis_exact, constrained_positions, rank_exact, solve_exact
-from constructions.model import (Dataset, InputError, Model, as_float, as_fraction, dataset_from_json,
-                                 dataset_to_json, model_to_json, sha256_json)
+from constructions.model import (Dataset, InputError, Model, as_float, as_fraction, dataset_to_json,
+                                 model_to_json)
+from verify.result import Result, Status, certificate, embed
 
-__all__ = ["certified_min_loss", "CertifiedLoss", "AssumptionViolated", "replay_certified_loss",
-           "head_objective", "model_from_json", "mlp_k", "check_norm_bound", "CERT_KIND"]
+__all__ = ["certified_min_loss", "CertifiedLoss", "AssumptionViolated", "loss_bound_result", "loss_inputs",
+           "head_objective", "mlp_k", "canonical_low", "CERT_KIND"]
 
-CERT_KIND = "certified-loss-bound"
+CERT_KIND = "loss-bound"
 
 
 class AssumptionViolated(ValueError):
@@ -57,17 +62,6 @@ class AssumptionViolated(ValueError):
 
 
 # --------------------------------------------------------------------------- small exact helpers
-
-def model_from_json(obj: dict) -> Model:
-    """A validated model from a parsed ``ptverify-model/1`` object."""
-    from constructions.model import _array, _shape_str, _validate_model_dict  # noqa: PLC2701
-
-    def get_array(parent, name, fld, shape, _where):
-        if name not in parent:
-            raise InputError(fld, f"a matrix of shape {_shape_str(shape)}", "nothing (missing)")
-        return _array(parent[name], fld, shape)
-    return _validate_model_dict(obj, get_array)
-
 
 def _q(x) -> str:
     x = Fraction(x)
@@ -88,24 +82,17 @@ def _dotq(u, v) -> Fraction:
     return sum((a * b for a, b in zip(u, v)), Fraction(0))
 
 
-def check_norm_bound(W: np.ndarray, b: Fraction) -> bool:
-    """Exact test that ``b >= ||W||_2``: via the Frobenius norm, sqrt(||W||_1 ||W||_inf), or an
-    exact LDL^T test that ``b^2 I - W^T W`` is positive semidefinite (positive definite here)."""
-    b = Fraction(b)
-    if b < 0:
-        return False
-    Wq = as_fraction(np.asarray(W))
-    b2 = b * b
-    if sum((x * x for x in Wq.reshape(-1)), Fraction(0)) <= b2:
-        return True
-    if cheap_norm_bound(W) <= b:
-        return True
-    if min(Wq.shape) <= 64:
-        from verify.provers.assumptions import ldl_positive_definite
-        G = Wq.T.dot(Wq) if Wq.shape[1] <= Wq.shape[0] else Wq.dot(Wq.T)
-        A = [[(b2 if i == j else 0) - G[i, j] for j in range(G.shape[1])] for i in range(G.shape[0])]
-        return ldl_positive_definite(A)
-    return False
+def canonical_low(x: Fraction) -> Fraction:
+    """What a certificate states for a box whose interval lower bound is x: x (1 - 2^-48) rounded
+    down to 56 significant bits (0 for x <= 0).  Short, and below any other rigorous evaluation
+    of the same interval expression that agrees with this one to 2^-48 relative."""
+    if x <= 0:
+        return Fraction(0)
+    y = Fraction(x) * (1 - Fraction(1, 1 << 48))
+    e = 56 - (y.numerator.bit_length() - y.denominator.bit_length())
+    if e >= 0:
+        return Fraction((y.numerator << e) // y.denominator, 1 << e)
+    return Fraction((y.numerator // (y.denominator << -e)) << -e)
 
 
 def mlp_k(layer) -> tuple[Fraction, Fraction, Fraction, str]:
@@ -216,7 +203,7 @@ class _Group:
     query: np.ndarray               # Fractions (d,)
     positions: list                 # (example, position)
     perp: Fraction                  # sum_t ||(I - P_V) c_t||^2
-    heads: list                     # _HeadData per head (None when heads are not separable)
+    heads: list                     # _HeadData per head ([] when heads are not separable or one position)
 
 
 @dataclass
@@ -227,12 +214,13 @@ class _Prepared:
     k_method: str
     groups: list
     combine: str                    # "orthogonal" | "oblique" | "perp-only"
-    pi_norm_sq: list                # upper bounds on ||Pi_j||_2^2
+    pi_norm_sq: list                # min(||Pi_j||_F^2, ||Pi_j||_1 ||Pi_j||_inf)
     delta_sq: Fraction              # sum_t ||z~_t - z*_t||^2 upper bound
     rank_V: int
+    preimages: dict                 # (example, position) -> z~
 
 
-def _prepare(model: Model, dataset: Dataset, k_override: Optional[tuple] = None) -> _Prepared:
+def _check_model(model: Model, dataset: Dataset):
     if len(model.layers) != 1:
         raise AssumptionViolated("single layer", f"the bound is for one layer; the model has {len(model.layers)}")
     layer = model.layers[0]
@@ -242,21 +230,22 @@ def _prepare(model: Model, dataset: Dataset, k_override: Optional[tuple] = None)
     for i, ex in enumerate(dataset.examples):
         if ex.input.shape[1] != model.d:
             raise InputError(f"examples[{i}].input", f"tokens of d = {model.d} entries", f"{ex.input.shape[1]}")
-    if k_override is None:
-        k, b1, b2, method = mlp_k(layer)
-    else:
-        b1, b2, method = k_override
-        k = b1 * b2
-    if k >= 1:
-        raise AssumptionViolated("injective MLP", f"certified Lipschitz bound k = {float(k):.6g} of the MLP residual "
-                                 "branch is not < 1")
-    one_mk_sq = (1 - k) ** 2
-    d = model.d
-    Ms, Bs = [], []
-    for h in layer.heads:
-        M = as_fraction(h.W_o).dot(as_fraction(h.W_v))
-        Ms.append(M)
-        Bs.append(column_basis_exact(M))
+    return layer
+
+
+def _pi_norm_sq(Pi: np.ndarray) -> Fraction:
+    """min(||Pi||_F^2, ||Pi||_1 ||Pi||_inf) >= ||Pi||_2^2, exactly (the checker derives the same)."""
+    A = [[abs(x) for x in row] for row in Pi]
+    fro = sum((x * x for row in A for x in row), Fraction(0))
+    n1 = max(sum(col, Fraction(0)) for col in zip(*A))
+    ninf = max(sum(row, Fraction(0)) for row in A)
+    return min(fro, n1 * ninf)
+
+
+def _subspaces(layer, d: int) -> tuple:
+    """(Ms, Pis, PV, combine, pi_norm_sq, rank_V) for V = sum_j col(M_j)."""
+    Ms = [as_fraction(h.W_o).dot(as_fraction(h.W_v)) for h in layer.heads]
+    Bs = [column_basis_exact(M) for M in Ms]
     Ball = np.concatenate(Bs, axis=1)
     rho_tot = Ball.shape[1]
     rank_V = rank_exact(Ball) if rho_tot else 0
@@ -265,96 +254,90 @@ def _prepare(model: Model, dataset: Dataset, k_override: Optional[tuple] = None)
         PV = BV.dot(solve_exact(BV.T.dot(BV), BV.T))
     else:
         PV = np.zeros((d, d), dtype=object) + Fraction(0)
-    direct = rank_V == rho_tot and rho_tot > 0
-    Pis, pi_norm_sq = [], []
-    combine = "perp-only"
-    if direct:
-        Lall = solve_exact(Ball.T.dot(Ball), Ball.T)   # (rho, d), L x = coordinates of P_V x
-        off = 0
-        for B in Bs:
-            Pi = B.dot(Lall[off:off + B.shape[1]])
-            off += B.shape[1]
-            Pis.append(Pi)
-        if all(np.array_equal(Pi, Pi.T) for Pi in Pis):
-            combine = "orthogonal"
-            pi_norm_sq = [Fraction(1)] * len(Pis)
-        else:
-            combine = "oblique"
-            for Pi in Pis:
-                fro = sum((x * x for x in Pi.reshape(-1)), Fraction(0))
-                cb = cheap_norm_bound(Pi)
-                pi_norm_sq.append(min(fro, cb * cb))
-    # group constrained positions by query token
-    groups: dict = {}
-    delta_sq = Fraction(0)
-    for i, t in constrained_positions(dataset):
+    if not (rank_V == rho_tot and rho_tot > 0):
+        return Ms, [], PV, "perp-only", [], rank_V
+    Lall = solve_exact(Ball.T.dot(Ball), Ball.T)   # (rho, d), L x = coordinates of P_V x
+    Pis, off = [], 0
+    for B in Bs:
+        Pis.append(B.dot(Lall[off:off + B.shape[1]]))
+        off += B.shape[1]
+    if all(np.array_equal(Pi, Pi.T) for Pi in Pis):
+        return Ms, Pis, PV, "orthogonal", [Fraction(1)] * len(Pis), rank_V
+    return Ms, Pis, PV, "oblique", [_pi_norm_sq(Pi) for Pi in Pis], rank_V
+
+
+def _softmax_parts(es: list, mvs: list, d: int) -> tuple[Iv, list]:
+    Zt = Iv(0)
+    for e in es:
+        Zt = Zt + e
+    At = [Iv(0)] * d
+    for b, (e, mv) in enumerate(zip(es, mvs)):
+        rest = Iv(0)
+        for c_, e2 in enumerate(es):
+            if c_ != b:
+                rest = rest + e2
+        wb = Iv(1) / (Iv(1) + rest / e) if rest.hi > 0 else Iv(1)
+        At = [a + wb * v for a, v in zip(At, mv)]
+    return Zt, At
+
+
+def _head_data(model: Model, dataset: Dataset, h, M, Pi, x, pos: list, cs: list) -> "_HeadData":
+    g = as_fraction(h.W_k).T.dot(as_fraction(h.W_q).dot(x))
+    zero = all(v == 0 for v in g)
+    per = []
+    for i, t in pos:
         X = as_fraction(dataset.examples[i].input)
-        key = tuple(X[t])
-        groups.setdefault(key, []).append((i, t))
-    out_groups = []
+        keys = range(t + 1) if model.causal else range(X.shape[0])
+        per.append([(X[b].dot(g) if not zero else Fraction(0), M.dot(X[b])) for b in keys])
+    shift = max(s for p in per for s, _ in p)
+    Zs, As = [], []
+    for p in per:
+        es = [Iv(1) if s == shift else Iv(*exp_enclosure(s - shift)) for s, _ in p]
+        Zt, At = _softmax_parts(es, [mv for _, mv in p], model.d)
+        Zs.append(Zt)
+        As.append(At)
+    chat = [list(Pi.dot(c)) for c in cs]
+    zref = Fraction(float(Zs[0].mid))
+    return _HeadData(Zs, As, chat, zero, zref if zref > 0 else Fraction(1))
+
+
+def _prepare(model: Model, dataset: Dataset) -> _Prepared:
+    layer = _check_model(model, dataset)
+    k, b1, b2, method = mlp_k(layer)
+    if k >= 1:
+        raise AssumptionViolated("injective MLP", f"certified Lipschitz bound k = {float(k):.6g} of the MLP residual "
+                                 "branch is not < 1")
+    Ms, Pis, PV, combine, pi_norm_sq, rank_V = _subspaces(layer, model.d)
+    groups: dict = {}
+    for i, t in constrained_positions(dataset):
+        groups.setdefault(tuple(as_fraction(dataset.examples[i].input)[t]), []).append((i, t))
+    out_groups, delta_sq, pre = [], Fraction(0), {}
     for key, pos in groups.items():
         x = np.array(key, dtype=object)
         cs = []
         for i, t in pos:
             z, r2 = _preimage(layer, dataset.examples[i].output[t])
-            delta_sq += r2 / one_mk_sq
+            pre[(i, t)] = z
+            delta_sq += r2 / (1 - k) ** 2
             cs.append(z - x)
-        perp = Fraction(0)
-        for c in cs:
-            w = c - PV.dot(c)
-            perp += _dotq(w, w)
-        heads = None
-        if combine != "perp-only":
-            heads = []
-            for j, h in enumerate(layer.heads):
-                Wq, Wk = as_fraction(h.W_q), as_fraction(h.W_k)
-                qv = Wq.dot(x)
-                g = Wk.T.dot(qv)
-                zero = all(v == 0 for v in g)
-                per = []
-                for i, t in pos:
-                    X = as_fraction(dataset.examples[i].input)
-                    keys = range(t + 1) if model.causal else range(X.shape[0])
-                    per.append([(X[b].dot(g) if not zero else Fraction(0), Ms[j].dot(X[b])) for b in keys])
-                shift = max(s for p in per for s, _ in p)
-                Zs, As = [], []
-                for p in per:
-                    es = []
-                    for s, _ in p:
-                        if s == shift:
-                            es.append(Iv(1))
-                        else:
-                            lo_, hi_ = exp_enclosure(s - shift)
-                            es.append(Iv(lo_, hi_))
-                    Zt = Iv(0)
-                    for e in es:
-                        Zt = Zt + e
-                    At = [Iv(0)] * d
-                    for b, (e, (_, mv)) in enumerate(zip(es, p)):
-                        rest = Iv(0)
-                        for c_, e2 in enumerate(es):
-                            if c_ != b:
-                                rest = rest + e2
-                        wb = Iv(1) / (Iv(1) + rest / e) if rest.hi > 0 else Iv(1)
-                        At = [a + wb * v for a, v in zip(At, mv)]
-                    Zs.append(Zt)
-                    As.append(At)
-                chat = [list(Pis[j].dot(c)) for c in cs]
-                zref = Zs[0].mid
-                heads.append(_HeadData(Zs, As, chat, zero, zref if zref > 0 else Fraction(1)))
+        perp = sum((_dotq(c - PV.dot(c), c - PV.dot(c)) for c in cs), Fraction(0))
+        heads = []
+        if combine != "perp-only" and len(pos) >= 2:
+            heads = [_head_data(model, dataset, h, Ms[j], Pis[j], x, pos, cs) for j, h in enumerate(layer.heads)]
         out_groups.append(_Group(x, pos, perp, heads))
-    return _Prepared(k, b1, b2, method, out_groups, combine, pi_norm_sq, delta_sq, rank_V)
+    return _Prepared(k, b1, b2, method, out_groups, combine, pi_norm_sq, delta_sq, rank_V, pre)
 
 
 # --------------------------------------------------------------------------- the bound
 
 @dataclass
 class CertifiedLoss:
-    """A certified lower bound on the loss of every prompt of the stated length."""
+    """A certified lower bound on the loss of every prompt of the stated length, with the
+    ``loss-bound`` certificate body that the checker re-derives it from."""
 
     value: Fraction
     prompt_length: object
-    certificate: dict
+    body: dict
     groups: list = field(default_factory=list)
     k: Fraction = Fraction(0)
     combine: str = ""
@@ -368,14 +351,13 @@ def _combine(prep: _Prepared, group_head_lows: list) -> tuple[Fraction, list]:
     S = Fraction(0)
     per = []
     for g, lows in zip(prep.groups, group_head_lows):
-        if prep.combine == "orthogonal":
-            v = sum(lows, Fraction(0))
-        elif prep.combine == "oblique":
-            a = max(m / n for m, n in zip(lows, prep.pi_norm_sq))
-            b = sum(lows, Fraction(0)) / sum(prep.pi_norm_sq, Fraction(0))
-            v = max(a, b)
-        else:
+        if not lows:
             v = Fraction(0)
+        elif prep.combine == "orthogonal":
+            v = sum(lows, Fraction(0))
+        else:
+            a = [m / n for m, n in zip(lows, prep.pi_norm_sq) if n > 0]
+            v = max(a + [sum(lows, Fraction(0)) / sum(prep.pi_norm_sq, Fraction(0))])
         per.append(g.perp + v)
         S += g.perp + v
     return S, per
@@ -387,10 +369,20 @@ def _final(prep: _Prepared, S: Fraction) -> tuple[Fraction, Fraction]:
     if prep.delta_sq == 0:
         return c * S, Fraction(0)
     if S <= 0:
-        return Fraction(0), Fraction(1)
+        return Fraction(0), Fraction(1, 2)
     eps = Fraction(min(0.5, max(1e-12, (float(prep.delta_sq) / float(S)) ** 0.5))).limit_denominator(1 << 40)
     v = c * ((1 - eps) * S - (1 / eps - 1) * prep.delta_sq)
     return max(v, Fraction(0)), eps
+
+
+def _head_boxes(hd: _HeadData, prompt_length, rtol: float, max_boxes: int) -> tuple[list, list]:
+    """(breakpoints, canonical lows) of one head: the point alpha = K for a zero-score head at a
+    given length K, else the branch-and-bound partition of [0, 1]."""
+    if prompt_length != "any" and hd.zero_score:
+        tk = Fraction(prompt_length) / (prompt_length + hd.Zref)
+        return [tk, tk], [canonical_low(head_objective(hd, tk, tk).lo)]
+    bps, leaf, _ = _minimize(hd, rtol, max_boxes)
+    return bps, [canonical_low(v) for v in leaf]
 
 
 def certified_min_loss(model: Model, dataset: Dataset, prompt_length="any", rtol: float = 1e-3,
@@ -409,8 +401,8 @@ def certified_min_loss(model: Model, dataset: Dataset, prompt_length="any", rtol
 
     Returns
     -------
-    CertifiedLoss with ``value`` (a Fraction) and a ``certificate`` that
-    :func:`replay_certified_loss` re-verifies.
+    CertifiedLoss with ``value`` (a Fraction, computed from the canonical box lows) and the
+    ``loss-bound`` certificate ``body``.
 
     Raises
     ------
@@ -421,112 +413,55 @@ def certified_min_loss(model: Model, dataset: Dataset, prompt_length="any", rtol
                                    or prompt_length < 1):
         raise InputError("prompt_length", "a positive integer or 'any'", repr(prompt_length))
     prep = _prepare(model, dataset)
-    lows_all, cert_groups, boxes = [], [], 0
+    lows_all, body_groups, boxes = [], [], 0
     for g in prep.groups:
-        lows, ch = [], []
-        for hd in (g.heads or []):
-            if prompt_length != "any" and hd.zero_score:
-                tk = Fraction(prompt_length) / (prompt_length + hd.Zref)
-                lo = head_objective(hd, tk, tk).lo if len(hd.Z) >= 2 else Fraction(0)
-                bps, leaf = [tk, tk], [lo]
-            else:
-                bps, leaf, lo = _minimize(hd, rtol, max_boxes)
+        lows, entries = [], []
+        for hd in g.heads:
+            bps, leaf = _head_boxes(hd, prompt_length, rtol, max_boxes)
             boxes += len(leaf)
-            lows.append(lo)
-            ch.append({"breakpoints": [_q(b) for b in bps], "leaf_lower": [_q(v) for v in leaf], "lower": _q(lo)})
+            lows.append(min(leaf))
+            entries.append({"zref": _q(hd.Zref), "breakpoints": [_q(b) for b in bps], "lows": [_q(v) for v in leaf]})
         lows_all.append(lows)
-        cert_groups.append({"query": [_q(v) for v in g.query], "positions": [list(p) for p in g.positions],
-                            "perp": _q(g.perp), "heads": ch})
+        body_groups.append({"heads": entries})
     S, per = _combine(prep, lows_all)
     value, eps = _final(prep, S)
-    mj, dj = model_to_json(model), dataset_to_json(dataset)
-    cert = {"kind": CERT_KIND, "prompt_length": prompt_length, "model": mj, "dataset": dj,
-            "model_sha256": sha256_json(mj), "dataset_sha256": sha256_json(dj),
-            "k": _q(prep.k), "bound_W1": _q(prep.b1), "bound_W2": _q(prep.b2), "k_method": prep.k_method,
-            "combine": prep.combine, "pi_norm_sq": [_q(v) for v in prep.pi_norm_sq],
-            "delta_sq": _q(prep.delta_sq), "epsilon": _q(eps), "groups": cert_groups,
-            "sum_lower": _q(S), "value": _q(value)}
+    body = {"bound_W1": _q(prep.b1), "bound_W2": _q(prep.b2),
+            "preimages": [[_q(v) for v in prep.preimages[p]] for p in constrained_positions(dataset)],
+            "epsilon": _q(eps), "groups": body_groups}
     details = [{"query_group": gi, "positions": [list(p) for p in g.positions], "perp": float(g.perp),
                 "head_lower": [float(v) for v in lows], "group_lower": float(v)}
                for gi, (g, lows, v) in enumerate(zip(prep.groups, lows_all, per))]
-    return CertifiedLoss(value, prompt_length, cert, details, prep.k, prep.combine, boxes)
+    return CertifiedLoss(value, prompt_length, body, details, prep.k, prep.combine, boxes)
 
 
-# --------------------------------------------------------------------------- replay
+def loss_inputs(model: Model, dataset: Dataset) -> dict:
+    """The result's inputs: the model and the dataset, embedded."""
+    return {"model": embed(model_to_json(model)), "dataset": embed(dataset_to_json(dataset))}
 
-def replay_certified_loss(cert: dict) -> tuple[bool, str]:
-    """Re-verify a ``certified-loss-bound`` certificate from the model and dataset it carries.
 
-    Recomputes, in exact rationals and rigorous intervals (no floats decide anything): the norm
-    bounds (checked by :func:`check_norm_bound`), the projections, every leaf's interval lower
-    bound (must equal the stated one), that the leaves tile [0, 1] (or sit at alpha = K for a
-    zero-score head), and the final value."""
-    if cert.get("kind") != CERT_KIND:
-        return False, f"certificate kind: expected {CERT_KIND!r}, found {cert.get('kind')!r}"
-    model = model_from_json(cert["model"])
-    dataset = dataset_from_json(cert["dataset"], model.d)
-    if sha256_json(cert["model"]) != cert["model_sha256"] or sha256_json(cert["dataset"]) != cert["dataset_sha256"]:
-        return False, "model or dataset does not match its recorded sha256"
-    b1, b2 = Fraction(cert["bound_W1"]), Fraction(cert["bound_W2"])
-    layer = model.layers[0]
-    if not (check_norm_bound(layer.W_1, b1) and check_norm_bound(layer.W_2, b2)):
-        return False, "bound_W1 or bound_W2 is not a valid upper bound on the spectral norm"
-    if Fraction(cert["k"]) != b1 * b2:
-        return False, "k != bound_W1 * bound_W2"
+def loss_bound_result(model: Model, dataset: Dataset, prompt_length="any", claim: str = "LB", **kw) -> Result:
+    """The ``loss-bound`` result: status ``verified`` when the bound is > 0 and the trusted checker
+    accepts the result, ``unknown`` otherwise; ``error`` naming a violated assumption."""
+    from verify.checker import check_result
+    t0 = time.perf_counter()
+    question = {"kind": "loss-bound", "prompt_length": prompt_length}
     try:
-        prep = _prepare(model, dataset, k_override=(b1, b2, cert["k_method"]))
+        cb = certified_min_loss(model, dataset, prompt_length, **kw)
     except AssumptionViolated as exc:
-        return False, str(exc)
-    K = cert["prompt_length"]
-    if prep.combine != cert["combine"] or [_q(v) for v in prep.pi_norm_sq] != cert["pi_norm_sq"]:
-        return False, "head combination or projection norms differ from the recomputed ones"
-    if _q(prep.delta_sq) != cert["delta_sq"]:
-        return False, "preimage residual delta^2 differs from the recomputed one"
-    if len(cert["groups"]) != len(prep.groups):
-        return False, "number of query groups differs"
-    lows_all = []
-    for gi, (g, cg) in enumerate(zip(prep.groups, cert["groups"])):
-        if cg["query"] != [_q(v) for v in g.query] or cg["positions"] != [list(p) for p in g.positions]:
-            return False, f"group {gi}: query or positions differ"
-        if cg["perp"] != _q(g.perp):
-            return False, f"group {gi}: off-subspace part differs"
-        heads = g.heads or []
-        if len(cg["heads"]) != len(heads):
-            return False, f"group {gi}: number of heads differs"
-        lows = []
-        for j, (hd, ch) in enumerate(zip(heads, cg["heads"])):
-            bps = [Fraction(b) for b in ch["breakpoints"]]
-            leaf = [Fraction(v) for v in ch["leaf_lower"]]
-            if K != "any" and hd.zero_score:
-                tk = Fraction(K) / (K + hd.Zref)
-                if bps != [tk, tk]:
-                    return False, f"group {gi} head {j}: zero-score head must be evaluated at alpha = K"
-                got = [head_objective(hd, tk, tk).lo if len(hd.Z) >= 2 else Fraction(0)]
-            elif len(hd.Z) < 2:
-                got = [Fraction(0)]
-                if bps != [0, 1]:
-                    return False, f"group {gi} head {j}: breakpoints must be [0, 1]"
-            else:
-                if bps[0] != 0 or bps[-1] != 1 or any(a >= b for a, b in zip(bps, bps[1:])):
-                    return False, f"group {gi} head {j}: breakpoints do not tile [0, 1] in increasing order"
-                got = [head_objective(hd, a, b).lo for a, b in zip(bps, bps[1:])]
-            if got != leaf:
-                return False, f"group {gi} head {j}: a leaf lower bound differs from the recomputed one"
-            if Fraction(ch["lower"]) != min(got):
-                return False, f"group {gi} head {j}: stated lower bound is not the minimum over the leaves"
-            lows.append(min(got))
-        lows_all.append(lows)
-    S, _ = _combine(prep, lows_all)
-    if _q(S) != cert["sum_lower"]:
-        return False, "sum of group bounds differs"
-    eps = Fraction(cert["epsilon"])
-    c = (1 - prep.k) ** 2
-    if prep.delta_sq == 0:
-        value = c * S
-    else:
-        if not (0 < eps < 1):
-            return False, "epsilon must lie in (0, 1)"
-        value = max(Fraction(0), c * ((1 - eps) * S - (1 / eps - 1) * prep.delta_sq))
-    if _q(value) != cert["value"]:
-        return False, f"value differs: recomputed {float(value):.6g}"
-    return True, f"certified loss lower bound {float(value):.6g} re-verified ({sum(len(g['heads']) for g in cert['groups'])} head problems)"
+        return Result(claim, Status.ERROR, question=question, message=str(exc),
+                      seconds={"solve": time.perf_counter() - t0})
+    t1 = time.perf_counter()
+    res = Result(claim, Status.VERIFIED if cb.value > 0 else Status.UNKNOWN, question=question,
+                 inputs=loss_inputs(model, dataset), certificate=certificate(CERT_KIND, cb.body),
+                 reported={"certified_min_loss": _q(cb.value)},
+                 method="least squares in u, interval branch and bound in alpha",
+                 checks={"positive": cb.value > 0, "boxes": cb.boxes, "combine": cb.combine},
+                 message=f"certified_min_loss = {float(cb.value):.6g} (k = {float(cb.k):.4g}, {cb.boxes} boxes)",
+                 extra={"certified_min_loss": float(cb.value), "groups": cb.groups})
+    if res.status == Status.VERIFIED:
+        ok, msg = check_result(res.to_json())
+        res.checks["checker"] = ok
+        if not ok:
+            res.status, res.message = Status.UNKNOWN, f"{res.message}; the checker rejects it: {msg}"
+    res.seconds = {"solve": t1 - t0, "check": time.perf_counter() - t1}
+    return res

@@ -1,0 +1,36 @@
+"""``ptverify experiment prompt-vs-lora``: the experiment, its table and plot, and its result file."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+__all__ = ["register"]
+
+
+def register(apps) -> None:
+    """Add ``ptverify experiment prompt-vs-lora``."""
+    import typer
+
+    @apps["experiment"].command("prompt-vs-lora")
+    def prompt_vs_lora(out: str = typer.Option(..., "--out", help="output folder for the plot, JSON, table and result.json"),
+                       quick: bool = typer.Option(False, "--quick", help="small version (well under a minute)"),
+                       seed: int = typer.Option(0, "--seed", help="seed"),
+                       json_out: Optional[str] = typer.Option(None, "--json", help="also write the ptverify-result/2 file here"),
+                       expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless this status is reached")):
+        """Gradient prompt tuning (lengths 1..32) vs LoRA (ranks 1, 2, 4 on W_2, W_v, W_q), float64.
+
+        OUT/result.json is the EXP result: every prompt run on the L1 dataset against the certified
+        loss bound; `ptverify replay OUT/result.json` re-checks it."""
+        from constructions.model import InputError
+        from verify.claims.experiment import run_experiment_result
+        from verify.cli import emit, fail_input, is_tty
+        if seed < 0:
+            fail_input(InputError("--seed", "an integer >= 0", str(seed)))
+        progress = (lambda s_: print(s_, flush=True)) if is_tty() else None
+        obj, res = run_experiment_result(out, quick, seed, progress=progress)
+        res.write(os.path.join(out, "result.json"))
+        with open(os.path.join(out, "prompt_vs_lora.md"), encoding="utf-8") as fh:
+            print(fh.read())
+        print(f"plot: {obj['plot']}\njson: {os.path.join(out, 'prompt_vs_lora.json')}\n"
+              f"result: {os.path.join(out, 'result.json')}")
+        emit(res, json_out, expect)
