@@ -82,13 +82,40 @@ def _norm_upper(W: Mat) -> Fraction:
     fro = sum(int(v) * int(v) for v in W.N.reshape(-1))
     best = min(sqrt_up(Fraction(n1 * ninf, W.D * W.D)), sqrt_up(Fraction(fro, W.D * W.D)))
     if min(W.shape) <= 48:
-        Wf = np.array([[int(v) / W.D for v in row] for row in W.N], dtype=np.float64)
-        smax = float(np.linalg.svd(Wf, compute_uv=False).max())
-        for slack in (20, 10, 4):
-            b = _up_bits(Fraction(smax) * (1 + Fraction(1, 1 << slack)), 24)
-            if b < best and norm_bound_holds(W, b):
-                return b
+        b = _grid_norm(W)
+        if b is not None and b < best:
+            return b
     return best
+
+
+def _grid_norm(W: Mat, bits: int = 24, max_steps: int = 64):
+    """The smallest b on the ``bits``-significant-bit grid with b^2 I - W^T W positive definite,
+    found by exact tests only: a float singular value merely picks where to start, so the
+    answer is a function of W alone (the same on every machine).  None if not found nearby."""
+    Wf = np.array([[int(v) / W.D for v in row] for row in W.N], dtype=np.float64)
+    smax = float(np.linalg.svd(Wf, compute_uv=False).max())
+    if not (smax > 0 and np.isfinite(smax)):
+        return None
+    b = _up_bits(Fraction(smax), bits)
+    holds = norm_bound_holds(W, b)
+    for _ in range(max_steps):
+        nxt = _step(b, bits, -1 if holds else +1)
+        nxt_holds = norm_bound_holds(W, nxt)
+        if holds and not nxt_holds:
+            return b
+        if not holds and nxt_holds:
+            return nxt
+        b, holds = nxt, nxt_holds
+    return None
+
+
+def _step(b: Fraction, bits: int, direction: int) -> Fraction:
+    """The neighbour of grid point b > 0 on the ``bits``-significant-bit grid."""
+    e = b.numerator.bit_length() - b.denominator.bit_length()
+    g = Fraction(2) ** (e - bits)
+    if direction < 0 and b - g < Fraction(2) ** e:   # crossing a power of two: finer grid below
+        g = g / 2
+    return _up_bits(b + direction * g, bits)
 
 
 def _up_bits(q: Fraction, bits: int) -> Fraction:
