@@ -103,32 +103,39 @@ def mlp_exact(layer: Layer, z, _scaled: Optional[tuple] = None) -> np.ndarray:
 
 
 def mlp_float(layer: Layer, z: np.ndarray) -> np.ndarray:
+    """MLP(z) in float64 (inf/nan where huge weights or tokens overflow; no warnings)."""
     W1, b1, W2, b2 = (as_float(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
-    return z + W2 @ np.maximum(W1 @ z + b1, 0) + b2
+    with np.errstate(all="ignore"):
+        return z + W2 @ np.maximum(W1 @ z + b1, 0) + b2
 
 
 def mlp_inverse_float(layer: Layer, y: np.ndarray, iters: int = 500) -> np.ndarray:
     """Fixed-point iteration z = y - F(z) (converges when the residual branch is a contraction),
-    polished by a Newton step on the final activation pattern."""
+    polished by a Newton step on the final activation pattern.  Always finite: where float64
+    overflows (huge weights or tokens) the last finite iterate is returned (at worst y itself);
+    it is only a proposal, which exact arithmetic then checks."""
     W1, b1, W2, b2 = (as_float(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
     y = np.asarray(y, dtype=np.float64)
     z = y.copy()
-    for _ in range(iters):
-        zn = y - W2 @ np.maximum(W1 @ z + b1, 0) - b2
-        if np.max(np.abs(zn - z)) <= 1e-15 * (1 + np.max(np.abs(z))):
+    with np.errstate(all="ignore"):
+        for _ in range(iters):
+            zn = y - W2 @ np.maximum(W1 @ z + b1, 0) - b2
+            if not np.all(np.isfinite(zn)):
+                break
+            if np.max(np.abs(zn - z)) <= 1e-15 * (1 + np.max(np.abs(z))):
+                z = zn
+                break
             z = zn
-            break
-        z = zn
-    act = (W1 @ z + b1) > 0
-    A = np.eye(len(y)) + W2[:, act] @ W1[act]
-    rhs = y - b2 - W2[:, act] @ b1[act]
-    try:
-        z2 = np.linalg.solve(A, rhs)
-        if np.all(((W1 @ z2 + b1) > 0) == act):
-            z = z2
-    except np.linalg.LinAlgError:
-        pass
-    return z
+        act = (W1 @ z + b1) > 0
+        A = np.eye(len(y)) + W2[:, act] @ W1[act]
+        rhs = y - b2 - W2[:, act] @ b1[act]
+        try:
+            z2 = np.linalg.solve(A, rhs)
+            if np.all(np.isfinite(z2)) and np.all(((W1 @ z2 + b1) > 0) == act):
+                z = z2
+        except np.linalg.LinAlgError:
+            pass
+    return z if np.all(np.isfinite(z)) else np.where(np.isfinite(y), y, 0.0)
 
 
 def head_parts_float(model: Model, layer_index: int = 0):

@@ -26,7 +26,7 @@ import numpy as np
 from .model import Layer, Model, as_fraction, as_float
 
 __all__ = [
-    "Iv", "exp_enclosure", "forward_exact", "forward_sympy", "forward_z3", "forward_torch",
+    "Iv", "exp_enclosure", "EXP_LIMIT", "forward_exact", "forward_sympy", "forward_z3", "forward_torch",
     "attention_scores_exact", "Z3Algebra", "generic_forward",
 ]
 
@@ -124,14 +124,25 @@ class Iv:
         return f"Iv({float(self.lo):.17g}, {float(self.hi):.17g})"
 
 
+#: |s| beyond which exp(s) is not computed: exp(-s) for s below -EXP_LIMIT is enclosed by
+#: [0, exp(-EXP_LIMIT)], and s above +EXP_LIMIT raises :class:`OverflowError` (its digits alone
+#: would take megabytes; a score that large also lies beyond the trusted checker's limit)
+EXP_LIMIT = 1 << 16
+
+
 def exp_enclosure(s: Fraction, bits: int = 100) -> tuple[Fraction, Fraction]:
     """Rigorous rational bounds ``lo <= exp(s) <= hi`` for a rational ``s``.
 
     exp(s) = exp(s / 2^k)^(2^k) with |s / 2^k| <= 1/2, the inner value bounded by its Taylor
-    polynomial and the Lagrange remainder (|R_N| <= |t|^N / N! * e^{1/2} < 2 |t|^N / N!)."""
+    polynomial and the Lagrange remainder (|R_N| <= |t|^N / N! * e^{1/2} < 2 |t|^N / N!).
+    Arguments below -EXP_LIMIT give [0, exp(-EXP_LIMIT)]; above +EXP_LIMIT, OverflowError."""
     s = Fraction(s)
     if s == 0:
         return Fraction(1), Fraction(1)
+    if s > EXP_LIMIT:
+        raise OverflowError(f"exp({float(s):.4g}): argument beyond {EXP_LIMIT}")
+    if s < -EXP_LIMIT:
+        return Fraction(0), exp_enclosure(Fraction(-EXP_LIMIT), bits)[1]
     k = 0
     t = s
     while abs(t) > Fraction(1, 2):

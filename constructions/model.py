@@ -51,24 +51,54 @@ class InputError(ValueError):
 
 # --------------------------------------------------------------------------- numbers / arrays
 
+#: limits on one number in a model or dataset file.  The trusted checker reads the same files,
+#: so these are no looser than its own: rational strings of at most 20000 characters, decimal
+#: exponents of at most 400; every value must also be finite as a binary64 number (the provers'
+#: numerics run in floats), i.e. of magnitude below 2**1024.
+MAX_RATIONAL_CHARS = 20000
+MAX_D = 1 << 20
+MAX_DECIMAL_EXPONENT = 400
+_MAGNITUDE = Fraction(2) ** 1024
+_RATIONAL_HELP = "a rational string such as \"3/8\", \"-2\", \"0.125\" or \"1e-9\""
+
+
+def _parse_rational_string(v: str, fld: str) -> Fraction:
+    t = v.strip().lower()
+    if len(t) > MAX_RATIONAL_CHARS:
+        raise InputError(fld, f"a rational string of at most {MAX_RATIONAL_CHARS} characters",
+                         f"{len(t)} characters")
+    if "e" in t:
+        mant, _, ex = t.partition("e")
+        try:
+            big = abs(int(ex)) > MAX_DECIMAL_EXPONENT
+        except ValueError:
+            big = False                  # not a decimal exponent: Fraction() rejects it below
+        if big or "/" in mant:
+            raise InputError(fld, f"{_RATIONAL_HELP} (decimal exponent at most {MAX_DECIMAL_EXPONENT})", repr(v[:40]))
+    try:
+        return Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        raise InputError(fld, _RATIONAL_HELP, repr(v[:40])) from None
+
+
 def _parse_number(v: Any, fld: str):
-    """A JSON number (exact binary64) or a string holding an exact rational."""
+    """A JSON number (exact binary64) or a string holding an exact rational, of magnitude < 2**1024."""
     if isinstance(v, bool):
         raise InputError(fld, "a number or a rational string such as \"3/8\"", f"{v!r}")
-    if isinstance(v, (int, float)):
-        f = float(v)
-        if isinstance(v, int) and float(v) != v:
-            return Fraction(v)
-        if not math.isfinite(f):
+    if isinstance(v, int):
+        if abs(v) >= _MAGNITUDE:
+            raise InputError(fld, "a number of magnitude below 2**1024 (about 1.8e308)", f"an integer of {v.bit_length()} bits")
+        return float(v) if float(v) == v else Fraction(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
             raise InputError(fld, "a finite number", repr(v))
-        return f
+        return v
     if isinstance(v, str):
-        try:
-            q = Fraction(v.strip())
-        except (ValueError, ZeroDivisionError):
-            raise InputError(fld, "a rational string such as \"3/8\", \"-2\" or \"0.125\"", repr(v)) from None
+        q = _parse_rational_string(v, fld)
+        if abs(q) >= _MAGNITUDE:
+            raise InputError(fld, "a number of magnitude below 2**1024 (about 1.8e308)", repr(v[:40]))
         return q
-    raise InputError(fld, "a number or a rational string", f"{type(v).__name__} {v!r}")
+    raise InputError(fld, "a number or a rational string", f"{type(v).__name__} {v!r}"[:80])
 
 
 def _array(values: Any, fld: str, shape: Sequence[Optional[int]]) -> np.ndarray:
@@ -154,10 +184,11 @@ def _dyadic_int64(a: np.ndarray):
     if a.size == 0:
         return np.zeros(a.shape, dtype=np.int64), 0
     amax = float(np.max(np.abs(a)))
+    top = math.frexp(amax)[1]            # amax < 2**top
     for e in range(0, 1075):
-        b = a * (2.0 ** e)  # exact: scaling by a power of two (no overflow checked below)
-        if not np.all(np.isfinite(b)) or amax * 2.0 ** e >= 2.0 ** 62:
+        if top + e > 62:                 # |N| would reach 2**62 (checked before scaling: no overflow)
             return None
+        b = np.ldexp(a, e)               # exact: scaling by a power of two
         if np.all(b == np.floor(b)):
             return b.astype(np.int64), e
     return None
@@ -327,8 +358,8 @@ def _validate_model_dict(obj: Any, get_array) -> Model:
     if fmt != MODEL_FORMAT:
         raise InputError("format", f"\"{MODEL_FORMAT}\"", repr(fmt))
     d = obj.get("d")
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise InputError("d", "a positive integer", repr(d))
+    if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= MAX_D:
+        raise InputError("d", f"a positive integer of at most {MAX_D}", repr(d)[:40])
     causal = obj.get("causal", False)
     if not isinstance(causal, bool):
         raise InputError("causal", "true or false", repr(causal))
@@ -367,6 +398,9 @@ def _validate_model_dict(obj: Any, get_array) -> Model:
             raise InputError(f"{lf}.mlp", "an object with W_1, b_1, W_2, b_2", repr(mlp)[:60])
         W_1 = get_array(mlp, "W_1", f"{lf}.mlp.W_1", (None, d), (li, "mlp", None))
         r = W_1.shape[0]
+        if r < 1 or W_1.shape != (r, d):
+            raise InputError(f"{lf}.mlp.W_1", f"at least one row of {d} entries (MLP width r >= 1; "
+                             "a zero MLP is one zero row)", f"shape {tuple(W_1.shape)}")
         b_1 = get_array(mlp, "b_1", f"{lf}.mlp.b_1", (r,), (li, "mlp", None))
         W_2 = get_array(mlp, "W_2", f"{lf}.mlp.W_2", (d, r), (li, "mlp", None))
         b_2 = get_array(mlp, "b_2", f"{lf}.mlp.b_2", (d,), (li, "mlp", None))
@@ -480,6 +514,8 @@ def load_model(path: str) -> Model:
             obj = json.load(fh)
     except json.JSONDecodeError as exc:
         raise InputError("--model", "valid JSON", f"a parse error: {exc}") from None
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:  # e.g. an integer of > 4300 digits
+        raise InputError("--model", "valid JSON with numbers of at most 4300 digits", str(exc)[:120]) from None
 
     def get_array(parent, name, fld, shape, _where):
         if name not in parent:
@@ -547,6 +583,8 @@ def load_dataset(path: str, d: Optional[int] = None) -> Dataset:
         raise InputError("--dataset", "valid JSON", f"a parse error: {exc}") from None
     except UnicodeDecodeError:
         raise InputError("--dataset", "a UTF-8 JSON file", "binary data") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
+        raise InputError("--dataset", "valid JSON with numbers of at most 4300 digits", str(exc)[:120]) from None
     return _validate_dataset_dict(obj, d)
 
 

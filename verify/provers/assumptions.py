@@ -2,89 +2,23 @@
 
 * injective MLP: a rigorous rational upper bound ``k`` on ||W_2||_2 ||W_1||_2 (the Lipschitz
   constant of the residual branch z -> W_2 relu(W_1 z + b_1)); ``k < 1`` makes MLP injective with
-  ||MLP(a) - MLP(b)|| >= (1 - k) ||a - b||.  Bounds: sqrt(||W||_1 ||W||_inf) and the Frobenius norm
-  (exact integer arithmetic), and for small matrices the exact spectral test mu I - W^T W > 0 by
-  an exact LDL^T factorisation in rationals.  A float SVD only *proposes* mu.
+  ||MLP(a) - MLP(b)|| >= (1 - k) ||a - b||.  The norm bounds are :func:`verify.provers.exact.norm_bound`
+  (the rule the checker uses to derive k itself).
 * full column rank (direct sum of head output spaces): a nonzero maximal minor modulo a prime.
 """
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import Optional
 
 import numpy as np
 
-from constructions.model import Layer, as_float, as_fraction, as_scaled_int
+from constructions.model import Layer, as_scaled_int
+from verify.provers.exact import ldl_positive_definite, norm_bound, sqrt_up
 
 __all__ = ["norm_bound", "certify_mlp", "rank_certificate", "det_mod_p", "sqrt_up", "PRIMES",
            "ldl_positive_definite"]
 
 PRIMES = [2147483629, 2147483587, 2147483579, 2147483563]  # primes below 2**31
-_EXACT_GRAM_MAX = 48
-
-
-def sqrt_up(q: Fraction) -> Fraction:
-    """A rational upper bound on sqrt(q) (q >= 0), tight to about 2**-60 relative."""
-    q = Fraction(q)
-    if q <= 0:
-        return Fraction(0)
-    scale = 1 << 64
-    n = q.numerator * scale * scale
-    r = math.isqrt(n // q.denominator)
-    while Fraction(r * r, scale * scale) < q:
-        r += 1
-    return Fraction(r, scale)
-
-
-def ldl_positive_definite(A: list[list[Fraction]]) -> bool:
-    """Exact test that the symmetric rational matrix A is positive definite (all LDL^T pivots > 0)."""
-    n = len(A)
-    A = [row[:] for row in A]
-    for k in range(n):
-        piv = A[k][k]
-        if piv <= 0:
-            return False
-        Ak = A[k]
-        for i in range(k + 1, n):
-            f = A[i][k] / piv
-            if f:
-                Ai = A[i]
-                for j in range(k + 1, n):
-                    Ai[j] -= f * Ak[j]
-    return True
-
-
-def _gram_bound(W: np.ndarray) -> Optional[Fraction]:
-    """Exact spectral bound via mu I - G > 0 (G = W^T W or W W^T, the smaller)."""
-    Wf = as_float(W)
-    if min(Wf.shape) > _EXACT_GRAM_MAX or Wf.size == 0:
-        return None
-    smax = float(np.linalg.svd(Wf, compute_uv=False).max())
-    Wq = as_fraction(W)
-    G = Wq.T.dot(Wq) if Wq.shape[1] <= Wq.shape[0] else Wq.dot(Wq.T)
-    for slack in (1e-9, 1e-6, 1e-3):
-        mu = Fraction(smax * smax * (1 + slack) + 1e-300).limit_denominator(1 << 40)
-        mu = max(mu, Fraction(smax * smax) + Fraction(1, 1 << 60))
-        A = [[(mu if i == j else 0) - G[i, j] for j in range(G.shape[1])] for i in range(G.shape[0])]
-        if ldl_positive_definite(A):
-            return sqrt_up(mu)
-    return None
-
-
-def norm_bound(W: np.ndarray) -> tuple[Fraction, str]:
-    """Rigorous rational upper bound on ||W||_2 and the name of the method that gave it."""
-    N, D = as_scaled_int(np.asarray(W))
-    A = np.abs(N)
-    n1 = max((int(v) for v in A.sum(axis=0)), default=0)
-    ninf = max((int(v) for v in A.sum(axis=1)), default=0)
-    cands = [(sqrt_up(Fraction(n1 * ninf, D * D)), "l1-linf")]
-    fro = int(sum(int(v) * int(v) for v in N.reshape(-1)))
-    cands.append((sqrt_up(Fraction(fro, D * D)), "frobenius"))
-    g = _gram_bound(W)
-    if g is not None:
-        cands.append((g, "gram-ldl"))
-    return min(cands, key=lambda c: c[0])
 
 
 def certify_mlp(layer: Layer) -> dict:

@@ -31,11 +31,13 @@ from typing import Optional
 
 import numpy as np
 
-from constructions.forward import exp_enclosure, forward_torch
+from constructions.forward import forward_torch
 from constructions.model import (Dataset, InputError, IntMatrix, Model, as_float, as_fraction, as_scaled_int,
                                  dataset_to_json, model_to_json, save_model)
 
-from verify.provers.assumptions import certify_mlp, rank_certificate, sqrt_up
+from verify.provers.assumptions import certify_mlp, rank_certificate
+from verify.provers.exact import (EXP_ARG_LIMIT, ExpRangeError, dot, exp_box, exp_score, fmt, frac_vec,
+                                  approx, left_null_basis, project_onto_span, solve, sqrt_up, z3_numeral)
 from verify.result import Result, Status, certificate, embed, memorization_question, solver_info
 
 __all__ = ["check_memorization", "prove_limitation", "ExactLayer", "CERT_KIND", "WITNESS_KIND"]
@@ -48,16 +50,7 @@ _INLINE_LIMIT = 200_000  # numbers; larger models/datasets are written next to t
 
 # --------------------------------------------------------------------------- exact helpers
 
-def _frac_vec(v) -> list[Fraction]:
-    return [x if isinstance(x, Fraction) else Fraction(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
-
-
-def _dotq(a: list[Fraction], b: list[Fraction]) -> Fraction:
-    return sum((x * y for x, y in zip(a, b)), Fraction(0))
-
-
-def _rat_str(q: Fraction) -> str:
-    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
+_frac_vec, _dotq, _rat_str = frac_vec, dot, fmt      # verify.provers.exact: the one copy
 
 
 def _vec_str(v) -> list[str]:
@@ -89,18 +82,7 @@ class ExactLayer:
 
 def _left_null_exact(A: list[list[Fraction]]) -> list[list[Fraction]]:
     """Exact basis of {phi : phi^T A = 0} for a rational d x n matrix A (rows as lists)."""
-    import sympy
-    if not A or not A[0]:
-        d = len(A)
-        return [[Fraction(int(i == k)) for k in range(d)] for i in range(d)]
-    M = sympy.Matrix([[sympy.Rational(v.numerator, v.denominator) for v in row] for row in A]).T
-    out = []
-    for vec in M.nullspace():
-        den = 1
-        for v in vec:
-            den = sympy.ilcm(den, sympy.Rational(v).q)
-        out.append([Fraction(int(sympy.Rational(v) * den)) for v in vec])
-    return out
+    return left_null_basis(A)
 
 
 # --------------------------------------------------------------------------- data of a check
@@ -156,6 +138,7 @@ class Block:
     scores: list[list[Fraction]] = field(default_factory=list)   # per member, per visible key
     VX: list = field(default_factory=list)                        # per member, per key: V key
     Vmat: Optional[IntMatrix] = None                              # V as an integer matrix (direct-sum)
+    shift: Fraction = Fraction(0)    # solver boxes hold exp(s - shift): the system is homogeneous
 
     def __post_init__(self):
         if self.V is None:  # direct-sum: V = W_v^j, materialised as Fractions only on demand
@@ -206,7 +189,7 @@ def farkas_margin(block: Block, members: list[Member], lam: list[list[Fraction]]
         return None
     total = ga * alpha_lo if ga >= 0 else ga * alpha_hi
     for s, (coef, w) in g.items():
-        lo, hi = exp_enclosure(s)
+        lo, hi = exp_score(s)            # the checker's enclosure (ExpRangeError beyond its limit)
         h = coef - w
         total += h * lo if h > 0 else h * hi
     return total if total > 0 else None
@@ -220,10 +203,60 @@ def _kappa(block: Block, lam_i: list[Fraction]) -> Fraction:
     return sqrt_up(sum((x * x for x in v), Fraction(0)))
 
 
+# --------------------------------------------------------------------------- time and solver answers
+
+class OutOfTime(Exception):
+    """The check's time ran out during ``stage`` (reported as status "timeout", ``info.stage``)."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
+class _Clock:
+    """The one deadline of a check, honoured by every stage: ``ms(stage)`` is a solver's time
+    limit (what is left) and raises :class:`OutOfTime` when nothing is left."""
+
+    def __init__(self, seconds: float):
+        self.start = time.perf_counter()
+        self.end = self.start + seconds
+        self.res: Optional[Result] = None    # the result being built (status "timeout" on OutOfTime)
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def check(self, stage: str) -> None:
+        if self.left() <= 0:
+            raise OutOfTime(stage)
+
+    def ms(self, stage: str) -> int:
+        self.check(stage)
+        return max(1, int(min(self.left(), 1e6) * 1000))   # Z3 takes an unsigned 32-bit count
+
+
+def z3_outcome(solver, answer) -> str:
+    """The one map from a Z3 answer to the prover's outcomes: "sat", "unsat", "timeout" (unknown
+    because the time limit struck: reason "timeout" or "canceled"), else "unknown" (incomplete
+    theory, resource limit, ...)."""
+    a = str(answer)
+    if a in ("sat", "unsat"):
+        return a
+    return "timeout" if solver.reason_unknown() in ("timeout", "canceled") else "unknown"
+
+
+def _solve(solver, clock: _Clock, stage: str) -> str:
+    """solver.check() within the clock: "sat", "unsat" or "unknown"; OutOfTime on a timeout."""
+    solver.set("timeout", clock.ms(stage))
+    ans = z3_outcome(solver, solver.check())
+    if ans == "timeout":
+        raise OutOfTime(stage)
+    return ans
+
+
 # --------------------------------------------------------------------------- Z3 encodings
 
 def _z3q(z3, q: Fraction):
-    return z3.RealVal(f"{q.numerator}/{q.denominator}")
+    return z3.RealVal(z3_numeral(q))
 
 
 def _primal_constraints(z3, block: Block, members: list[Member], v_free: bool, rhos: Optional[list] = None):
@@ -243,7 +276,7 @@ def _primal_constraints(z3, block: Block, members: list[Member], v_free: bool, r
         for t, sc in enumerate(block.scores[i]):
             if sc not in evars:
                 e = z3.Real(f"e{len(evars)}")
-                lo, hi = exp_enclosure(sc)
+                lo, hi = exp_box(sc, block.shift)
                 cons += [e >= _z3q(z3, lo), e <= _z3q(z3, hi)]
                 evars[sc] = e
     for i, m in enumerate(members):
@@ -259,26 +292,25 @@ def _primal_constraints(z3, block: Block, members: list[Member], v_free: bool, r
     return cons, alpha
 
 
-def _primal_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool):
+def _primal_block(z3, block: Block, members: list[Member], clock: _Clock, v_free: bool):
     """Relaxation R restricted to one block: is there alpha > 0, pi, e in enclosures with
     V(sum_t e_t X[t] + pi) = (Z + alpha) tau_i for all members?  Returns (answer, solver)."""
     s = z3.SolverFor("QF_LRA")
-    s.set("timeout", timeout_ms)
     cons, alpha = _primal_constraints(z3, block, members, v_free)
     s.add(alpha > 0, *cons)
-    return str(s.check()), s
+    return _solve(s, clock, "relaxation R"), s
 
 
-def _alpha_range(z3, block: Block, members: list[Member], v_free: bool, timeout_ms: int, rhos=None):
+def _alpha_range(z3, block: Block, members: list[Member], v_free: bool, clock: _Clock, rhos=None,
+                 stage: str = "Proposition E"):
     """[min, max] of alpha >= 0 over R restricted to a block (max None when unbounded)."""
     out = []
     for sense in ("min", "max"):
         o = z3.Optimize()
-        o.set("timeout", timeout_ms)
         cons, alpha = _primal_constraints(z3, block, members, v_free, rhos)
         o.add(alpha >= 0, *cons)
         h = o.minimize(alpha) if sense == "min" else o.maximize(alpha)
-        if o.check() != z3.sat:
+        if _solve(o, clock, stage) != "sat":
             return None
         v = o.lower(h) if sense == "min" else o.upper(h)
         if z3.is_int_value(v):
@@ -292,9 +324,9 @@ def _alpha_range(z3, block: Block, members: list[Member], v_free: bool, timeout_
     return out
 
 
-def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free: bool,
+def _dual_block(z3, block: Block, members: list[Member], clock: _Clock, v_free: bool,
                 alpha_lo: Fraction = Fraction(0), alpha_hi: Optional[Fraction] = None,
-                ineq: Optional[tuple] = None, rhos: Optional[list] = None):
+                ineq: Optional[tuple] = None, rhos: Optional[list] = None, stage: str = "Farkas dual"):
     """Exact Farkas vector for an infeasible block via Z3 (LRA), or None.
 
     ``ineq = (g, c_lo, c_hi)`` adds the entropy inequalities g^T pi >= c_lo alpha (c_lo not None)
@@ -304,7 +336,6 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
     d = len(block.V[0])
     K = len(members)
     s = z3.SolverFor("QF_LRA")
-    s.set("timeout", timeout_ms)
     lam = [[z3.Real(f"l{i}_{r}") for r in range(q)] for i in range(K)]
     mus = [z3.Real("mu_lo"), z3.Real("mu_hi")]
     s.add(mus[0] >= 0, mus[1] >= 0)
@@ -363,14 +394,14 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
             g[sc] = g[sc] + term if sc in g else term
     ms = []
     for n, (sc, expr) in enumerate(g.items()):
-        lo, hi = exp_enclosure(sc)
+        lo, hi = exp_box(sc, block.shift)
         cnt = [sum(1 for t in block.scores[i] if t == sc) for i in range(K)]
         expr = expr - z3.Sum([ws[i] * cnt[i] for i in range(K) if cnt[i]] or [z3.RealVal(0)])
         mv = z3.Real(f"m{n}")
         s.add(mv <= expr * _z3q(z3, lo), mv <= expr * _z3q(z3, hi))
         ms.append(mv)
     s.add(z3.Sum(ms) + m_alpha >= 1)
-    if s.check() != z3.sat:
+    if _solve(s, clock, stage) != "sat":
         return None
     mdl = s.model()
 
@@ -378,8 +409,13 @@ def _dual_block(z3, block: Block, members: list[Member], timeout_ms: int, v_free
         r = mdl.eval(v, model_completion=True)
         return Fraction(r.numerator_as_long(), r.denominator_as_long())
     out = [[val(lam[i][r]) for r in range(q)] for i in range(K)]
+    mu = [val(mus[0]), val(mus[1])]
+    # a positive multiple of a Farkas vector is one: scale the largest entry to 1 (short numbers)
+    top = max([abs(v) for row in out for v in row] + [abs(v) for v in mu])
+    if top:
+        out, mu = [[v / top for v in row] for row in out], [v / top for v in mu]
     if ineq is not None:
-        return out, val(mus[0]), val(mus[1])
+        return out, mu[0], mu[1]
     return out
 
 
@@ -411,7 +447,8 @@ def _pattern_preimage(ex: ExactLayer, y: list[Fraction], zf: np.ndarray) -> Opti
     (I + W_2 D W_1) z = y - b_2 - W_2 D b_1 in rationals; accepted only if MLP(z) == y exactly."""
     layer = ex.layer
     W1, W2 = as_fraction(layer.W_1), as_fraction(layer.W_2)
-    act = (as_float(layer.W_1) @ zf + as_float(layer.b_1)) > 0
+    with np.errstate(all="ignore"):
+        act = (as_float(layer.W_1) @ zf + as_float(layer.b_1)) > 0
     d = len(y)
     A = [[Fraction(int(r == c)) for c in range(d)] for r in range(d)]
     rhs = [y[r] - ex.b2[r] for r in range(d)]
@@ -436,13 +473,30 @@ def _pattern_preimage(ex: ExactLayer, y: list[Fraction], zf: np.ndarray) -> Opti
     return z if ex.mlp(z) == y else None
 
 
+def _flt(q) -> float:
+    """float(q), or +-inf where q is beyond the binary64 range (numerics only propose)."""
+    try:
+        return float(q)
+    except OverflowError:
+        return math.inf if q > 0 else -math.inf
+
+
+def _dyadic(v: float, k: int) -> Fraction:
+    """The finite float v rounded to a multiple of 2^-k (exactly, however large v is)."""
+    if abs(v) >= 2.0 ** 900:
+        return Fraction(round(Fraction(v) * (1 << k)), 1 << k)
+    return Fraction(round(v * (1 << k)), 1 << k)
+
+
 def _rational_candidates(vf: np.ndarray, ok, limit: int = 3):
     """Rational vectors near the float vector vf, simplest first: dyadic roundings 2^-k (cheap
     exact arithmetic), then continued-fraction roundings (small vectors only), then vf itself.
     ``ok`` is a float pre-test; at most ``limit`` candidates are yielded."""
     n = 0
     seen = set()
-    gens = [[Fraction(round(float(v) * (1 << k)), 1 << k) for v in vf] for k in range(4, 62, 2)]
+    if not np.all(np.isfinite(vf)):
+        return
+    gens = [[_dyadic(float(v), k) for v in vf] for k in range(4, 62, 2)]
     if len(vf) <= 64:
         gens += [[Fraction(float(v)).limit_denominator(1 << k) for v in vf] for k in (6, 10, 16, 24, 32)]
     gens.append([Fraction(float(v)) for v in vf])
@@ -458,13 +512,15 @@ def _rational_candidates(vf: np.ndarray, ok, limit: int = 3):
                 return
 
 
-def _groups(model: Model, ds: Dataset, ex: ExactLayer) -> list[Group]:
+def _groups(model: Model, ds: Dataset, ex: ExactLayer, clock: Optional[_Clock] = None) -> list[Group]:
     groups: dict = {}
     for i, e in enumerate(ds.examples):
         Xq = [_frac_vec(as_fraction(row)) for row in e.input]
         for t, y in enumerate(e.output):
             if y is None:
                 continue
+            if clock is not None:
+                clock.check("MLP preimages")
             key = tuple(Xq[t])
             g = groups.setdefault(key, Group(x=list(key)))
             keys = Xq[: t + 1] if model.causal else Xq
@@ -479,8 +535,11 @@ def _direct_sum(ex: ExactLayer, model: Model) -> Optional[dict]:
     Wf = np.concatenate([as_float(h.W_o) for h in layer.heads], axis=1)
     if Wf.shape[1] > Wf.shape[0]:
         return None
-    if Wf.shape[1] < Wf.shape[0] and np.linalg.matrix_rank(Wf) < Wf.shape[1]:
-        return None
+    try:
+        if Wf.shape[1] < Wf.shape[0] and np.linalg.matrix_rank(Wf) < Wf.shape[1]:
+            return None
+    except np.linalg.LinAlgError:       # float SVD failed (huge weights): the exact test decides
+        pass
     W = np.concatenate([h.W_o for h in layer.heads], axis=1)
     if W.dtype != np.float64:
         W = W.astype(object)
@@ -493,15 +552,16 @@ def _direct_sum(ex: ExactLayer, model: Model) -> Optional[dict]:
 def _solve_gammas(ds_info: dict, cs: list[list[Fraction]]) -> Optional[list[list[Fraction]]]:
     """Exact head coordinates gamma with W_o gamma = c: float solve, simplest rationals, exact check."""
     Wf = ds_info["Wf"]
-    C = np.array([[float(v) for v in c] for c in cs]).T
-    if Wf.shape[0] == Wf.shape[1]:
-        sol = np.linalg.solve(Wf, C)
-    else:
-        sol = np.linalg.lstsq(Wf, C, rcond=None)[0]
+    C = np.array([[_flt(v) for v in c] for c in cs]).T
+    try:
+        with np.errstate(all="ignore"):
+            sol = np.linalg.solve(Wf, C) if Wf.shape[0] == Wf.shape[1] else np.linalg.lstsq(Wf, C, rcond=None)[0]
+    except (np.linalg.LinAlgError, ValueError):
+        return None
     out = []
     for col, c in zip(sol.T, cs):
         found = None
-        cf = np.array([float(v) for v in c])
+        cf = np.array([_flt(v) for v in c])
         for g in _rational_candidates(col, lambda gr: np.max(np.abs(Wf @ gr - cf)) <= 1e-10 * (1 + np.max(np.abs(cf)))):
             if ds_info["Wint"].mv(g) == c:
                 found = g
@@ -543,13 +603,18 @@ def _hstack(mats):
 
 
 def _v_full_row_rank(V) -> bool:
-    if isinstance(V, _LazyRows):
-        Vf = V.M.N.astype(np.float64) / V.M.D
-        if np.linalg.matrix_rank(Vf) < Vf.shape[0]:
+    """Is V of full row rank (certified)?  Then pi may be replaced by free v = V pi.  False is
+    always safe (pi stays explicit)."""
+    try:
+        if isinstance(V, _LazyRows):
+            Vf = V.M.N.astype(np.float64) / V.M.D
+            if not np.all(np.isfinite(Vf)) or np.linalg.matrix_rank(Vf) < Vf.shape[0]:
+                return False
+            return rank_certificate(np.ascontiguousarray(Vf.T)) is not None
+        Vf = np.array([[_flt(x) for x in row] for row in V])
+        if Vf.shape[0] > Vf.shape[1] or not np.all(np.isfinite(Vf)) or np.linalg.matrix_rank(Vf) < Vf.shape[0]:
             return False
-        return rank_certificate(np.ascontiguousarray(Vf.T)) is not None
-    Vf = np.array([[float(x) for x in row] for row in V])
-    if Vf.shape[0] > Vf.shape[1] or np.linalg.matrix_rank(Vf) < Vf.shape[0]:
+    except (OverflowError, np.linalg.LinAlgError):
         return False
     return rank_certificate(np.array(V, dtype=object).T) is not None
 
@@ -558,6 +623,27 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                        timeout: float = 60.0, artifacts: Optional[str] = None, claim: str = "L1",
                        search_witness: bool = True, inputs_extra: Optional[dict] = None,
                        side_files: Optional[str] = None, nonlinear: bool = True) -> Result:
+    """Decide whether some prompt memorizes ``dataset`` (see :func:`_check_memorization`) within
+    ``timeout`` seconds for everything but the trusted checker's final check: when a stage runs out
+    of time the status is "timeout" and ``info.stage`` names that stage."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise InputError("--timeout", "a finite number of seconds > 0", repr(timeout)[:40])
+    clock = _Clock(timeout)
+    try:
+        return _check_memorization(model, dataset, prompt_length, tolerance, timeout, artifacts, claim,
+                                   search_witness, inputs_extra, side_files, nonlinear, clock)
+    except OutOfTime as exc:
+        res = clock.res
+        res.status, res.certificate, res.reported = Status.TIMEOUT, None, {}
+        res.extra["stage"] = exc.stage
+        res.message = f"ran out of time (--timeout {timeout:g} s) in stage '{exc.stage}'; nothing is claimed"
+        res.seconds["solve"] = time.perf_counter() - clock.start - res.seconds.get("build", 0.0)
+        return res
+
+
+def _check_memorization(model: Model, dataset: Dataset, prompt_length, tolerance, timeout: float,
+                        artifacts: Optional[str], claim: str, search_witness: bool, inputs_extra: Optional[dict],
+                        side_files: Optional[str], nonlinear: bool, clock: _Clock) -> Result:
     """Decide whether some prompt memorizes ``dataset`` (single-layer ``model``).
 
     Returns "proved" only with a certificate the trusted checker (:mod:`verify.checker`) accepts,
@@ -571,8 +657,8 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     tol = Fraction(tolerance)
     if tol < 0:
         raise InputError("--tolerance", "a number >= 0", str(tolerance))
-    if prompt_length != "any" and (not isinstance(prompt_length, int) or prompt_length < 1):
-        raise InputError("--prompt-length", "a positive integer or 'any'", repr(prompt_length))
+    if prompt_length != "any" and (not isinstance(prompt_length, int) or not 1 <= prompt_length <= 1 << 40):
+        raise InputError("--prompt-length", "a positive integer of at most 2**40, or 'any'", repr(prompt_length)[:40])
     for i, e in enumerate(dataset.examples):
         if e.input.shape[1] != model.d:
             raise InputError(f"examples[{i}].input", f"tokens of d = {model.d} entries (the model's d)",
@@ -584,23 +670,29 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             return Result(claim=claim, status=Status.UNKNOWN, message="multi-layer models are not supported by this build")
         return fn(model, dataset, prompt_length=prompt_length, tolerance=tol, timeout=timeout)
     res = _new_result(model, dataset, claim, prompt_length, tol, side_files, inputs_extra)
+    clock.res = res
+    log: list = []
+    res.extra["log"] = log
     layer = model.layers[0]
     mlpc = _mlp_certificate(layer)
     res.checks["mlp_injective"] = bool(mlpc["injective"])
-    res.extra["assumptions"] = {"mlp_lipschitz_bound": float(mlpc["k"]), "mlp_bound_methods": mlpc["methods"]}
+    res.extra["assumptions"] = {"mlp_lipschitz_bound": approx(mlpc["k"]), "mlp_bound_methods": mlpc["methods"]}
     ex = ExactLayer(model)
-    groups = _groups(model, dataset, ex)
+    groups = _groups(model, dataset, ex, clock)
     res.seconds["build"] = time.perf_counter() - t0
     if not groups:
         res.message = "the dataset constrains no output; every prompt memorizes it"
-        _with_witness(res, model, dataset, [[0] * model.d] * (1 if prompt_length == "any" else prompt_length), tol)
+        if _witness_length_ok(prompt_length, log):
+            _with_witness(res, model, dataset, [[0] * model.d] * (1 if prompt_length == "any" else prompt_length), tol)
+        return res
+    if _attention_free(model) and _attention_free_witness(res, model, dataset, ex, groups, tol, prompt_length, log):
         return res
     if not mlpc["injective"]:
         res.message = (f"assumption 'injective MLP' not certified: the rigorous bound ||W_1|| ||W_2|| <= "
-                       f"{float(mlpc['k']):.6g} is not < 1; no limitation is claimed")
+                       f"{approx(mlpc['k'])} is not < 1; no limitation is claimed")
         res.checks["assumption_failed"] = "injective MLP"
         if search_witness:
-            _search_witness(res, model, dataset, tol, prompt_length, budget=min(20.0, timeout))
+            _timed_search(res, model, dataset, tol, prompt_length, clock)
         return res
     t1 = time.perf_counter()
     k = mlpc["k"]
@@ -608,23 +700,28 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     # head coordinates: needed for several heads, and for one large head (no exact Phi there)
     ds_info = _direct_sum(ex, model) if (h > 1 or model.d > _SMALL_D) and layer.kind == "softmax" else None
     res.extra["assumptions"]["direct_sum"] = (ds_info is not None) if h > 1 else "single head"
-    deadline = t1 + timeout
     found = None
-    log: list = []
+    refused: list = []          # blocks whose scores lie beyond the checker's exponential range
     for g in groups:
+        clock.check("subspace functional")
         rhos = _weights(k, model.d, tol, g.members)
-        blk = _try_subspace(model, g, rhos)
+        blk = _try_subspace(model, g, rhos, ex)
         if blk is not None:
             found = (g, blk, None, rhos)
             log.append("subspace functional found")
             break
+        clock.check("head blocks")
         blocks = _head_blocks(model, ex, g, ds_info, rhos) if layer.kind == "softmax" else []
         for blk in blocks:
-            remaining = max(1, int((deadline - time.perf_counter()) * 1000))
-            if remaining <= 1:
-                break
+            clock.check("relaxation R")
             v_free = _v_full_row_rank(blk.V)
-            ans, solver = _primal_block(z3, blk, g.members, remaining, v_free)
+            blk.shift = max(max((s_ for row in blk.scores for s_ in row), default=Fraction(0)), Fraction(-EXP_ARG_LIMIT))
+            try:
+                ans, solver = _primal_block(z3, blk, g.members, clock, v_free)
+            except ExpRangeError as exc:
+                refused.append(blk.shift)
+                log.append(f"group x={_short(g.x)} head {blk.head}: not tried, {exc}")
+                continue
             inexact = "" if all(r == 0 for r in rhos) else " at rounded preimages (slack checked below)"
             log.append(f"group x={_short(g.x)} head {blk.head} ({blk.form}): R {ans}{inexact}")
             if artifacts:
@@ -633,7 +730,7 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
                     fh.write(solver.to_smt2())
             if ans != "unsat":
                 continue
-            lam = _dual_block(z3, blk, g.members, remaining, v_free, rhos=rhos)
+            lam = _dual_block(z3, blk, g.members, clock, v_free, rhos=rhos)
             if lam is None:
                 log.append("  no Farkas vector found")
                 continue
@@ -644,14 +741,13 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             break
         if found:
             break
-    if found is None and h == 1 and layer.kind == "softmax" and tol == 0 and time.perf_counter() < deadline:
-        found = _prop_e_zero_score(z3, model, ex, groups, dataset, res, log,
-                                   int((deadline - time.perf_counter()) * 1000), prompt_length)
+    if found is None and h == 1 and layer.kind == "softmax" and tol == 0:
+        found = _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, clock, prompt_length)
         if res.status == Status.MEMORIZED:
             res.seconds["solve"] = time.perf_counter() - t1
             res.extra["log"] = log
             return res
-    if found is None and h == 1 and layer.kind == "softmax" and time.perf_counter() < deadline:
+    if found is None and h == 1 and layer.kind == "softmax":
         for g in groups:
             if len(g.members) < 2:
                 continue
@@ -659,14 +755,23 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
             blks = _head_blocks(model, ex, g, None, rh)
             if not blks:
                 continue
-            ent = _entropy_proof(z3, model, ex, g, blks[0], rh, prompt_length,
-                                 max(1, int((deadline - time.perf_counter()) * 1000)), log)
+            try:
+                ent = _entropy_proof(z3, model, ex, g, blks[0], rh, prompt_length, clock, log)
+            except ExpRangeError as exc:
+                log.append(f"entropy relation: not tried, {exc}")
+                continue
             if ent is not None:
                 found = (g, blks[0], None, rh, None, ent)
                 break
-    if (nonlinear and h > 1 and ds_info is None and model.d <= 6 and layer.kind == "softmax"
-            and time.perf_counter() < deadline):
-        ans = _nonlinear_R(z3, model, ex, groups, k, tol, int((deadline - time.perf_counter()) * 1000), artifacts)
+    if nonlinear and h > 1 and ds_info is None and model.d <= 6 and layer.kind == "softmax":
+        try:
+            ans = _nonlinear_R(z3, model, ex, groups, k, tol, clock, artifacts)
+        except ExpRangeError as exc:
+            ans = f"not tried ({exc})"
+        except OutOfTime:
+            if found is None:
+                raise
+            ans = "timeout"
         res.solver["nonlinear_R"] = ans
         log.append(f"nonlinear R (QF_NRA, all heads jointly): {ans}")
     res.seconds["solve"] = time.perf_counter() - t1
@@ -685,8 +790,12 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
         return res
     if search_witness:
         t3 = time.perf_counter()
-        _search_witness(res, model, dataset, tol, prompt_length, budget=min(20.0, timeout))
+        _timed_search(res, model, dataset, tol, prompt_length, clock)
         res.seconds["witness"] = time.perf_counter() - t3
+    if res.status == Status.UNKNOWN and refused and not res.message:
+        res.message = (f"attention scores up to {approx(max(refused))} lie beyond the trusted checker's "
+                       f"exponential range (|s| <= {EXP_ARG_LIMIT}), so no head certificate it could check exists "
+                       "for those blocks; nothing else decided the question")
     if res.status == Status.UNKNOWN and not res.message and res.solver.get("nonlinear_R") == "unsat":
         res.message = ("Z3 (QF_NRA) reports relaxation R infeasible with all heads jointly, but no exact "
                        "certificate was found (every head's output space lies in the span of the others, so no "
@@ -699,7 +808,28 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     return res
 
 
-def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, timeout_ms, prompt_length="any"):
+#: longest witness prompt the prover writes (the checker replays every token of it)
+_MAX_WITNESS_TOKENS = 4096
+
+
+def _witness_length_ok(prompt_length, log: list) -> bool:
+    if prompt_length == "any" or prompt_length <= _MAX_WITNESS_TOKENS:
+        return True
+    log.append(f"no witness of length {prompt_length} is built (at most {_MAX_WITNESS_TOKENS} tokens)")
+    return False
+
+
+def _timed_search(res: Result, model: Model, dataset: Dataset, tol: Fraction, prompt_length, clock: _Clock) -> None:
+    """The witness search within what is left of the clock (at most 20 s); OutOfTime when the
+    clock, not the search's own schedule, ended it without a witness."""
+    if clock.left() < 0.5:               # torch's start-up alone takes longer than that
+        raise OutOfTime("witness search")
+    _search_witness(res, model, dataset, tol, prompt_length, budget=min(20.0, clock.left()))
+    if res.status != Status.MEMORIZED and clock.left() <= 0:
+        raise OutOfTime("witness search")
+
+
+def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, clock: _Clock, prompt_length="any"):
     """Proposition E, case g = W_k^T W_q x = 0: every prompt gives alpha = m_p, its length.
 
     R restricted to the group bounds alpha to [lo, hi].  If an integer m lies there and every
@@ -716,13 +846,17 @@ def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, timeout_ms, pro
         return None
     g = zs[0]
     rhos = [Fraction(0)] * len(g.members)
-    blk = _head_blocks(model, ex, g, None, rhos)[0]
+    blks = _head_blocks(model, ex, g, None, rhos)
+    if not blks:                 # W_o W_v = 0: the head adds nothing, alpha is not constrained
+        return None
+    blk = blks[0]
     v_free = _v_full_row_rank(blk.V)
-    rng = _alpha_range(z3, blk, g.members, v_free, timeout_ms)
+    rng = _alpha_range(z3, blk, g.members, v_free, clock)
     if rng is None:
         return None
     lo, hi = rng
-    log.append(f"Proposition E (zero-score query): R allows alpha in [{float(lo):.6g}, {'inf' if hi is None else float(hi):.6g}]")
+    log.append(f"Proposition E (zero-score query): R allows alpha in [{approx(lo)}, "
+               f"{'inf' if hi is None else approx(hi)}]")
     first = max(1, math.ceil(lo))
     if prompt_length != "any":
         fits = lo <= prompt_length and (hi is None or prompt_length <= hi)
@@ -731,10 +865,10 @@ def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, timeout_ms, pro
         last = first + 3 if hi is None else min(math.floor(hi), first + 3)
         candidates = list(range(first, last + 1))
     if candidates:
-        if len(zs) != len(groups):
+        if len(zs) != len(groups) or not _witness_length_ok(max(candidates), log):
             return None
         for m_p in candidates:
-            pi = _zero_score_prompt_sum(z3, model, ex, groups, m_p, timeout_ms)
+            pi = _zero_score_prompt_sum(z3, model, ex, groups, m_p, clock)
             if pi is not None:
                 prompt = [pi] + [[Fraction(0)] * model.d for _ in range(m_p - 1)]
                 if _with_witness(res, model, dataset, prompt, Fraction(0)):
@@ -750,7 +884,7 @@ def _prop_e_zero_score(z3, model, ex, groups, dataset, res, log, timeout_ms, pro
         ranges = ([(Fraction(1), Fraction(n))] if n >= 1 else []) + [(Fraction(n + 1), None)]
     pieces = []
     for a_lo, a_hi in ranges:
-        lam = _dual_block(z3, blk, g.members, timeout_ms, v_free, alpha_lo=a_lo, alpha_hi=a_hi)
+        lam = _dual_block(z3, blk, g.members, clock, v_free, alpha_lo=a_lo, alpha_hi=a_hi, stage="Proposition E")
         if lam is None or farkas_margin(blk, g.members, lam, rhos, a_lo, a_hi) is None:
             log.append(f"no Farkas vector for alpha in [{a_lo}, {a_hi}]")
             return None
@@ -771,7 +905,7 @@ def _log_hi(b: Fraction) -> Fraction:
     return log_above(b)
 
 
-def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, timeout_ms, log):
+def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, clock: _Clock, log):
     """Proposition E, g = W_k^T W_q x != 0: R plus the entropy relation
     g^T pi = alpha log alpha - alpha H(w), 0 <= H <= log m_p, decided piecewise in alpha.
 
@@ -782,7 +916,7 @@ def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, tim
     gvec = ex.heads[j]["W_k"].vm(ex.heads[j]["W_q"].mv(g.x))
     if not any(gvec):
         return None
-    rng = _alpha_range(z3, blk, g.members, False, timeout_ms, rhos)
+    rng = _alpha_range(z3, blk, g.members, False, clock, rhos, stage="entropy relation")
     if rng is None or rng[1] is None or rng[1] <= 0:
         return None
     lo, hi = rng
@@ -801,7 +935,8 @@ def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, tim
             c_lo = (_log_lo(a_lo) - lK) if (K is not None and a_lo > 0) else None
             c_hi = _log_hi(a_hi) if a_hi is not None else None
             ineq = (gvec, c_lo, c_hi)
-        out = _dual_block(z3, blk, g.members, timeout_ms, False, alpha_lo=a_lo, alpha_hi=a_hi, ineq=ineq, rhos=rhos)
+        out = _dual_block(z3, blk, g.members, clock, False, alpha_lo=a_lo, alpha_hi=a_hi, ineq=ineq, rhos=rhos,
+                          stage="entropy relation")
         if out is None:
             return None
         if ineq is None:
@@ -818,7 +953,8 @@ def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, tim
     for a_lo, a_hi in spans:
         pc = solve(a_lo, a_hi, False) or solve(a_lo, a_hi, True)
         if pc is None:
-            log.append(f"entropy pieces: no certificate for alpha in [{float(a_lo):.4g}, {a_hi}]")
+            log.append(f"entropy pieces: no certificate for alpha in [{approx(a_lo)}, "
+                       f"{'inf' if a_hi is None else approx(a_hi)}]")
             return None
         pieces.append(pc)
     todo = [(a1, a2, 0)]
@@ -829,19 +965,18 @@ def _entropy_proof(z3, model, ex, g: Group, blk: Block, rhos, prompt_length, tim
             pieces.append(pc)
             continue
         if depth >= 4:
-            log.append(f"entropy pieces: alpha in [{float(a_lo):.6g}, {float(a_hi):.6g}] stays feasible")
+            log.append(f"entropy pieces: alpha in [{approx(a_lo)}, {approx(a_hi)}] stays feasible")
             return None
         mid = ((a_lo + a_hi) / 2).limit_denominator(1 << 40)
         todo += [(a_lo, mid, depth + 1), (mid, a_hi, depth + 1)]
-    log.append(f"entropy relation excludes every alpha in [{float(a1):.6g}, {float(a2):.6g}] "
+    log.append(f"entropy relation excludes every alpha in [{approx(a1)}, {approx(a2)}] "
                f"({'every length' if K is None else f'length {K}'}); R excludes the rest")
     return {"pieces": pieces, "log_K_hi": lK}
 
 
-def _zero_score_prompt_sum(z3, model, ex, groups, m_p, timeout_ms):
+def _zero_score_prompt_sum(z3, model, ex, groups, m_p, clock: _Clock):
     """Exact pi with x + M (sum_t X[t] + pi) / (n + m_p) = z for every constrained output."""
     s = z3.SolverFor("QF_LRA")
-    s.set("timeout", timeout_ms)
     d = model.d
     pi = [z3.Real(f"pi{c}") for c in range(d)]
     M = _M_exact(model, 0)
@@ -852,7 +987,7 @@ def _zero_score_prompt_sum(z3, model, ex, groups, m_p, timeout_ms):
             for r in range(d):
                 lhs = z3.Sum([_z3q(z3, M[r][c]) * (pi[c] + _z3q(z3, tot[c])) for c in range(d) if M[r][c]] or [z3.RealVal(0)])
                 s.add(lhs == _z3q(z3, (n + m_p) * (m.z[r] - g.x[r])))
-    if s.check() != z3.sat:
+    if _solve(s, clock, "Proposition E") != "sat":
         return None
     mdl = s.model()
     out = []
@@ -866,22 +1001,109 @@ def _short(v) -> str:
     return "[" + ", ".join(f"{float(x):.3g}" for x in v[:4]) + (", ...]" if len(v) > 4 else "]")
 
 
-def _try_subspace(model: Model, g: Group, rhos: list[Fraction]) -> Optional[Block]:
-    d = model.d
-    layer = model.layers[0]
-    hs = sum(h.s for h in layer.heads)
-    if hs >= d or d > 96:
+def _try_subspace(model: Model, g: Group, rhos: list[Fraction], ex: ExactLayer) -> Optional[Block]:
+    """Theorem L3: phi with phi^T W_o^j W_v^j = 0 for every head and |phi^T (z_i - x)| > ||phi|| rho_i
+    for some member.  Tried first, at any d: phi = z_i - x itself, tested exactly against every head
+    (this decides layers whose attention adds nothing, W_o W_v = 0); then, for d <= 96, the
+    projection of z_i - x onto the exact left null space of [W_o^1 W_v^1 ... W_o^h W_v^h] (the best
+    phi there) and that space's basis vectors."""
+    cs = [[a - b for a, b in zip(m.z, g.x)] for m in g.members]
+
+    def holds(phi, i):
+        return any(phi) and abs(_dotq(phi, cs[i])) > sqrt_up(_dotq(phi, phi)) * rhos[i]
+
+    def kills(phi):
+        return all(not any(hd["W_v"].vm(hd["W_o"].vm(phi))) for hd in ex.heads)
+
+    for i, c in enumerate(cs):
+        if holds(c, i) and kills(c):
+            return Block("subspace", None, [], [c], Phi=[c], scores=[[]])
+    if model.d > 96 or _stacked_full_rank(model):
         return None
-    Ms = _hstack([_M_exact(model, j) for j in range(len(layer.heads))])
-    basis = _left_null_exact(Ms)
-    for i, m in enumerate(g.members):
-        c = [a - b for a, b in zip(m.z, g.x)]
-        for phi in basis:
-            v = _dotq(phi, c)
-            nphi = sqrt_up(sum((x * x for x in phi), Fraction(0)))
-            if abs(v) > nphi * rhos[i]:
+    basis = _left_null_exact(_hstack([_M_exact(model, j) for j in range(len(ex.heads))]))
+    for i, c in enumerate(cs):
+        proj = project_onto_span(basis, c)
+        for phi in ([proj] if proj else []) + basis:
+            if holds(phi, i):
                 return Block("subspace", None, [], [c], Phi=[phi], scores=[[]])
     return None
+
+
+def _stacked_full_rank(model: Model) -> bool:
+    """Float pre-test: has [W_o^1 W_v^1 ... W_o^h W_v^h] rank d (then no phi exists)?  A wrong
+    answer only skips the exact null-space computation."""
+    with np.errstate(all="ignore"):
+        M = np.concatenate([as_float(h.W_o) @ as_float(h.W_v) for h in model.layers[0].heads], axis=1)
+        if not np.all(np.isfinite(M)):
+            return False
+        return int(np.linalg.matrix_rank(M)) == model.d
+
+
+def _attention_free(model: Model) -> bool:
+    """Does every head have W_o W_v = 0 exactly (attention adds nothing to any token)?  A float
+    product clearly away from 0 answers no at once; otherwise W_o (W_v e_c) is computed exactly."""
+    for h in model.layers[0].heads:
+        Wo, Wv = as_float(h.W_o), as_float(h.W_v)
+        with np.errstate(all="ignore"):
+            P = np.abs(Wo @ Wv)
+            scale = float(np.max(np.abs(Wo))) * float(np.max(np.abs(Wv))) * Wv.shape[0]
+        if np.all(np.isfinite(P)) and np.isfinite(scale) and float(np.max(P)) > 1e-6 * scale:
+            return False
+        Mo, Wvq = IntMatrix(h.W_o), as_fraction(h.W_v)
+        if any(any(Mo.mv(list(Wvq[:, c]))) for c in range(model.d)):
+            return False
+    return True
+
+
+def _equal_score_token(model: Model, ex: ExactLayer, dataset: Dataset) -> Optional[list[Fraction]]:
+    """A token p whose score at every constrained query equals the scores of that query's visible
+    input tokens (when those are all equal), for every head: a prompt of copies of p gets exactly
+    uniform attention weights, so the checker's replay stays exact.  None if there is none."""
+    rows, rhs = [], []
+    for e in dataset.examples:
+        X = [_frac_vec(as_fraction(r)) for r in e.input]
+        for a, y in enumerate(e.output):
+            if y is None:
+                continue
+            keys = X[: a + 1] if model.causal else X
+            for j, hd in enumerate(ex.heads):
+                sc = set(ex.scores(j, X[a], keys))
+                if len(sc) != 1:
+                    return None
+                rows.append(hd["W_k"].vm(hd["W_q"].mv(X[a])))
+                rhs.append(sc.pop())
+    return solve(rows, rhs) if rows else [Fraction(0)] * model.d
+
+
+def _attention_free_witness(res: Result, model: Model, dataset: Dataset, ex: ExactLayer, groups: list[Group],
+                            tol: Fraction, prompt_length, log: list) -> bool:
+    """Every head has W_o W_v = 0, so the output at an input token x is MLP(x) whatever the prompt:
+    the dataset is memorized iff every target is within tol of MLP(x).  Then any prompt is a
+    witness; tried: zero tokens, then copies of :func:`_equal_score_token` (exact replay).  When a
+    target is farther, the subspace functional phi = z - x proves it (when the MLP is certified
+    injective), found by :func:`_try_subspace`.  Returns True when nothing more can be done: a
+    witness was accepted, or every prompt memorizes but the checker cannot replay one exactly."""
+    worst = max(max(abs(a - b) for a, b in zip(ex.mlp(g.x), m.y)) for g in groups for m in g.members)
+    log.append(f"attention adds nothing (W_o W_v = 0 for every head): largest |MLP(x) - y| = {approx(worst)}")
+    if worst > tol:
+        return False
+    if not _witness_length_ok(prompt_length, log):
+        return False
+    K = 1 if prompt_length == "any" else prompt_length
+    cands = [[[Fraction(0)] * model.d for _ in range(K)]]
+    p = _equal_score_token(model, ex, dataset)
+    if p is not None:
+        cands.append([p] * K)
+    for P in cands:
+        if _with_witness(res, model, dataset, P, tol):
+            res.method = "attention adds nothing (W_o W_v = 0 for every head): every target is MLP(x); any prompt"
+            return True
+    res.message = ("attention adds nothing here (W_o W_v = 0 for every head), so the output at a token x is "
+                   "MLP(x) for every prompt, and every target is within the tolerance of it: every prompt "
+                   "memorizes the dataset.  'memorized' is not claimed: the trusted checker replays a softmax "
+                   "witness exactly only when the scores at each query are equal, which this dataset's tokens "
+                   "prevent, and the question's tolerance leaves no room for its rigorous enclosures")
+    return True
 
 
 def _head_blocks(model: Model, ex: ExactLayer, g: Group, ds_info: Optional[dict], rhos) -> list[Block]:
@@ -923,10 +1145,11 @@ def _head_blocks(model: Model, ex: ExactLayer, g: Group, ds_info: Optional[dict]
     return out
 
 
-def _nonlinear_R(z3, model: Model, ex: ExactLayer, groups: list[Group], k, tol, timeout_ms: int, artifacts) -> str:
-    """Relaxation R with all heads jointly (bilinear): decided by Z3's nonlinear arithmetic."""
+def _nonlinear_R(z3, model: Model, ex: ExactLayer, groups: list[Group], k, tol, clock: _Clock, artifacts) -> str:
+    """Relaxation R with all heads jointly (bilinear): decided by Z3's nonlinear arithmetic.  Each
+    head's equations are homogeneous in its (exponentials, alpha, pi), so its exponentials are
+    scaled by exp(-largest score of the group) (short solver constants)."""
     s = z3.SolverFor("QF_NRA")
-    s.set("timeout", max(1, timeout_ms))
     layer = model.layers[0]
     d = model.d
     for gi, g in enumerate(groups):
@@ -939,6 +1162,7 @@ def _nonlinear_R(z3, model: Model, ex: ExactLayer, groups: list[Group], k, tol, 
             M = _M_exact(model, j)
             betas.append([z3.Sum([_z3q(z3, M[r][c]) * pi[c] for c in range(d) if M[r][c]] or [z3.RealVal(0)]) for r in range(d)])
             alphas.append(a)
+        shifts = [max(max(ex.scores(j, g.x, m.keys)) for m in g.members) for j in range(len(layer.heads))]
         for mi, m in enumerate(g.members):
             qs = []
             for j, hd in enumerate(layer.heads):
@@ -946,7 +1170,7 @@ def _nonlinear_R(z3, model: Model, ex: ExactLayer, groups: list[Group], k, tol, 
                 es = []
                 for n, sc in enumerate(scores):
                     e = z3.Real(f"e_{gi}_{mi}_{j}_{n}")
-                    lo, hi = exp_enclosure(sc)
+                    lo, hi = exp_box(sc, shifts[j])
                     s.add(e >= _z3q(z3, lo), e <= _z3q(z3, hi))
                     es.append(e)
                 M = _M_exact(model, j)
@@ -967,7 +1191,7 @@ def _nonlinear_R(z3, model: Model, ex: ExactLayer, groups: list[Group], k, tol, 
         os.makedirs(artifacts, exist_ok=True)
         with open(os.path.join(artifacts, "R_nonlinear.smt2"), "w") as fh:
             fh.write(s.to_smt2())
-    return str(s.check())
+    return _solve(s, clock, "nonlinear R")
 
 
 # --------------------------------------------------------------------------- results
@@ -1154,7 +1378,7 @@ def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, 
                     budget: float = 20.0) -> None:
     """Gradient prompt tuning in float64 (L-BFGS) within a time budget.  A prompt counts only if
     the trusted checker replays it within the tolerance (exactly, or with rigorous enclosures)."""
-    if model.d > 64 or len(dataset.examples) > 64:
+    if model.d > 64 or len(dataset.examples) > 64 or not _witness_length_ok(prompt_length, []):
         return
     import torch
     t_end = time.perf_counter() + budget
@@ -1168,14 +1392,17 @@ def _search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, 
             P = torch.randn(L, model.d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
                             requires_grad=True)
             err = _tune(model, batches, P, t_end)
+            if not math.isfinite(err):    # float64 overflows on this model: the search cannot help
+                res.extra["witness_search"] = {"best_squared_error": None, "note": "float64 loss not finite"}
+                return
             if best is None or err < best[0]:
                 best = (err, P.detach().numpy().copy())
-            if err <= max(float(tol) ** 2, 1e-24) and _replay_candidates(res, model, dataset, best[1], tol):
+            if err <= max(float(tol) ** 2, 1e-24) and _replay_candidates(res, model, dataset, best[1], tol, t_end):
                 res.extra["witness_search"] = {"best_squared_error": err}
                 return
     if best is not None:
         res.extra["witness_search"] = {"best_squared_error": best[0]}
-        _replay_candidates(res, model, dataset, best[1], tol)
+        _replay_candidates(res, model, dataset, best[1], tol, t_end)
 
 
 def _batches(model: Model, dataset: Dataset) -> list:
@@ -1207,6 +1434,8 @@ def _tune(model: Model, batches: list, P, t_end: float) -> float:
         return loss
 
     def closure():
+        if time.perf_counter() > t_end:
+            raise _TimeUp
         opt.zero_grad()
         loss = objective()
         loss.backward()
@@ -1214,17 +1443,33 @@ def _tune(model: Model, batches: list, P, t_end: float) -> float:
     for _ in range(4):
         if time.perf_counter() > t_end:
             break
-        opt.step(closure)
+        try:
+            opt.step(closure)
+        except _TimeUp:
+            break
     with torch.no_grad():
         return float(objective())
 
 
-def _replay_candidates(res, model, dataset, Pf: np.ndarray, tol: Fraction) -> bool:
+class _TimeUp(Exception):
+    """The witness search's budget ran out inside an L-BFGS step."""
+
+
+def _replay_candidates(res, model, dataset, Pf: np.ndarray, tol: Fraction, t_end: Optional[float] = None) -> bool:
     """The float prompt's exact value, then its dyadic roundings (simpler rationals, which replay
-    exactly where the model allows): the first the trusted checker accepts is kept."""
+    exactly where the model allows): the first the trusted checker accepts is kept.  No new
+    candidate is tried after ``t_end``."""
+    if not np.all(np.isfinite(Pf)):      # L-BFGS diverged (huge scores): nothing to replay
+        return False
     cands = [[[Fraction(float(v)) for v in row] for row in Pf]]
-    cands += [[[Fraction(round(float(v) * (1 << k)), 1 << k) for v in row] for row in Pf] for k in range(6, 54, 4)]
-    return any(_with_witness(res, model, dataset, cand, tol) for cand in cands)
+    cands += [[[_dyadic(float(v), k) for v in row] for row in Pf] for k in range(6, 54, 4)]
+    for n, cand in enumerate(cands):
+        if n and t_end is not None and time.perf_counter() > t_end:
+            return False
+        if _with_witness(res, model, dataset, cand, tol):
+            return True
+    return False
+
 
 
 # --------------------------------------------------------------------------- prove limitation
