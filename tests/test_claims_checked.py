@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import pytest
 from mutations import assert_all_rejected, body_mutations, envelope_mutations
@@ -17,6 +18,10 @@ from verify.claims.reproduce import run_reproduce
 from verify.result import DECIDED, Status
 
 BODY_SAMPLE = 40
+#: an experiment run's prompt entries: the optimizer drives prompts far out, where moving one entry
+#: can change the loss by 1e-15, so the moved record is still a true record; tests/test_checker_loss.py
+#: mutates them and tells the harmless ones apart with an independent float64 forward pass
+FLAT_PROMPT_ENTRY = re.compile(r"body\['runs', \d+, 'prompt'")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,8 @@ def test_every_mutation_is_rejected(reproduced, cid):
     out, _, results = reproduced
     res, _ = results[cid]
     kind = res["certificate"]["kind"]
-    muts = list(envelope_mutations(res)) + _sample(body_mutations(res), BODY_SAMPLE)
+    body = [(n, m) for n, m in body_mutations(res) if not FLAT_PROMPT_ENTRY.match(n)]
+    muts = list(envelope_mutations(res)) + _sample(body, BODY_SAMPLE)
     # another claim's certificate of a different kind or instance, pasted into this result
     for other, (ores, _) in results.items():
         if other != cid and ores.get("certificate") and ores["certificate"] != res["certificate"]:
