@@ -48,7 +48,8 @@ PRIMES = (2147483629, 2147483587, 2147483579, 2147483563)
 ARG_BITS = 128
 #: the reported certified_min_error is rounded down to this many significant bits
 REPORT_BITS = 64
-FORMS = {"subspace": ({"form", "query", "members", "phi"}, set()),
+FORMS = {"attention-free": ({"form", "example", "position"}, set()),
+         "subspace": ({"form", "query", "members", "phi"}, set()),
          "annihilator": ({"form", "query", "members", "head"},
                          {"Phi", "multipliers", "alpha_pieces", "entropy_pieces"}),
          "direct-sum": ({"form", "query", "members", "head", "gammas", "multipliers"}, set())}
@@ -286,6 +287,35 @@ def _subspace(layer: CLayer, body: dict, members: list, tol: Fraction, d: int) -
         raise Reject(f"{B}.phi: |phi^T (z - x)| <= ||phi|| rho at tolerance {fmt(tol)}")
     return Outcome(f"the target's attention part leaves the attention subspace (L3); every prompt has "
                    f"error >= {float(E):.4g}", {"certified_min_error": fmt(_down_bits(E, REPORT_BITS))})
+
+
+# --------------------------------------------------------------------------- attention-free form
+
+def _attention_free(model: CModel, ds: CDataset, body: dict, tol: Fraction) -> Outcome:
+    """Every head of every layer has W_o W_v = 0 exactly, so attention adds nothing: the output at
+    a token is the composition of the layers' MLPs applied to that token alone, for every prompt of
+    every length.  A target farther than the tolerance from it is reached by no prompt.  Needs no
+    injectivity and no exponential.  Body: ``{"form", "example", "position"}``."""
+    fields(body, B, {"form", "example", "position"})
+    for li, layer in enumerate(model.layers):
+        for j, h in enumerate(layer.heads):
+            if any(int(v) for v in h["W_o"].N.dot(h["W_v"].N).reshape(-1)):
+                raise Reject(f"{B}.form: W_o W_v != 0 for layer {li} head {j}; attention is not inert")
+    i = integer(body["example"], f"{B}.example", 0, len(ds.inputs) - 1)
+    t = integer(body["position"], f"{B}.position", 0, len(ds.inputs[i]) - 1)
+    y = ds.outputs[i][t]
+    if y is None:
+        raise Reject(f"{B}: example {i} position {t} has no target (null output)")
+    out = list(ds.inputs[i][t])
+    for layer in model.layers:
+        out = exact_mlp(layer, out)
+    E = max(abs(a - b) for a, b in zip(out, y))
+    if not E > tol:
+        raise Reject(f"{B}: the target at example {i} position {t} is within question.tolerance of the "
+                     f"prompt-independent output")
+    return Outcome(f"attention adds nothing (W_o W_v = 0 in every head), and the target at example {i} "
+                   f"position {t} is {float(E):.4g} away from the output every prompt gives",
+                   {"certified_min_error": fmt(_down_bits(E, REPORT_BITS))})
 
 
 # --------------------------------------------------------------------------- head blocks
@@ -540,6 +570,8 @@ def check(ctx: Context) -> Outcome:
     q, model, ds = ctx.question, ctx.inputs["model"], ctx.inputs["dataset"]
     if q.get("prompt_norm") is not None:
         raise Reject("question.prompt_norm: limitation certificates cover prompts of every norm; expected none")
+    if isinstance(ctx.body, dict) and ctx.body.get("form") == "attention-free":
+        return _attention_free(model, ds, ctx.body, q["tolerance"])
     if len(model.layers) != 1:
         raise Reject(f"model: limitation certificates are for single-layer models, found {len(model.layers)} layers")
     layer, body = model.layers[0], ctx.body

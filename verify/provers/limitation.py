@@ -1083,10 +1083,15 @@ def _attention_free_witness(res: Result, model: Model, dataset: Dataset, ex: Exa
     target is farther, the subspace functional phi = z - x proves it (when the MLP is certified
     injective), found by :func:`_try_subspace`.  Returns True when nothing more can be done: a
     witness was accepted, or every prompt memorizes but the checker cannot replay one exactly."""
-    worst = max(max(abs(a - b) for a, b in zip(ex.mlp(g.x), m.y)) for g in groups for m in g.members)
+    worst, far = max((max(abs(a - b) for a, b in zip(ex.mlp(g.x), m.y)), (m.example, m.position))
+                     for g in groups for m in g.members)
     log.append(f"attention adds nothing (W_o W_v = 0 for every head): largest |MLP(x) - y| = {approx(worst)}")
     if worst > tol:
-        return False
+        # every prompt gives MLP(x) there: proved, whatever the MLP (no injectivity needed)
+        res.certificate = certificate(CERT_KIND, {"form": "attention-free", "example": far[0], "position": far[1]})
+        res.method = "attention adds nothing (W_o W_v = 0 for every head): a target is not MLP(x)"
+        _vet_proof(res)
+        return res.status == Status.PROVED
     if not _witness_length_ok(prompt_length, log):
         return False
     K = 1 if prompt_length == "any" else prompt_length
