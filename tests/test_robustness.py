@@ -177,13 +177,13 @@ def test_cli_process_wall_time(tmp_path):
     _assert_sane(p.returncode, p.stderr, json.loads(out.read_text()), seconds, allowed, timeout=3)
 
 
-def test_attention_free_but_unreplayable_is_unknown_not_a_search(tmp_path, capsys):
-    # W_o W_v = 0: every prompt memorizes, but the query's input tokens have different scores, so
-    # the checker cannot replay a softmax witness exactly at tolerance 0: "unknown", quickly
+def test_attention_free_with_unequal_scores_is_memorized_exactly(tmp_path, capsys):
+    # W_o W_v = 0 with W_o, W_v dense: every prompt memorizes; the query's input tokens have
+    # different scores, yet the checker replays exactly, since it forms W_o W_v = 0 first
     model = _model([_head(v=DENSE_V, o=DENSE_O)])
     code, err, res, seconds = _run_check(tmp_path, capsys, model, _data(([[1, 0], [0, 1]], [MLP_X, None])))
-    _assert_sane(code, err, res, seconds, {"unknown"})
-    assert "every prompt memorizes" in res["info"]["message"]
+    _assert_sane(code, err, res, seconds, {"memorized"})
+    assert "exactly" in res["info"]["message"]
 
 
 # --------------------------------------------------------------------------- input limits: exit 2
