@@ -317,11 +317,33 @@ def norm_bound(W: np.ndarray, exact_max: int = 48) -> tuple[Fraction, str]:
         return best
     if not math.isfinite(smax) or smax <= 0:
         return best
-    for slack in (20, 10, 4):
-        b = up_bits(Fraction(smax) * (1 + Fraction(1, 1 << slack)), 24)
-        if b < best[0] and _gram_ok(N, D, b):
-            return b, "gram-ldl"
+    def holds(b: Fraction) -> bool:      # the checker's test: any of the three bounds
+        bb = b * b * D * D
+        return n1 * ninf <= bb or fro <= bb or _gram_ok(N, D, b)
+    b = _grid_min(holds, Fraction(smax), 24)
+    if b is not None and b < best[0]:
+        return b, "gram-ldl"
     return best
+
+
+def _grid_min(holds, start: Fraction, bits: int, max_steps: int = 64) -> Optional[Fraction]:
+    """The smallest point of the ``bits``-significant-bit grid where the monotone test ``holds``,
+    stepping from ``start`` rounded up (the checker's canonical norm bound, found the same way)."""
+    b = up_bits(start, bits)
+    ok = holds(b)
+    for _ in range(max_steps):
+        g = Fraction(2) ** (_exponent(b) - bits)
+        if not ok:
+            nxt = up_bits(b + g, bits)
+        else:
+            nxt = up_bits(b - (g / 2 if b - g < Fraction(2) ** _exponent(b) else g), bits)
+        nxt_ok = holds(nxt)
+        if ok and not nxt_ok:
+            return b
+        if not ok and nxt_ok:
+            return nxt
+        b, ok = nxt, nxt_ok
+    return None
 
 
 # --------------------------------------------------------------------------- exact linear algebra
