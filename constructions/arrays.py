@@ -1,0 +1,306 @@
+"""Numbers and arrays of the file formats, and exact arithmetic on them.
+
+Every matrix is kept either as a ``float64`` array (each entry meaning exactly that binary64
+value) or, when a file gave exact rationals as strings, as an ``object`` array of
+:class:`fractions.Fraction`.  :func:`as_fraction` and :func:`as_scaled_int` turn either into exact
+arithmetic without rounding; :func:`as_float` is for numerics only.  :func:`parse_array` is the
+one parser of a number array in a model or dataset; its errors are :class:`InputError` and name
+the field, what was expected and what was found.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "InputError", "MAX_RATIONAL_CHARS", "MAX_DECIMAL_EXPONENT", "parse_number", "parse_array",
+    "shape_str", "is_float_array", "as_float", "as_fraction", "as_scaled_int", "IntMatrix",
+    "number_to_json", "array_to_json",
+]
+
+
+class InputError(ValueError):
+    """Bad input: a file or an argument that does not meet the documented format.
+
+    ``field`` names the offending field (``layers[0].attention.heads[1].W_q``)."""
+
+    def __init__(self, field: str, expected: str, found: str, hint: str = ""):
+        self.field = field
+        msg = f"{field}: expected {expected}, found {found}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+# --------------------------------------------------------------------------- parsing
+
+#: limits on one number in a model or dataset file.  The trusted checker reads the same files,
+#: so these are no looser than its own: rational strings of at most 20000 characters, decimal
+#: exponents of at most 400; every value must also be finite as a binary64 number (the provers'
+#: numerics run in floats), i.e. of magnitude below 2**1024.
+MAX_RATIONAL_CHARS = 20000
+MAX_DECIMAL_EXPONENT = 400
+_MAGNITUDE = Fraction(2) ** 1024
+_RATIONAL_HELP = "a rational string such as \"3/8\", \"-2\", \"0.125\" or \"1e-9\""
+_MAGNITUDE_HELP = "a number of magnitude below 2**1024 (about 1.8e308)"
+
+
+def _parse_rational_string(v: str, fld: str) -> Fraction:
+    t = v.strip().lower()
+    if len(t) > MAX_RATIONAL_CHARS:
+        raise InputError(fld, f"a rational string of at most {MAX_RATIONAL_CHARS} characters",
+                         f"{len(t)} characters")
+    if "e" in t:
+        mant, _, ex = t.partition("e")
+        try:
+            big = abs(int(ex)) > MAX_DECIMAL_EXPONENT
+        except ValueError:
+            big = False                  # not a decimal exponent: Fraction() rejects it below
+        if big or "/" in mant:
+            raise InputError(fld, f"{_RATIONAL_HELP} (decimal exponent at most {MAX_DECIMAL_EXPONENT})", repr(v[:40]))
+    try:
+        return Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        raise InputError(fld, _RATIONAL_HELP, repr(v[:40])) from None
+
+
+def parse_number(v: Any, fld: str):
+    """A JSON number (exact binary64) or a string holding an exact rational, of magnitude < 2**1024.
+
+    Returns a float (a JSON float, or an integer that is a binary64 value) or a Fraction."""
+    if isinstance(v, bool):
+        raise InputError(fld, "a number or a rational string such as \"3/8\"", f"{v!r}")
+    if isinstance(v, int):
+        if abs(v) >= _MAGNITUDE:
+            raise InputError(fld, _MAGNITUDE_HELP, f"an integer of {v.bit_length()} bits")
+        return float(v) if float(v) == v else Fraction(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise InputError(fld, "a finite number", repr(v))
+        return v
+    if isinstance(v, str):
+        q = _parse_rational_string(v, fld)
+        if abs(q) >= _MAGNITUDE:
+            raise InputError(fld, _MAGNITUDE_HELP, repr(v[:40]))
+        return q
+    raise InputError(fld, "a number or a rational string", f"{type(v).__name__} {v!r}"[:80])
+
+
+def shape_str(shape: Sequence[Optional[int]]) -> str:
+    """``(*, 3)`` for the shape ``(None, 3)``."""
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+
+def _check_shape(found, fld, shape):
+    if len(found) != len(shape) or any(w is not None and w != f for w, f in zip(shape, found)):
+        raise InputError(fld, f"shape {shape_str(shape)}", f"shape {tuple(found)}")
+
+
+def _numpy_array(arr: np.ndarray, fld: str, shape) -> np.ndarray:
+    """An ndarray (from a .npz): integers become Fractions, floats must be finite."""
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(object)
+        arr = np.vectorize(Fraction, otypes=[object])(arr) if arr.size else arr
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float64)
+        if not np.all(np.isfinite(arr)):
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise InputError(f"{fld}[{', '.join(map(str, bad))}]", "a finite number", str(arr[tuple(bad)]))
+    elif arr.dtype != object:
+        raise InputError(fld, "a numeric array", f"dtype {arr.dtype}")
+    _check_shape(arr.shape, fld, shape)
+    return arr
+
+
+def _flatten(values: Any, fld: str, shape) -> list:
+    """The parsed entries of a nested list, checking nesting and the fixed lengths of ``shape``."""
+    flat: list = []
+
+    def walk(v, depth, path):
+        if depth == len(shape):
+            flat.append(parse_number(v, fld + path))
+            return
+        if not isinstance(v, (list, tuple)):
+            raise InputError(fld + path, f"a list (nesting depth {len(shape)})", f"{type(v).__name__} {v!r}"[:80])
+        want = shape[depth]
+        if want is not None and len(v) != want:
+            raise InputError(fld + path, f"{want} entries (shape {shape_str(shape)})", f"{len(v)} entries")
+        for k, item in enumerate(v):
+            walk(item, depth + 1, f"{path}[{k}]")
+
+    walk(values, 0, "")
+    return flat
+
+
+def parse_array(values: Any, fld: str, shape: Sequence[Optional[int]]) -> np.ndarray:
+    """Parse a nested list of numbers (or an ndarray) with the given shape (None = any length).
+
+    Returns a float64 array when every entry is a binary64 value, else an object array of
+    Fractions.  Raises :class:`InputError` naming ``fld`` (and the entry) on any defect."""
+    if isinstance(values, np.ndarray):
+        return _numpy_array(values, fld, shape)
+    flat = _flatten(values, fld, shape)
+    dims = []
+    v = values
+    for _ in shape:
+        dims.append(len(v))
+        v = v[0] if len(v) else []
+    if len(flat) != (int(np.prod(dims)) if dims else 1):      # ragged inner lists of free length
+        raise InputError(fld, f"a rectangular array of shape {shape_str(shape)}", "rows of different lengths")
+    if all(isinstance(x, float) for x in flat):
+        return np.array(flat, dtype=np.float64).reshape(dims)
+    out = np.empty(len(flat), dtype=object)
+    out[:] = [x if isinstance(x, Fraction) else Fraction(x) for x in flat]
+    return out.reshape(dims)
+
+
+# --------------------------------------------------------------------------- exact views
+
+def is_float_array(a: np.ndarray) -> bool:
+    return a.dtype == np.float64
+
+
+def as_float(a: np.ndarray) -> np.ndarray:
+    """Nearest float64 array (for numerics only)."""
+    if a.dtype == np.float64:
+        return a
+    return np.vectorize(float, otypes=[np.float64])(a) if a.size else np.zeros(a.shape)
+
+
+def as_fraction(a: np.ndarray) -> np.ndarray:
+    """Exact object array of Fractions (a float64 entry becomes exactly its binary64 value)."""
+    if a.dtype == object:
+        return a
+    out = np.empty(a.shape, dtype=object)
+    flat = out.reshape(-1)
+    flat[:] = [Fraction(x) for x in a.reshape(-1).tolist()]
+    return out
+
+
+def _dyadic_int64(a: np.ndarray):
+    """(N, E) with a == N / 2**E exactly and N int64 (|N| < 2**62), or None."""
+    if a.size == 0:
+        return np.zeros(a.shape, dtype=np.int64), 0
+    amax = float(np.max(np.abs(a)))
+    top = math.frexp(amax)[1]            # amax < 2**top
+    for e in range(0, 1075):
+        if top + e > 62:                 # |N| would reach 2**62 (checked before scaling: no overflow)
+            return None
+        b = np.ldexp(a, e)               # exact: scaling by a power of two
+        if np.all(b == np.floor(b)):
+            return b.astype(np.int64), e
+    return None
+
+
+def _float_scaled_int(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`as_scaled_int` of a float64 array: mantissas shifted onto the smallest exponent."""
+    if a.size == 0:
+        return np.zeros(a.shape, dtype=object), 1
+    fast = _dyadic_int64(a)
+    if fast is not None:
+        return fast[0].astype(object), 1 << fast[1]
+    m, e = np.frexp(a)
+    mant = (m * 2.0 ** 53).astype(np.int64)  # exact: |m| < 1
+    e = e.astype(np.int64) - 53
+    nz = mant != 0
+    emin = int(e[nz].min()) if nz.any() else 0
+    shift = np.where(nz, e - emin, 0)
+    out = np.empty(a.shape, dtype=object)
+    flat = out.reshape(-1)
+    flat[:] = [int(mm) << int(s) for mm, s in zip(mant.reshape(-1).tolist(), shift.reshape(-1).tolist())]
+    if emin >= 0:
+        return out * (1 << emin), 1
+    return out, 1 << (-emin)
+
+
+def as_scaled_int(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Exact integer form: returns ``(N, D)`` with ``a == N / D`` entry-wise, N an object
+    array of Python ints and D a positive int (a power of two for float arrays)."""
+    if a.dtype == np.float64:
+        return _float_scaled_int(a)
+    den = 1
+    for x in a.reshape(-1):
+        den = den * x.denominator // math.gcd(den, x.denominator)
+    out = np.empty(a.shape, dtype=object)
+    flat = out.reshape(-1)
+    flat[:] = [int(x.numerator * (den // x.denominator)) for x in a.reshape(-1)]
+    return out, den
+
+
+class IntMatrix:
+    """An exact rational matrix N / D with integer N, with fast exact products.
+
+    When N fits in 32 bits, products with big-integer vectors split the vector into 16-bit
+    limbs and use int64 matrix products (no overflow: n * 2**32 * 2**16 < 2**63 for n < 2**15)."""
+
+    def __init__(self, a: np.ndarray):
+        self.N, self.D = as_scaled_int(np.asarray(a))
+        self.shape = self.N.shape
+        self.N64 = None
+        if self.N.size and self.shape[1] < (1 << 15):
+            big = max(abs(int(v)) for v in (self.N.max(), self.N.min()))
+            if big < (1 << 32):
+                self.N64 = self.N.astype(np.int64)
+
+    def _prod(self, M64, Mobj, xi: list[int]) -> list[int]:
+        if M64 is None or not xi:
+            v = np.empty(len(xi), dtype=object)
+            v[:] = xi
+            return [int(t) for t in Mobj.dot(v)] if len(xi) else [0] * Mobj.shape[0]
+        nb = max(abs(v).bit_length() for v in xi)
+        nch = max(1, (nb + 15) // 16)
+        X = np.zeros((len(xi), nch), dtype=np.int64)
+        for k, v in enumerate(xi):
+            sgn, m = (1, v) if v >= 0 else (-1, -v)
+            for c in range(nch):
+                X[k, c] = sgn * ((m >> (16 * c)) & 0xFFFF)
+        R = M64 @ X
+        return [sum(int(R[r, c]) << (16 * c) for c in range(nch)) for r in range(R.shape[0])]
+
+    @staticmethod
+    def _ints(x) -> tuple[list[int], int]:
+        L = 1
+        for v in x:
+            L = L * v.denominator // math.gcd(L, v.denominator)
+        return [int(v * L) for v in x], L
+
+    def mv(self, x) -> list[Fraction]:
+        """Exact (N / D) @ x for a rational vector x."""
+        xi, L = self._ints([Fraction(v) for v in x])
+        return [Fraction(v, self.D * L) for v in self._prod(self.N64, self.N, xi)]
+
+    def vm(self, y) -> list[Fraction]:
+        """Exact y^T (N / D)."""
+        yi, L = self._ints([Fraction(v) for v in y])
+        NT64 = None if self.N64 is None else np.ascontiguousarray(self.N64.T)
+        return [Fraction(v, self.D * L) for v in self._prod(NT64, self.N.T, yi)]
+
+
+# --------------------------------------------------------------------------- writing
+
+def number_to_json(x):
+    """A float stays a JSON number; a Fraction that is not a float becomes "p/q"."""
+    if isinstance(x, float):
+        return x
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, Fraction):
+        if x.denominator == 1:
+            return str(x.numerator)
+        f = float(x)
+        if Fraction(f) == x:
+            return f
+        return f"{x.numerator}/{x.denominator}"
+    if isinstance(x, np.floating):
+        return float(x)
+    raise TypeError(f"not a number: {x!r}")
+
+
+def array_to_json(a: np.ndarray):
+    """Nested lists: float64 arrays as JSON numbers, exact arrays through :func:`number_to_json`."""
+    if a.dtype == np.float64:
+        return a.tolist()
+    return np.vectorize(number_to_json, otypes=[object])(a).tolist() if a.size else a.tolist()
