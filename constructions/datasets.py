@@ -12,10 +12,12 @@ from typing import Optional
 
 import numpy as np
 
-from .forward import forward_exact, forward_torch
-from .model import Dataset, Example, Head, IntMatrix, Layer, Model, as_float, as_fraction, as_scaled_int
+from .arrays import IntMatrix, as_float, as_fraction, as_scaled_int
+from .forward import forward_exact, forward_torch, mlp_exact
+from .forward import mlp_float  # noqa: F401  (its old home: still importable from here)
+from .model import Dataset, Example, Head, Layer, Model
 
-__all__ = ["random_model", "mlp_exact", "mlp_float", "mlp_inverse_float", "l1_dataset", "l3_dataset",
+__all__ = ["random_model", "mlp_inverse_float", "l1_dataset", "l3_dataset", "required_examples",
            "planted_dataset", "random_tokens", "head_parts_float", "cheap_norm_bound", "prop_e_dataset",
            "long_prompt_dataset"]
 
@@ -88,27 +90,6 @@ def random_tokens(rng: np.random.Generator, n: int, d: int, bits: int = 8, scale
 
 # --------------------------------------------------------------------------- MLP helpers
 
-def mlp_exact(layer: Layer, z, _scaled: Optional[tuple] = None) -> np.ndarray:
-    """Exact MLP(z) = z + W_2 relu(W_1 z + b_1) + b_2 for a rational vector z (object array).
-
-    Uses integer matrices (:class:`IntMatrix`), so it is fast even for BERT-sized layers."""
-    z = list(as_fraction(np.asarray(z)))
-    W1, W2 = _scaled or (IntMatrix(layer.W_1), IntMatrix(layer.W_2))
-    pre = W1.mv(z)
-    hid = [max(p + b, Fraction(0)) for p, b in zip(pre, as_fraction(layer.b_1))]
-    post = W2.mv(hid)
-    out = np.empty(len(z), dtype=object)
-    out[:] = [a + b + c for a, b, c in zip(z, post, as_fraction(layer.b_2))]
-    return out
-
-
-def mlp_float(layer: Layer, z: np.ndarray) -> np.ndarray:
-    """MLP(z) in float64 (inf/nan where huge weights or tokens overflow; no warnings)."""
-    W1, b1, W2, b2 = (as_float(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
-    with np.errstate(all="ignore"):
-        return z + W2 @ np.maximum(W1 @ z + b1, 0) + b2
-
-
 def mlp_inverse_float(layer: Layer, y: np.ndarray, iters: int = 500) -> np.ndarray:
     """Fixed-point iteration z = y - F(z) (converges when the residual branch is a contraction),
     polished by a Newton step on the final activation pattern.  Always finite: where float64
@@ -153,6 +134,36 @@ def _rational_vector(v: np.ndarray, den: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- datasets
 
+def _l1_head_targets(parts: tuple, xs: np.ndarray, x0: np.ndarray, examples: int, margin: float,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """One head's float targets gamma_i (head coordinates) for the examples [x_i, x_0] of
+    :func:`l1_dataset`: the first two pointed apart along the direction between the head outputs
+    A_0, A_1 (by ``margin`` each), any further ones random around A_i."""
+    Wq, Wk, Wv = parts[:3]
+    A = []
+    for i in range(examples):
+        X = np.stack([xs[i], x0])
+        sc = X @ Wk.T @ (Wq @ x0)
+        w = np.exp(sc - sc.max())
+        w /= w.sum()
+        A.append((w @ X) @ Wv.T)  # head output in head coordinates (before W_o)
+    s = Wv.shape[0]
+    g = []
+    if examples >= 2:
+        diff = A[1] - A[0]
+        nrm = np.linalg.norm(diff)
+        if nrm > 1e-9:
+            u = diff / nrm
+        else:
+            u = rng.normal(size=s)
+            u /= np.linalg.norm(u)
+        g.append(A[0] - margin * u)
+        g.append(A[1] + margin * u)
+    for i in range(len(g), examples):
+        g.append(A[i] + rng.normal(0, max(margin, 0.25), s))
+    return g
+
+
 def l1_dataset(model: Model, seed: int = 0, margin: float = 0.5, examples: Optional[int] = None,
                grid: int = 1 << 10) -> Dataset:
     """The dataset of Theorem L1 for a single-layer model: K examples [x_i, x_0] sharing x_0.
@@ -171,45 +182,17 @@ def l1_dataset(model: Model, seed: int = 0, margin: float = 0.5, examples: Optio
     if examples is None:
         examples = required_examples(model)
     toks = random_tokens(rng, examples + 1, d)
-    x0 = toks[0]
-    xs = toks[1:]
+    x0, xs = toks[0], toks[1:]
     c = [np.zeros(d, dtype=object) for _ in range(examples)]
-    gammas = []
-    for hj, (Wq, Wk, Wv, Wo, M) in enumerate(head_parts_float(model)):
-        A = []
-        for i in range(examples):
-            X = np.stack([xs[i], x0])
-            keys = X
-            sc = keys @ Wk.T @ (Wq @ x0)
-            w = np.exp(sc - sc.max())
-            w /= w.sum()
-            A.append((w @ X) @ Wv.T)  # head output in head coordinates (before W_o)
-        s = Wv.shape[0]
-        g = []
-        if examples >= 2:
-            diff = A[1] - A[0]
-            nrm = np.linalg.norm(diff)
-            if nrm > 1e-9:
-                u = diff / nrm
-            else:
-                u = rng.normal(size=s)
-                u /= np.linalg.norm(u)
-            g.append(A[0] - margin * u)
-            g.append(A[1] + margin * u)
-        for i in range(len(g), examples):
-            g.append(A[i] + rng.normal(0, max(margin, 0.25), s))
-        gq = [_rational_vector(gi, grid) for gi in g]
-        gammas.append(gq)
+    for hj, parts in enumerate(head_parts_float(model)):
+        gq = [_rational_vector(gi, grid) for gi in _l1_head_targets(parts, xs, x0, examples, margin, rng)]
         Wo_int = IntMatrix(layer.heads[hj].W_o)  # exact
         for i in range(examples):
             c[i] = c[i] + np.array(Wo_int.mv(list(gq[i])), dtype=object)
     x0q = as_fraction(x0)
     scaled = (IntMatrix(layer.W_1), IntMatrix(layer.W_2))
-    exs = []
-    for i in range(examples):
-        z = x0q + c[i]
-        y0 = mlp_exact(layer, z, scaled)
-        exs.append(Example(input=np.stack([xs[i], x0]), output=[None, y0]))
+    exs = [Example(input=np.stack([xs[i], x0]), output=[None, mlp_exact(layer, x0q + c[i], scaled)])
+           for i in range(examples)]
     return Dataset(exs, meta={"builder": "l1_dataset", "seed": seed, "margin": margin, "examples": examples})
 
 

@@ -21,12 +21,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .model import Dataset, Layer, Model, as_fraction
+from .arrays import as_fraction
+from .forward import NotExact, forward_rational
+from .model import Dataset, Model
 
 __all__ = [
     "LoRAUpdate", "apply_lora", "rref", "rank_exact", "solve_exact", "column_basis_exact",
     "rank_factorization", "features_exact", "lora_w2_exact", "LoRAConstruction",
-    "constrained_positions", "frac_matrix", "LORA_TARGETS", "forward_rational", "NotExact",
+    "constrained_positions", "frac_matrix", "LORA_TARGETS",
+    "NotExact",   # raised by features_exact / lora_w2_exact (defined in constructions.algebras)
 ]
 
 #: weights a LoRA update may target
@@ -161,66 +164,6 @@ def apply_lora(model: Model, updates: Sequence[LoRAUpdate]) -> Model:
 def constrained_positions(dataset: Dataset) -> list[tuple[int, int]]:
     """``(example, position)`` of every output that is not ``None``, in order."""
     return [(i, t) for i, ex in enumerate(dataset.examples) for t, y in enumerate(ex.output) if y is not None]
-
-
-class NotExact(ValueError):
-    """The forward pass is not a rational function of the inputs (softmax with unequal scores)."""
-
-
-def _attention_rows(layer: Layer, S: np.ndarray, causal: bool) -> np.ndarray:
-    """Exact ``S + Att(S, S)`` for a Fraction sequence ``S`` (rows), hardmax or equal scores."""
-    n = S.shape[0]
-    out = np.array(S, dtype=object, copy=True)
-    for h in layer.heads:
-        Wq, Wk, Wv, Wo = (as_fraction(w) for w in (h.W_q, h.W_k, h.W_v, h.W_o))
-        q, k, v = S.dot(Wq.T), S.dot(Wk.T), S.dot(Wv.T)
-        for a in range(n):
-            keys = list(range(a + 1)) if causal else list(range(n))
-            sc = [sum((x * y for x, y in zip(k[b], q[a])), Fraction(0)) for b in keys]
-            top = max(sc)
-            if layer.kind == "hardmax":
-                sel = [b for b, s_ in zip(keys, sc) if s_ == top]
-            elif all(s_ == top for s_ in sc):
-                sel = keys
-            else:
-                raise NotExact("softmax head with unequal scores: its output involves exp and is not rational; "
-                               "use a hardmax or zero-score model")
-            mix = v[sel[0]].copy()
-            for b in sel[1:]:
-                mix = mix + v[b]
-            out[a] = out[a] + Wo.dot(mix / len(sel))
-    return out
-
-
-def _mlp_rows(layer: Layer, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(MLP(Z), relu(W_1 z + b_1))`` row-wise, exact."""
-    W1, b1, W2, b2 = (as_fraction(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
-    pre = Z.dot(W1.T) + b1
-    Hf = np.vectorize(lambda x: x if x > 0 else Fraction(0), otypes=[object])(pre)
-    return Z + Hf.dot(W2.T) + b2, Hf
-
-
-def forward_rational(model: Model, X: np.ndarray, prompt: Optional[np.ndarray] = None,
-                     return_features: bool = False):
-    """Exact forward pass in Fractions, nothing rounded, for models whose attention is rational:
-    hardmax layers, or softmax heads whose scores at each query are all equal.
-
-    Returns the ``(m, d)`` object array of outputs at the input positions (with
-    ``return_features`` also the last layer's pre-MLP rows and post-ReLU features, both at the
-    input positions).  Raises :class:`NotExact` otherwise."""
-    S = as_fraction(np.asarray(X))
-    m_p = 0
-    if prompt is not None and len(prompt):
-        P = as_fraction(np.asarray(prompt))
-        m_p = P.shape[0]
-        S = np.concatenate([P, S], axis=0)
-    Z = Hf = None
-    for layer in model.layers:
-        Z = _attention_rows(layer, S, model.causal)
-        S, Hf = _mlp_rows(layer, Z)
-    if return_features:
-        return S[m_p:], Z[m_p:], Hf[m_p:]
-    return S[m_p:]
 
 
 def features_exact(model: Model, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, list]:

@@ -15,8 +15,10 @@ from typing import Optional
 
 import numpy as np
 
+from .arrays import as_float, as_scaled_int
 from .datasets import random_model, random_tokens
-from .model import Dataset, Example, Head, Layer, Model, as_float, as_fraction, as_scaled_int
+from .forward import forward_rational, forward_torch
+from .model import Dataset, Example, Head, Layer, Model
 
 __all__ = ["condition1_model", "condition2_model", "collision_dataset", "violating_model",
            "violating_dataset", "has_zero_scores", "forward_uniform_exact", "forward_float",
@@ -101,71 +103,20 @@ def has_zero_scores(model: Model) -> bool:
     return True
 
 
-def _value_sum(layer: Layer) -> np.ndarray:
-    """Exact sum_j W_o^j W_v^j (Fractions), via integer products on common denominators."""
-    total = None
-    for h in layer.heads:
-        No, Do = as_scaled_int(np.asarray(h.W_o))
-        Nv, Dv = as_scaled_int(np.asarray(h.W_v))
-        P = No.dot(Nv)
-        V = np.empty(P.shape, dtype=object)
-        V.reshape(-1)[:] = [Fraction(int(v), Do * Dv) for v in P.reshape(-1)]
-        total = V if total is None else total + V
-    return total
-
-
 def forward_uniform_exact(model: Model, X: np.ndarray, prompt: Optional[np.ndarray] = None) -> np.ndarray:
-    """Exact forward pass (Fractions, no rounding) of a model whose scores are all zero.
-
-    Every attention is then the uniform average over the visible keys (all positions, or the
-    positions <= t for a causal model), for softmax and hardmax alike.  Returns the ``(m, d)``
-    object array of the rows at the input positions."""
+    """Exact forward pass (Fractions, no rounding) of a model whose scores are all zero: every
+    attention is then the uniform average over the visible keys, for softmax and hardmax alike.
+    Returns the ``(m, d)`` object array of the rows at the input positions
+    (:func:`constructions.forward.forward_rational`, after checking the zero scores)."""
     if not has_zero_scores(model):
         raise ValueError("forward_uniform_exact needs W_k^T W_q = 0 in every head")
-    rows = [] if prompt is None else [as_fraction(np.asarray(p)) for p in np.asarray(prompt)]
-    m_p = len(rows)
-    rows += [as_fraction(np.asarray(x)) for x in np.asarray(X)]
-    S = np.array(rows, dtype=object)
-    n = S.shape[0]
-    for layer in model.layers:
-        V = _value_sum(layer)
-        VS = S.dot(V.T)  # row b: V s_b
-        if model.causal:
-            csum = np.cumsum(VS, axis=0)
-            att = np.array([csum[a] / (a + 1) for a in range(n)], dtype=object)
-        else:
-            mean = VS.sum(axis=0) / n
-            att = np.array([mean for _ in range(n)], dtype=object)
-        Z = S + att
-        W1, b1, W2, b2 = (as_fraction(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
-        pre = Z.dot(W1.T) + b1
-        hid = np.vectorize(lambda v: v if v > 0 else Fraction(0), otypes=[object])(pre)
-        S = Z + hid.dot(W2.T) + b2
-    return S[m_p:]
+    return forward_rational(model, X, prompt)
 
 
 def forward_float(model: Model, X: np.ndarray, prompt: Optional[np.ndarray] = None) -> np.ndarray:
-    """Float64 forward pass in numpy (softmax or hardmax, causal or not); rows at the inputs."""
-    S = np.concatenate([np.zeros((0, model.d)) if prompt is None else as_float(np.asarray(prompt)),
-                        as_float(np.asarray(X))], axis=0)
-    m_p = 0 if prompt is None else len(prompt)
-    n = S.shape[0]
-    mask = np.tril(np.ones((n, n), dtype=bool)) if model.causal else np.ones((n, n), dtype=bool)
-    for layer in model.layers:
-        att = np.zeros_like(S)
-        for h in layer.heads:
-            Wq, Wk, Wv, Wo = (as_float(w) for w in (h.W_q, h.W_k, h.W_v, h.W_o))
-            sc = np.where(mask, (S @ Wq.T) @ (S @ Wk.T).T, -np.inf)
-            if layer.kind == "hardmax":
-                w = (sc == sc.max(axis=1, keepdims=True)).astype(np.float64)
-            else:
-                w = np.exp(sc - sc.max(axis=1, keepdims=True))
-            w /= w.sum(axis=1, keepdims=True)
-            att += (w @ (S @ Wv.T)) @ Wo.T
-        Z = S + att
-        W1, b1, W2, b2 = (as_float(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
-        S = Z + np.maximum(Z @ W1.T + b1, 0) @ W2.T + b2
-    return S[m_p:]
+    """Float64 forward pass (softmax or hardmax, causal or not) as a numpy array of the rows at
+    the inputs (:func:`constructions.forward.forward_torch`)."""
+    return forward_torch(model, X, prompt).detach().numpy()
 
 
 def _ball(rng: np.random.Generator, n: int, d: int, radius: float, bits: int = 10) -> np.ndarray:

@@ -11,6 +11,10 @@
   lambda Att(x, X) + (1 - lambda) Att(x, P) with lambda in (0, 1) -- exactly for zero-score heads,
   with rigorous intervals and in float64 (1e-12) otherwise.
 * ``exp_enclosure`` contains mpmath's high-precision interval for exp of random rationals.
+* ``forward_rational`` (Fractions) equals ``forward_exact``'s points on rational models, its
+  features satisfy the MLP's equations, and it refuses softmax heads with unequal scores.
+* ``forward_torch`` with LoRA deltas equals, bit for bit, ``forward_torch`` of the model with the
+  update applied; converted weights reused across calls change nothing.
 
 Weights are random dyadic models from ``random_model``; tokens come from a seeded numpy generator
 (hypothesis chooses the sizes, the seeds and the structure), so values are generic and near-ties
@@ -27,8 +31,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from constructions.datasets import random_model, random_tokens
-from constructions.forward import (Iv, attention_scores_exact, exp_enclosure, forward_exact,
-                                   forward_sympy, forward_torch, forward_z3)
+from constructions.forward import (Iv, NotExact, attention_scores_exact, exp_enclosure, forward_exact,
+                                   forward_rational, forward_sympy, forward_torch, forward_z3, torch_weights)
+from constructions.lora import LoRAUpdate, apply_lora
 from constructions.model import Layer, Model, as_float, as_fraction
 
 ABS_FLOAT = 1e-12     # torch float64 vs exact, rational models
@@ -79,6 +84,20 @@ def _check_rational_agreement(model, X, P):
     T = forward_torch(model, X, P).numpy()
     assert T.shape == exact.shape
     assert np.abs(T - as_float(exact)).max(initial=0.0) <= ABS_FLOAT
+    _check_rational_forward(model, X, P, exact)
+
+
+def _check_rational_forward(model, X, P, exact):
+    """forward_rational gives the same Fractions, and its last layer's features obey
+    H = relu(W_1 Z + b_1), out = Z + W_2 H + b_2 exactly."""
+    out, Z, H = forward_rational(model, X, P, return_features=True)
+    assert (out == exact).all() and all(isinstance(v, Fraction) for v in out.reshape(-1))
+    assert (forward_rational(model, X, P) == out).all()
+    layer = model.layers[-1]
+    W1, b1, W2, b2 = (as_fraction(a) for a in (layer.W_1, layer.b_1, layer.W_2, layer.b_2))
+    for z, h, o in zip(Z, H, out):
+        assert list(h) == [max(v, Fraction(0)) for v in W1.dot(z) + b1]
+        assert list(o) == list(z + W2.dot(h) + b2)
 
 
 # --------------------------------------------------------------------------- rational models
@@ -155,6 +174,31 @@ def test_softmax_sympy_agrees_with_torch(inst):
     T = forward_torch(model, X, P).numpy()
     Sv = np.array(S.evalf(30).tolist(), dtype=float).reshape(T.shape)
     assert np.abs(Sv - T).max() <= 1e-9
+
+
+def test_forward_rational_refuses_unequal_softmax_scores():
+    model = random_model(3, heads=2, seed=3)
+    X = random_tokens(np.random.default_rng(2), 2, 3)
+    with pytest.raises(NotExact):
+        forward_rational(model, X)
+
+
+@pytest.mark.parametrize("target, head", [("W_2", None), ("W_1", None), ("W_q", 0), ("W_v", 1)])
+def test_torch_deltas_equal_the_applied_lora_update(target, head):
+    """The torch forward's LoRA deltas are the update applied to the weight, bit for bit."""
+    import torch
+    for causal in (False, True):
+        model = random_model(4, heads=2, head_size=2, mlp_width=6, seed=7, layers=2, causal=causal)
+        rng = np.random.default_rng(3)
+        X, P = random_tokens(rng, 3, 4), random_tokens(rng, 2, 4)
+        W = getattr(model.layers[1], target) if head is None else getattr(model.layers[1].heads[head], target)
+        B, A = rng.normal(size=(W.shape[0], 1)), rng.normal(size=(1, W.shape[1]))
+        ref = forward_torch(apply_lora(model, [LoRAUpdate(target, B, A, layer=1, head=head)]), X, P)
+        deltas = {(1, head, target): torch.as_tensor(B @ A)}
+        assert torch.equal(forward_torch(model, X, P, deltas=deltas), ref)
+        w = torch_weights(model)
+        assert torch.equal(forward_torch(model, X, P, deltas=deltas, weights=w), ref)
+        assert torch.equal(forward_torch(model, X, P, weights=w), forward_torch(model, X, P))
 
 
 def test_zero_prompt_equals_no_prompt():

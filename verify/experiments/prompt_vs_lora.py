@@ -31,11 +31,13 @@ from typing import Optional
 
 import numpy as np
 
-from constructions.datasets import l1_dataset, l3_dataset, mlp_exact, random_model, random_tokens
+from constructions.datasets import l1_dataset, l3_dataset, random_model, random_tokens
+from constructions.forward import forward_torch, mlp_exact, torch_weights
 from constructions.lora import constrained_positions
 from constructions.model import Dataset, Example, Model, as_float, as_fraction, atomic_write_text
 
-__all__ = ["run_experiment", "TorchLayerModel", "generic_dataset", "EXPERIMENT_FORMAT", "FIT_TOL"]
+__all__ = ["run_experiment", "TorchLayerModel", "dataset_tensors", "generic_dataset", "EXPERIMENT_FORMAT",
+           "FIT_TOL"]
 
 EXPERIMENT_FORMAT = "ptverify-experiment/1"
 #: a run "fits" when its final loss is below this
@@ -47,52 +49,22 @@ NEAR_TOL = 1e-4
 # --------------------------------------------------------------------------- torch model
 
 class TorchLayerModel:
-    """Float64 torch forward of a :class:`Model` whose weights may carry LoRA deltas.
+    """:func:`constructions.forward.forward_torch` of one :class:`Model` with its weight tensors
+    converted once (training calls it thousands of times).
 
-    Matches :func:`constructions.forward.forward_torch` (tested); weights are tensors so gradients
-    flow into ``deltas`` (a dict ``(layer, head or None, name) -> tensor`` added to the weight)."""
+    ``deltas`` maps ``(layer, head or None, name)`` to a tensor added to that weight (LoRA's
+    ``B A``; gradients flow into it), ``prompt`` is prepended (gradients flow into it too)."""
 
     def __init__(self, model: Model):
-        import torch
-        self.torch = torch
         self.model = model
-        self.w = []
-        for layer in model.layers:
-            heads = [{k: torch.as_tensor(as_float(getattr(h, k)), dtype=torch.float64) for k in ("W_q", "W_k", "W_v", "W_o")}
-                     for h in layer.heads]
-            mlp = {k: torch.as_tensor(as_float(getattr(layer, k)), dtype=torch.float64) for k in ("W_1", "b_1", "W_2", "b_2")}
-            self.w.append((layer.kind, heads, mlp))
+        self.weights = torch_weights(model)
 
     def __call__(self, X, prompt=None, deltas: Optional[dict] = None):
         """``X``: (B, m, d) tensor; ``prompt``: (B, m_p, d) tensor or None.  Returns (B, m, d)."""
-        torch = self.torch
-        deltas = deltas or {}
-        S = X if prompt is None else torch.cat([prompt, X], dim=1)
-        m_p = 0 if prompt is None else prompt.shape[1]
-        n = S.shape[1]
-        mask = torch.ones(n, n, dtype=torch.bool).tril() if self.model.causal else None
-        for li, (kind, heads, mlp) in enumerate(self.w):
-            att = torch.zeros_like(S)
-            for hj, h in enumerate(heads):
-                W = {k: h[k] + deltas[(li, hj, k)] if (li, hj, k) in deltas else h[k] for k in h}
-                q, k, v = S @ W["W_q"].T, S @ W["W_k"].T, S @ W["W_v"].T
-                sc = q @ k.transpose(1, 2)
-                if mask is not None:
-                    sc = sc.masked_fill(~mask, float("-inf"))
-                if kind == "hardmax":
-                    mx = sc.max(dim=-1, keepdim=True).values
-                    ind = (sc == mx).to(torch.float64)
-                    wts = ind / ind.sum(dim=-1, keepdim=True)
-                else:
-                    wts = torch.softmax(sc, dim=-1)
-                att = att + (wts @ v) @ W["W_o"].T
-            Z = S + att
-            M = {k: mlp[k] + deltas[(li, None, k)] if (li, None, k) in deltas else mlp[k] for k in mlp}
-            S = Z + torch.relu(Z @ M["W_1"].T + M["b_1"]) @ M["W_2"].T + M["b_2"]
-        return S[:, m_p:]
+        return forward_torch(self.model, X, prompt, deltas=deltas, weights=self.weights)
 
 
-def _targets(dataset: Dataset):
+def dataset_tensors(dataset: Dataset):
     """``(X, Y, mask)`` tensors: inputs (N, m, d), targets with zeros where unconstrained, mask."""
     import torch
     X = torch.as_tensor(np.stack([as_float(ex.input) for ex in dataset.examples]), dtype=torch.float64)
@@ -126,7 +98,6 @@ def generic_dataset(model: Model, examples: int, length: int = 2, seed: int = 0,
             C = random_tokens(rng, length, model.d, bits=10, scale=scale)
             exs.append(Example(X, [mlp_exact(layer, as_fraction(X[t]) + as_fraction(C[t])) for t in range(length)]))
         else:
-            from constructions.forward import forward_torch
             Yt = forward_torch(model, X, teacher).numpy() + rng.normal(0, noise, (length, model.d))
             exs.append(Example(X, [Yt[t].copy() for t in range(length)]))
     return Dataset(exs, meta={"builder": "generic_dataset", "seed": seed, "examples": examples, "length": length,
@@ -194,7 +165,7 @@ def _prompt_runs(tm: TorchLayerModel, dataset: Dataset, lengths, inits: int, ste
     """For each length: ``inits`` prompts trained together by Adam (independent runs in one
     batch), then each polished by its own L-BFGS."""
     import torch
-    X, Y, mask = _targets(dataset)
+    X, Y, mask = dataset_tensors(dataset)
     N, m, d = X.shape
     out = []
     rec = _record_points(steps)
@@ -226,7 +197,7 @@ _SHAPES = {"W_2": lambda mdl, lay: (mdl.d, lay.W_2.shape[1]), "W_v": lambda mdl,
 
 def _lora_runs(tm: TorchLayerModel, model: Model, dataset: Dataset, targets, ranks, inits, steps, polish, lr, seed) -> list:
     import torch
-    X, Y, mask = _targets(dataset)
+    X, Y, mask = dataset_tensors(dataset)
     layer = model.layers[0]
     out = []
     rec = _record_points(steps)
@@ -260,7 +231,7 @@ def _w2_floor(model: Model, dataset: Dataset) -> dict:
     this is a prediction to compare the optimizer with, not a certificate."""
     layer = model.layers[0]
     tm = TorchLayerModel(model)
-    X, Y, mask = _targets(dataset)
+    X, Y, mask = dataset_tensors(dataset)
     import torch
     W1, b1 = (torch.as_tensor(as_float(a)) for a in (layer.W_1, layer.b_1))
     with torch.no_grad():

@@ -190,9 +190,9 @@ def _jacobian_rank(model: Model, ds: Dataset, P0: np.ndarray) -> tuple[int, int,
     """Numerical rank of d(outputs at constrained positions)/dP at P0: a float64 measurement,
     recorded under ``info``; no verdict rests on it (proofs/L4.md)."""
     import torch
-    from verify.experiments.prompt_vs_lora import TorchLayerModel, _targets
+    from verify.experiments.prompt_vs_lora import TorchLayerModel, dataset_tensors
     tm = TorchLayerModel(model)
-    X, _, mask = _targets(ds)
+    X, _, mask = dataset_tensors(ds)
     N = X.shape[0]
     sel = mask[..., 0].bool()
 
@@ -208,9 +208,9 @@ def _newton_fit(model: Model, ds: Dataset, P0: np.ndarray, iters: int = 40) -> t
     """Gauss-Newton (least-squares steps, backtracking) in float64 on the prompt; returns
     (prompt, max abs error at the constrained outputs)."""
     import torch
-    from verify.experiments.prompt_vs_lora import TorchLayerModel, _targets
+    from verify.experiments.prompt_vs_lora import TorchLayerModel, dataset_tensors
     tm = TorchLayerModel(model)
-    X, Y, mask = _targets(ds)
+    X, Y, mask = dataset_tensors(ds)
     N = X.shape[0]
     sel = mask[..., 0].bool()
     y = Y[sel].reshape(-1)

@@ -40,8 +40,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from constructions.datasets import cheap_norm_bound, mlp_exact, mlp_inverse_float
-from constructions.forward import Iv, exp_enclosure
+from constructions.datasets import cheap_norm_bound, mlp_inverse_float
+from constructions.forward import Iv, exp_enclosure, mlp_exact
 from constructions.lora import column_basis_exact, constrained_positions, rank_exact, solve_exact
 from constructions.model import (Dataset, InputError, Model, as_float, as_fraction, dataset_to_json,
                                  model_to_json)
