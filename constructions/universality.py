@@ -37,16 +37,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .model import Head, InputError, Layer, Model
+from .targets import TARGETS, Target, build_target
 
 __all__ = [
-    "UniversalNetwork", "Target", "TARGETS", "build_network", "build_prompt", "build_target",
+    "UniversalNetwork", "build_network", "build_prompt",
     "quantized_function", "decode_prompt", "grid_index", "cell_index", "cell_digits", "delta_K",
-    "ramp_width", "default_temperature", "pl_units", "forward_float",
+    "ramp_width", "default_temperature", "pl_units", "pl_eval", "forward_float",
+    "S_SPACING", "H_LEVEL", "Q_LEVEL",
+    # the targets (defined in constructions.targets)
+    "Target", "TARGETS", "build_target",
 ]
 
 S_SPACING = 4          # distance between consecutive prompt windows on coordinate 0
@@ -121,8 +125,8 @@ def pl_units(points: Sequence[tuple], left_slope, right_slope) -> tuple[list, Fr
     return units, v0 - b0
 
 
-def _pl_eval(points, left_slope, right_slope, z: Fraction) -> Fraction:
-    """Direct evaluation of the piecewise-linear map (used by tests)."""
+def pl_eval(points, left_slope, right_slope, z: Fraction) -> Fraction:
+    """Direct evaluation of the piecewise-linear map of :func:`pl_units` (its reference)."""
     pts = [(Fraction(a), Fraction(b)) for a, b in points]
     if z <= pts[0][0]:
         return pts[0][1] + Fraction(left_slope) * (z - pts[0][0])
@@ -222,18 +226,8 @@ class UniversalNetwork:
         }
 
 
-def build_network(d: int, n: int, K: int, w: Fraction, kind: str = "hardmax",
-                  temperature: Optional[Fraction] = None) -> UniversalNetwork:
-    """Build the frozen network g of Theorem U (module docstring) for ``delta = 1/K``.
-
-    Parameters
-    ----------
-    d, n : token size and number of input tokens (``n`` must be 1 or 2).
-    K : grid steps per coordinate (``delta = 1/K``).
-    w : ramp width of the ReLU staircases, ``0 < w < 1/K``.
-    kind : ``"hardmax"`` (exact version) or ``"softmax"`` (standard version).
-    temperature : softmax temperature T > 0 (scores are divided by T); ignored for hardmax.
-    """
+def _checked_sizes(d: int, n: int, K: int, w, kind: str, temperature) -> tuple[Fraction, Fraction]:
+    """``(w, T)`` after checking every argument of :func:`build_network` (T = 1 for hardmax)."""
     if n not in (1, 2):
         raise InputError("--n", "1 or 2 (the gather layer reads the largest and the smallest token)", str(n))
     if d < 1:
@@ -248,107 +242,150 @@ def build_network(d: int, n: int, K: int, w: Fraction, kind: str = "hardmax",
     T = Fraction(1) if kind == "hardmax" else Fraction(temperature if temperature is not None else default_temperature())
     if T <= 0:
         raise InputError("--softmax-temperature", "a positive number", str(T))
-    S, H, Q = S_SPACING, H_LEVEL, Q_LEVEL
+    return w, T
+
+
+@dataclass
+class _Plan:
+    """Sizes and the layout of coordinate 0 shared by the layers of :func:`build_network`."""
+
+    d: int
+    n: int
+    K: int
+    kind: str
+    N: int
+    span: int           # room for an input token after the gather
+    E: list             # positional encoding of input position t (coordinate 0)
+    P0: int             # start of the prompt windows
+    bottom: list        # input positions read by the min head
+    top: list           # input positions read by the max head
+    mult: list          # coordinate-0 multiplier of token t's digit 0
+
+
+def _plan(d: int, n: int, K: int, kind: str) -> _Plan:
     N = K ** (d * n)
-    m_p = n * N
-    span = 2 * S * n * N                         # room for an input token after the gather
-    # ---- layout of coordinate 0 (positional encodings)
+    span = 2 * S_SPACING * n * N
     if n == 2:
-        E = [1, None]
-        P0 = E[0] + span + 4
-        E[1] = P0 + span + 5
+        P0 = 1 + span + 4
+        E = [1, P0 + span + 5]
         bottom, top = [0], [1]
     else:
         P0 = 1
         E = [P0 + span + 5]
         bottom, top = [], [0]
+    mult = [S_SPACING * n * K ** (t * d) for t in range(n)]
+    return _Plan(d, n, K, kind, N, span, E, P0, bottom, top, mult)
+
+
+def _positional(pl: _Plan) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos_input, pos_prompt)``: the encodings added to coordinate 0."""
+    d, n, N = pl.d, pl.n, pl.N
     pos_input = _zeros((n, d))
     for t in range(n):
-        pos_input[t, 0] = Fraction(E[t])
-    pos_prompt = _zeros((m_p, d))
+        pos_input[t, 0] = Fraction(pl.E[t])
+    pos_prompt = _zeros((n * N, d))
     for c in range(N):
         for s in range(n):
-            pos_prompt[n * c + s, 0] = Fraction(P0 + S * (n * (N - 1) - n * c + s))
-    mult = [S * n * K ** (t * d) for t in range(n)]   # coordinate-0 multiplier of token t's digit 0
-    layers: list[Layer] = []
-    # ---- Q1: staircases
-    q1 = _MLPBuilder(d)
+            pos_prompt[n * c + s, 0] = Fraction(pl.P0 + S_SPACING * (n * (N - 1) - n * c + s))
+    return pos_input, pos_prompt
+
+
+def _mlp_layer(pl: _Plan, heads: list, mlp: _MLPBuilder) -> Layer:
+    W1, b1, W2, b2 = mlp.arrays()
+    return Layer(pl.kind, heads, W1, b1, W2, b2)
+
+
+def _staircase_layer(pl: _Plan, w: Fraction) -> Layer:
+    """Q1: coordinate i >= 1 becomes its grid index; coordinate 0 of input token t becomes
+    E_t + S n K^(t d) k_{t,0} (ramps of width w left of each threshold j/K)."""
+    K = pl.K
+    q1 = _MLPBuilder(pl.d)
     pts0 = []
-    for t in sorted(range(n), key=lambda t: E[t]):
-        e = Fraction(E[t])
+    for t in sorted(range(pl.n), key=lambda t: pl.E[t]):
+        e = Fraction(pl.E[t])
         pts0.append((e, e))
         for j in range(1, K):
-            pts0.append((e + Fraction(j, K) - w, e + mult[t] * (j - 1)))
-            pts0.append((e + Fraction(j, K), e + mult[t] * j))
-        pts0.append((e + 1, e + mult[t] * (K - 1)))
+            pts0.append((e + Fraction(j, K) - w, e + pl.mult[t] * (j - 1)))
+            pts0.append((e + Fraction(j, K), e + pl.mult[t] * j))
+        pts0.append((e + 1, e + pl.mult[t] * (K - 1)))
         pts0.append((e + 2, e + 2))
     q1.add_pl(0, pts0, 1, 1)
     stair = []
     for j in range(1, K):
         stair.append((Fraction(j, K) - w, j - 1))
         stair.append((Fraction(j, K), j))
-    for i in range(1, d):
+    for i in range(1, pl.d):
         q1.add_pl(i, stair, 0, 0)
-    W1, b1, W2, b2 = q1.arrays()
-    layers.append(Layer(kind, [_zero_head(d)], W1, b1, W2, b2))
-    # ---- Q2: gates (d >= 2)
-    if d >= 2:
-        q2 = _MLPBuilder(d)
-        for t in range(n):
-            coef = {i: S * n * K ** (t * d + i) for i in range(1, d)}
-            Lmax = sum(c * (K - 1) for c in coef.values())
-            M = max(Lmax, K) // 2 + 1
-            if t in top:
-                theta = Fraction(E[t]) - Fraction(1, 2)
-                g_in = {0: M}
-                g_b = -M * theta
-            else:
-                theta = Fraction(E[t]) + mult[t] * (K - 1) + Fraction(1, 2)
-                g_in = {0: -M}
-                g_b = M * theta
-            # coordinate 0 += relu(L + g) - relu(g) = L when the gate g >= 0 is open, 0 when
-            # g <= -max(L, z_i) is closed; coordinate i -= relu(z_i + g) - relu(g) likewise
-            w_in = dict(g_in)
-            for i, c in coef.items():
-                w_in[i] = c
-            q2.add_unit(w_in, g_b, {0: 1})
-            out = {0: -1}
-            for i in range(1, d):
-                out[i] = 1
-            q2.add_unit(g_in, g_b, out)
-            for i in range(1, d):
-                wi = dict(g_in)
-                wi[i] = 1
-                q2.add_unit(wi, g_b, {i: -1})
-        W1, b1, W2, b2 = q2.arrays()
-        layers.append(Layer(kind, [_zero_head(d)], W1, b1, W2, b2))
-    # ---- G: gather (max head, and min head for n = 2) + tent MLP
-    heads = []
-    for sign in ([1, -1] if n == 2 else [1]):
-        W_q = _zeros((1, d)); W_q[0, 0] = Fraction(sign)
-        W_k = _zeros((1, d)); W_k[0, 0] = 1 / T
-        W_v = _zeros((1, d)); W_v[0, 0] = Fraction(1)
-        W_o = _zeros((d, 1)); W_o[0, 0] = Fraction(1)
-        heads.append(Head(W_q, W_k, W_v, W_o))
-    shift = sum(E)                                # constant part of what the heads add
-    Zs = P0 + S * n * (N - 1)                     # window of the matching prompt token (s = 0)
-    p_end = P0 + S * (n * N - 1) + 1 + S * n * (N - 1)
+    return _mlp_layer(pl, [_zero_head(pl.d)], q1)
+
+
+def _gate_layer(pl: _Plan) -> Layer:
+    """Q2 (d >= 2): gated units add the other grid indices of an input token into its
+    coordinate 0 and erase its coordinates i >= 1; prompt tokens are gated off."""
+    d, n, K, S = pl.d, pl.n, pl.K, S_SPACING
+    q2 = _MLPBuilder(d)
+    for t in range(n):
+        coef = {i: S * n * K ** (t * d + i) for i in range(1, d)}
+        Lmax = sum(c * (K - 1) for c in coef.values())
+        M = max(Lmax, K) // 2 + 1
+        if t in pl.top:
+            theta = Fraction(pl.E[t]) - Fraction(1, 2)
+            g_in, g_b = {0: M}, -M * theta
+        else:
+            theta = Fraction(pl.E[t]) + pl.mult[t] * (K - 1) + Fraction(1, 2)
+            g_in, g_b = {0: -M}, M * theta
+        # coordinate 0 += relu(L + g) - relu(g) = L when the gate g >= 0 is open, 0 when
+        # g <= -max(L, z_i) is closed; coordinate i -= relu(z_i + g) - relu(g) likewise
+        q2.add_unit({**g_in, **coef}, g_b, {0: 1})
+        q2.add_unit(g_in, g_b, {0: -1, **{i: 1 for i in range(1, d)}})
+        for i in range(1, d):
+            q2.add_unit({**g_in, i: 1}, g_b, {i: -1})
+    return _mlp_layer(pl, [_zero_head(d)], q2)
+
+
+def _rank1_head(d: int, sign: int, T: Fraction) -> Head:
+    """Score ``sign * key_0 * query_0 / T``, value and output on coordinate 0."""
+    W_q = _zeros((1, d)); W_q[0, 0] = Fraction(sign)
+    W_k = _zeros((1, d)); W_k[0, 0] = 1 / T
+    W_v = _zeros((1, d)); W_v[0, 0] = Fraction(1)
+    W_o = _zeros((d, 1)); W_o[0, 0] = Fraction(1)
+    return Head(W_q, W_k, W_v, W_o)
+
+
+def _tent_points(pl: _Plan) -> tuple[list, int]:
+    """The breakpoints of the gather layer's tent on coordinate 0, and the window of the matching
+    prompt token (before the constant shift the heads add)."""
+    n, N, S, H, Q, E = pl.n, pl.N, S_SPACING, H_LEVEL, Q_LEVEL, pl.E
+    Zs = pl.P0 + S * n * (N - 1)                  # window of the matching prompt token (s = 0)
+    p_end = pl.P0 + S * (n * N - 1) + 1 + S * n * (N - 1)
     tent = []
     if n == 2:
-        tent += [(E[0], Q), (E[0] + span, Q), (E[0] + span + 1, 0)]
+        tent += [(E[0], Q), (E[0] + pl.span, Q), (E[0] + pl.span + 1, 0)]
     tent += [(Zs - 1, 0), (Zs, H), (Zs + 1, H + 1), (Zs + 2, 0)]
     if n == 2:
         tent += [(Zs + S - 1, 0), (Zs + S, -H), (Zs + S + 1, -H - 1), (Zs + S + 2, 0)]
     last = tent[-1][0]
     top_level = -Q if n == 2 else Q
-    tent += [(max(p_end + 1, last + 1), 0), (E[top[0]] - 1, 0), (E[top[0]], top_level),
-             (E[top[0]] + span, top_level)]
-    tent = [(Fraction(a) + shift, Fraction(v)) for a, v in tent]
-    gm = _MLPBuilder(d)
-    gm.add_pl(0, tent, 0, 0)
-    W1, b1, W2, b2 = gm.arrays()
-    layers.append(Layer(kind, heads, W1, b1, W2, b2))
-    # ---- F: lookup + clip
+    top = E[pl.top[0]]
+    tent += [(max(p_end + 1, last + 1), 0), (top - 1, 0), (top, top_level), (top + pl.span, top_level)]
+    return tent, Zs
+
+
+def _gather_layer(pl: _Plan, T: Fraction) -> tuple[Layer, int]:
+    """G: the max head (and the min head for n = 2) add A = S n c to every token; the tent then
+    marks the prompt tokens of the cell.  Returns the layer and the shifted window."""
+    heads = [_rank1_head(pl.d, sign, T) for sign in ([1, -1] if pl.n == 2 else [1])]
+    shift = sum(pl.E)                             # constant part of what the heads add
+    tent, Zs = _tent_points(pl)
+    gm = _MLPBuilder(pl.d)
+    gm.add_pl(0, [(Fraction(a) + shift, Fraction(v)) for a, v in tent], 0, 0)
+    return _mlp_layer(pl, heads, gm), Zs + shift
+
+
+def _lookup_layer(pl: _Plan, T: Fraction) -> Layer:
+    """F: input positions copy the marked prompt tokens; the MLP removes the offsets, rescales
+    the grid indices by 1/K and clips every coordinate to [0, 1]."""
+    d = pl.d
     W_q = _zeros((d, d)); W_q[0, 0] = Fraction(1)
     W_k = _zeros((d, d)); W_k[0, 0] = 1 / T
     W_v = _zeros((d, d)); W_o = _zeros((d, d))
@@ -356,19 +393,37 @@ def build_network(d: int, n: int, K: int, w: Fraction, kind: str = "hardmax",
         W_v[i, i] = Fraction(1)
         W_o[i, i] = Fraction(1)
     fm = _MLPBuilder(d)
-    off = Q + H
+    off = Q_LEVEL + H_LEVEL
     fm.add_pl(0, [(-off - 1, 1), (-off, 0), (off, 0), (off + 1, 1)], 0, 0)
     for i in range(1, d):
-        fm.add_pl(i, [(0, 0), (K, 1)], 0, 0)
-    W1, b1, W2, b2 = fm.arrays()
-    layers.append(Layer(kind, [Head(W_q, W_k, W_v, W_o)], W1, b1, W2, b2))
+        fm.add_pl(i, [(0, 0), (pl.K, 1)], 0, 0)
+    return _mlp_layer(pl, [Head(W_q, W_k, W_v, W_o)], fm)
+
+
+def build_network(d: int, n: int, K: int, w: Fraction, kind: str = "hardmax",
+                  temperature: Optional[Fraction] = None) -> UniversalNetwork:
+    """Build the frozen network g of Theorem U (module docstring) for ``delta = 1/K``.
+
+    Parameters
+    ----------
+    d, n : token size and number of input tokens (``n`` must be 1 or 2).
+    K : grid steps per coordinate (``delta = 1/K``).
+    w : ramp width of the ReLU staircases, ``0 < w < 1/K``.
+    kind : ``"hardmax"`` (exact version) or ``"softmax"`` (standard version).
+    temperature : softmax temperature T > 0 (scores are divided by T); ignored for hardmax.
+    """
+    w, T = _checked_sizes(d, n, K, w, kind, temperature)
+    pl = _plan(d, n, K, kind)
+    layers = [_staircase_layer(pl, w)] + ([_gate_layer(pl)] if d >= 2 else [])
+    gather, window = _gather_layer(pl, T)
+    layers += [gather, _lookup_layer(pl, T)]
     model = Model(d=d, layers=layers, causal=False,
                   meta={"builder": "universality", "d": d, "n": n, "K": K, "w": str(w), "kind": kind,
                         "temperature": None if kind == "hardmax" else str(T)})
-    layout = {"E_input": E, "P0": P0, "S": S, "H": H, "Q": Q, "span": span, "window": Zs + shift,
-              "bottom": bottom, "top": top}
+    layout = {"E_input": pl.E, "P0": pl.P0, "S": S_SPACING, "H": H_LEVEL, "Q": Q_LEVEL, "span": pl.span,
+              "window": window, "bottom": pl.bottom, "top": pl.top}
     return UniversalNetwork(d, n, K, w, kind, None if kind == "hardmax" else T, model,
-                            pos_input, pos_prompt, layout)
+                            *_positional(pl), layout)
 
 
 # =========================================================================== cells and prompts
@@ -391,7 +446,7 @@ def cell_digits(c: int, K: int, dn: int) -> list[int]:
     return out
 
 
-def quantized_function(target: "Target", K: int) -> list[list[int]]:
+def quantized_function(target: Target, K: int) -> list[list[int]]:
     """fbar on every cell, as grid indices: fbar(c) = quant(f(quant X)) with quant = floor(K .)
     (clipped to K - 1); entry e of cell c is ``out[c][e]`` (the value is ``out[c][e] / K``)."""
     dn = target.d * target.n
@@ -418,128 +473,6 @@ def decode_prompt(P: np.ndarray, d: int, n: int, K: int) -> list[list[int]]:
     """Inverse of :func:`build_prompt` (so distinct fbar give distinct prompts)."""
     N = P.shape[0] // n
     return [[int(P[n * c + s, i] * K) for s in range(n) for i in range(d)] for c in range(N)]
-
-
-# =========================================================================== targets in F_L
-
-def _clip01(v: Fraction) -> Fraction:
-    return min(max(v, Fraction(0)), Fraction(1))
-
-
-def _op_norm_bound(W: np.ndarray) -> Fraction:
-    """max(||W||_1, ||W||_inf): an upper bound on ||W||_{p -> p} for every p >= 1 (Riesz-Thorin)."""
-    A = np.vectorize(lambda x: abs(Fraction(x)), otypes=[object])(W)
-    return max(max(sum(A[:, j]) for j in range(A.shape[1])), max(sum(A[i, :]) for i in range(A.shape[0])))
-
-
-@dataclass
-class Target:
-    """A target f in F_L with a certified Lipschitz constant ``lipschitz`` <= L (entry-wise p-norm,
-    valid for every p >= 1).  ``f_exact`` maps a list of dn Fractions (entry e = t d + i) to dn
-    Fractions in [0, 1]; ``f_float`` maps an array (B, dn) to (B, dn)."""
-
-    name: str
-    d: int
-    n: int
-    L: Fraction
-    lipschitz: Fraction
-    f_exact: Callable
-    f_float: Callable
-    params: dict
-    description: str
-
-
-def _token_mix(d: int, n: int, L: Fraction, seed: int) -> Target:
-    dn = d * n
-    if n >= 2:
-        perm = [((e // d + 1) % n) * d + e % d for e in range(dn)]   # next token, same coordinate
-    else:
-        perm = [(e + 1) % dn for e in range(dn)]                      # next coordinate
-    half = Fraction(1, 2)
-
-    def fe(x):
-        return [_clip01(half + L * ((x[e] + x[perm[e]]) / 2 - half)) for e in range(dn)]
-
-    def ff(X):
-        X = np.asarray(X, dtype=np.float64)
-        return np.clip(0.5 + float(L) * ((X + X[:, perm]) / 2 - 0.5), 0, 1)
-    # f = clip(1/2 + L (M x - 1/2)), M doubly stochastic: ||M||_1 = ||M||_inf = 1
-    return Target("token-mix", d, n, L, L, fe, ff, {"perm": perm},
-                  "clip(1/2 + L((X_t + X_{t+1})/2 - 1/2)): a token-mixing average")
-
-
-def _smooth(d: int, n: int, L: Fraction, seed: int) -> Target:
-    dn = d * n
-    perm = [(e + d) % dn if n >= 2 else (e + 1) % dn for e in range(dn)]
-    half = Fraction(1, 2)
-    a = 2 * L / 3   # smoothstep s(x) = 3x^2 - 2x^3 has |s'| <= 3/2 on [0, 1]
-
-    def fe(x):
-        out = []
-        for e in range(dn):
-            v = min(max(x[perm[e]], Fraction(0)), Fraction(1))
-            out.append(_clip01(half + a * (3 * v * v - 2 * v * v * v - half)))
-        return out
-
-    def ff(X):
-        V = np.clip(np.asarray(X, dtype=np.float64)[:, perm], 0, 1)
-        return np.clip(0.5 + float(a) * (3 * V ** 2 - 2 * V ** 3 - 0.5), 0, 1)
-    return Target("smooth", d, n, L, L, fe, ff, {"perm": perm},
-                  "clip(1/2 + (2L/3)(smoothstep(X_perm) - 1/2)): a clipped smooth map")
-
-
-def _relu_net(d: int, n: int, L: Fraction, seed: int, hidden: int = 8, bits: int = 4) -> Target:
-    dn = d * n
-    rng = np.random.default_rng(seed)
-
-    def dy(shape, scale):
-        return np.vectorize(lambda v: Fraction(int(round(v * (1 << bits))), 1 << bits), otypes=[object])(
-            rng.normal(0, scale, shape))
-    W1 = dy((hidden, dn), 1.5)
-    b1 = dy((hidden,), 0.5)
-    W2 = dy((dn, hidden), 1.0)
-    lam = _op_norm_bound(W1) * _op_norm_bound(W2)
-    if lam == 0:
-        lam = Fraction(1)
-    scale = L / lam
-    half = Fraction(1, 2)
-
-    def net(x):
-        h = [max(sum(W1[k, j] * x[j] for j in range(dn)) + b1[k], Fraction(0)) for k in range(hidden)]
-        return [sum(W2[e, k] * h[k] for k in range(hidden)) for e in range(dn)]
-    ref = net([half] * dn)
-
-    def fe(x):
-        y = net(list(x))
-        return [_clip01(half + scale * (y[e] - ref[e])) for e in range(dn)]
-    W1f, b1f, W2f = (np.vectorize(float)(a) for a in (W1, b1, W2))
-    reff = np.array([float(v) for v in ref])
-
-    def ff(X):
-        X = np.asarray(X, dtype=np.float64)
-        Y = np.maximum(X @ W1f.T + b1f, 0) @ W2f.T
-        return np.clip(0.5 + float(scale) * (Y - reff), 0, 1)
-    return Target("relu-net", d, n, L, scale * lam, fe, ff,
-                  {"hidden": hidden, "seed": seed, "bits": bits, "network_lipschitz": str(lam)},
-                  "clip(1/2 + (L/Lambda)(net(X) - net(1/2))), net a random ReLU network with "
-                  "certified Lambda = prod_l max(||W_l||_1, ||W_l||_inf)")
-
-
-#: registry of target builders: name -> builder(d, n, L, seed) -> Target
-TARGETS: dict = {"token-mix": _token_mix, "smooth": _smooth, "relu-net": _relu_net}
-
-
-def build_target(name: str, d: int, n: int, L, seed: int = 0) -> Target:
-    """A registered target in F_L (certified Lipschitz constant <= L)."""
-    if name not in TARGETS:
-        raise InputError("--target", f"one of {sorted(TARGETS)}", repr(name))
-    L = Fraction(L)
-    if L <= 0:
-        raise InputError("--lipschitz", "a positive number", str(L))
-    t = TARGETS[name](d, n, L, seed)
-    if t.lipschitz > L:  # pragma: no cover - a builder bug
-        raise AssertionError(f"target {name}: certified constant {t.lipschitz} exceeds L = {L}")
-    return t
 
 
 # =========================================================================== float evaluation

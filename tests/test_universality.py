@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from constructions.forward import forward_exact
 from constructions.universality import (TARGETS, build_network, build_prompt, build_target, cell_digits,
-                                        decode_prompt, delta_K, pl_units, quantized_function, ramp_width,
-                                        _pl_eval)
+                                        decode_prompt, delta_K, pl_eval, pl_units, quantized_function,
+                                        ramp_width)
 from verify.checker import check_result
 from verify.claims.universality import CLAIMS
 from verify.provers.universality import evaluate_cells, run_universality, rpow_down, rpow_up, setup, sweep
@@ -96,7 +96,7 @@ def test_piecewise_linear_units_match_the_map(pts, sl, sr):
     units, c = pl_units(pts, sl, sr)
     for z in [Fraction(k, 3) for k in range(-75, 76)]:
         v = z + c + sum(co * max(s * (z - b), 0) for s, b, co in units)
-        assert v == _pl_eval(pts, sl, sr, z)
+        assert v == pl_eval(pts, sl, sr, z)
 
 
 def test_exact_powers_and_roots_bracket():
