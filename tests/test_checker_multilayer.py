@@ -91,9 +91,11 @@ def test_witness_results_hold_and_every_mutation_is_rejected(results, name):
     assert check_result(res)[0]
     assert res["certificate"]["kind"] == WITNESS and res["question"]["prompt_length"] == 1
     muts = list(envelope_mutations(res)) + list(body_mutations(res))
-    blind = [m for n, m in muts if _input_blind(n)]
-    assert len(blind) == 1 and check_result(blind[0])[0]
-    muts = [(n, m) for n, m in muts if not _input_blind(n)]
+    # the models ignore this input entry, so the changed (re-hashed) dataset is still memorized
+    x = res["inputs"]["dataset"]["embedded"]["examples"][1]["input"][0][0]
+    blind = _rehashed(res, ("examples", 1, "input", 0, 0), str(Fraction(x) + 1))
+    assert check_result(blind)[0]
+    assert not any(_input_blind(n) for n, _ in muts)
     for i, ex in enumerate(res["inputs"]["dataset"]["embedded"]["examples"]):
         for e, v in enumerate(ex["output"][0]):
             muts.append((f"target [{i}][{e}] rehashed", _rehashed(res, ("examples", i, "output", 0, e),

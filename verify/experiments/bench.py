@@ -186,11 +186,12 @@ def bench_limitation(dims: Sequence[int] = DEFAULT_DIMS, heads="auto", naive_tim
         res, model, ds = prove_limitation(d=d, heads=h, head_size=None, mlp_width=r, seed=seed)
         st_wall = time.perf_counter() - t0
         data = res.to_json()
+        info = data["info"]
         row = {"d": d, "heads": h, "head_size": model.layers[0].heads[0].s, "mlp_width": model.layers[0].r,
                "examples": len(ds.examples),
-               "structured": {"status": data["status"], "seconds": st_wall, "breakdown": data["seconds"],
-                              "certificate_checked": bool(data["checks"].get("certificate_checked", False)),
-                              "method": data["method"], "prompt_length": data["prompt_length"]}}
+               "structured": {"status": data["status"], "seconds": st_wall, "breakdown": info["seconds"],
+                              "certificate_checked": bool(info["checks"].get("certificate_checked", False)),
+                              "method": info["method"], "prompt_length": data["question"]["prompt_length"]}}
         if naive_stopped:
             row["naive"] = {"answer": "timeout (skipped)", "seconds": None, "prompt_length": prompt_length}
         else:
