@@ -13,10 +13,9 @@ from typing import Optional
 import numpy as np
 
 from constructions.model import Layer, as_scaled_int
-from verify.provers.exact import ldl_positive_definite, norm_bound, sqrt_up
+from verify.provers.exact import norm_bound
 
-__all__ = ["norm_bound", "certify_mlp", "rank_certificate", "det_mod_p", "sqrt_up", "PRIMES",
-           "ldl_positive_definite"]
+__all__ = ["certify_mlp", "rank_certificate", "det_mod_p", "PRIMES"]
 
 PRIMES = [2147483629, 2147483587, 2147483579, 2147483563]  # primes below 2**31
 

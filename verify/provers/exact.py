@@ -24,7 +24,7 @@ from constructions.model import as_float, as_scaled_int
 
 __all__ = ["ZERO", "EXP_ARG_LIMIT", "ExpRangeError", "fmt", "fmt_vec", "frac_vec", "dot", "sqrt_up",
            "sqrt_down", "norm2_up", "approx", "int_str", "z3_numeral", "up_bits", "down_bits", "exp_enclosure", "exp_score", "exp_box", "log_below",
-           "log_above", "ldl_positive_definite", "norm_bound", "solve", "left_null_basis",
+           "log_above", "positive_definite", "norm_bound", "solve", "left_null_basis",
            "project_onto_span"]
 
 ZERO = Fraction(0)
@@ -105,33 +105,33 @@ def dot(a: Sequence[Fraction], b: Sequence[Fraction]) -> Fraction:
 
 # --------------------------------------------------------------------------- roots and rounding
 
-def sqrt_up(q) -> Fraction:
-    """A rational >= sqrt(q), within about 2^-64 (absolute, on a 2^-64 grid); 0 for q <= 0."""
+def sqrt_up(q, bits: int = 64) -> Fraction:
+    """The least point of the 2^-bits grid that is >= sqrt(q); 0 for q <= 0."""
     q = Fraction(q)
     if q <= 0:
         return ZERO
-    s = 1 << 64
+    s = 1 << bits
     r = math.isqrt(q.numerator * s * s // q.denominator)
     while Fraction(r * r, s * s) < q:
         r += 1
     return Fraction(r, s)
 
 
-def sqrt_down(q) -> Fraction:
-    """A rational <= sqrt(q); 0 for q <= 0."""
+def sqrt_down(q, bits: int = 64) -> Fraction:
+    """The largest point of the 2^-bits grid that is <= sqrt(q); 0 for q <= 0."""
     q = Fraction(q)
     if q <= 0:
         return ZERO
-    s = 1 << 64
+    s = 1 << bits
     r = math.isqrt(q.numerator * s * s // q.denominator)
     while r > 0 and Fraction(r * r, s * s) > q:
         r -= 1
     return Fraction(r, s)
 
 
-def norm2_up(v: Sequence[Fraction]) -> Fraction:
-    """A rational >= ||v||_2."""
-    return sqrt_up(dot(v, v))
+def norm2_up(v: Sequence[Fraction], bits: int = 64) -> Fraction:
+    """The least point of the 2^-bits grid that is >= ||v||_2."""
+    return sqrt_up(dot(v, v), bits)
 
 
 def _exponent(q: Fraction) -> int:
@@ -262,33 +262,37 @@ def log_above(a, grid_bits: int = 80) -> Fraction:
 
 # --------------------------------------------------------------------------- norms
 
-def ldl_positive_definite(A: list[list[Fraction]]) -> bool:
-    """Exact test that the symmetric rational matrix A is positive definite (all LDL^T pivots > 0)."""
-    A = [row[:] for row in A]
+def positive_definite(A: Sequence[Sequence]) -> bool:
+    """Exact test that the symmetric rational (or integer) matrix A, given by rows, is positive
+    definite: Sylvester's criterion, the leading principal minors being the pivots of fraction-free
+    (Bareiss) elimination on A scaled to integers (every division is exact)."""
     n = len(A)
+    if not all(type(v) is int for row in A for v in row):
+        L = math.lcm(*[Fraction(v).denominator for row in A for v in row])
+        A = [[int(Fraction(v) * L) for v in row] for row in A]
+    M = np.array(A, dtype=object).reshape(n, n)
+    prev = 1
     for k in range(n):
-        piv = A[k][k]
-        if piv <= 0:
+        p = M[k, k]
+        if p <= 0:
             return False
-        Ak = A[k]
-        for i in range(k + 1, n):
-            f = A[i][k] / piv
-            if f:
-                Ai = A[i]
-                for j in range(k + 1, n):
-                    Ai[j] -= f * Ak[j]
+        if k + 1 < n:
+            M[k + 1:, k + 1:] = (M[k + 1:, k + 1:] * p - np.outer(M[k + 1:, k], M[k, k + 1:])) // prev
+        prev = p
     return True
 
 
 def _gram_ok(N: np.ndarray, D: int, b: Fraction) -> bool:
-    """Is b^2 I - W^T W (or W W^T, the smaller) positive definite?  W = N / D, exactly."""
-    R = [[Fraction(int(v), D) for v in row] for row in N]
+    """Is b^2 I - W^T W (or W W^T, the smaller) positive definite?  W = N / D, exactly: the test
+    runs on (p D)^2 I - q^2 N^T N for b = p / q, the same matrix times q^2 D^2 > 0."""
+    R = [[int(v) for v in row] for row in N]
     if N.shape[1] > N.shape[0]:
         R = [list(c) for c in zip(*R)]
     n = len(R[0])
-    G = [[b * b * (i == j) - sum((R[k][i] * R[k][j] for k in range(len(R))), ZERO) for j in range(n)]
+    s, c = (b.numerator * D) ** 2, b.denominator ** 2
+    G = [[(s if i == j else 0) - c * sum(R[k][i] * R[k][j] for k in range(len(R))) for j in range(n)]
          for i in range(n)]
-    return ldl_positive_definite(G)
+    return positive_definite(G)
 
 
 def norm_bound(W: np.ndarray, exact_max: int = 48) -> tuple[Fraction, str]:
