@@ -42,6 +42,7 @@ import numpy as np
 from constructions.model import (Dataset, InputError, Model, as_fraction, as_scaled_int, dataset_to_json,
                                  model_to_json)
 
+from verify.provers.exact import fmt, norm2_up, positive_definite, sqrt_up
 from verify.result import Result, Status, certificate, embed, memorization_question
 
 __all__ = ["check_multilayer", "certify", "z3_crosscheck", "crosscheck", "nonvacuity", "encoder_example",
@@ -57,21 +58,6 @@ WITNESS_KIND = "prompt-witness"
 # =========================================================================== exact helpers
 # (the prover's own; the trusted checker keeps independent copies in verify/checker/multilayer.py)
 
-def _is_pd(M: list) -> bool:
-    """Exact positive-definiteness of a symmetric integer matrix (Sylvester's criterion; the
-    pivots of fraction-free Bareiss elimination are the leading principal minors)."""
-    A = np.array(M, dtype=object).reshape(len(M), len(M))
-    n, prev = A.shape[0], 1
-    for k in range(n):
-        p = A[k, k]
-        if p <= 0:
-            return False
-        if k + 1 < n:
-            A[k + 1:, k + 1:] = (A[k + 1:, k + 1:] * p - np.outer(A[k + 1:, k], A[k, k + 1:])) // prev
-        prev = p
-    return True
-
-
 def _gram(W: np.ndarray) -> tuple[list, int]:
     """(G, D) with G integer and W W^T (or W^T W, the smaller) = G / D^2."""
     N, D = as_scaled_int(np.asarray(W))
@@ -83,7 +69,7 @@ def _gram(W: np.ndarray) -> tuple[list, int]:
 def _pd_at(G: list, D: int, k: int) -> bool:
     """Is (k / 2^g)^2 I - G / D^2 positive definite?"""
     s, c = k * k * D * D, GRID * GRID
-    return _is_pd([[(s if i == j else 0) - c * g for j, g in enumerate(row)] for i, row in enumerate(G)])
+    return positive_definite([[(s if i == j else 0) - c * g for j, g in enumerate(row)] for i, row in enumerate(G)])
 
 
 def _is_zero(W: np.ndarray) -> bool:
@@ -143,21 +129,8 @@ def norm_grid(W: np.ndarray) -> int:
 
 
 def _vec_norm_up(v) -> Fraction:
-    """ceil(2^20 ||v||_2) / 2^20, exactly."""
-    s = sum((Fraction(x) ** 2 for x in np.asarray(v).reshape(-1)), Fraction(0))
-    p, q = s.numerator * GRID * GRID, s.denominator
-    k = math.isqrt(p // q)
-    while k * k * q < p:
-        k += 1
-    return Fraction(k, GRID)
-
-
-def _sqrt_up_exact(q: Fraction) -> Fraction:
-    p, d = q.numerator * GRID * GRID, q.denominator
-    k = math.isqrt(p // d)
-    while k * k * d < p:
-        k += 1
-    return Fraction(k, GRID)
+    """ceil(2^20 ||v||_2) / 2^20, exactly (v: any array of exact numbers)."""
+    return norm2_up([Fraction(x) for x in np.asarray(v).reshape(-1)], GRID_BITS)
 
 
 def _matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -189,10 +162,6 @@ def _layer_matrices(model: Model, condition: int) -> dict:
         if condition == 1:
             out[f"layers[{li}].sum_j W_o W_v"] = sum(Vs[1:], Vs[0])
     return out
-
-
-def _fmt(q: Fraction) -> str:
-    return f"{q.numerator}/{q.denominator}" if q.denominator != 1 else str(q.numerator)
 
 
 def _layer_bounds(model: Model, condition: int, norms: dict, R: Optional[Fraction],
@@ -243,7 +212,7 @@ def _layer_bounds(model: Model, condition: int, norms: dict, R: Optional[Fractio
         c_l = (1 - a) * (1 - k_mlp) if a < 1 and k_mlp < 1 else Fraction(0)
         row["lower_lipschitz"] = c_l
         c *= c_l
-        rows.append({k: _fmt(v) for k, v in row.items()})
+        rows.append({k: fmt(v) for k, v in row.items()})
     if failures:
         c = Fraction(0)
     return rows, failures, c
@@ -285,7 +254,7 @@ def _pair_margin(ds: Dataset, i: int, i2: int, t: int, kind: str, c: Fraction, t
     if kind == "conflict":
         return max(abs(v) for v in dy) - 2 * tol
     dx2 = sum((Fraction(u) - Fraction(v)) ** 2 for u, v in zip(A.input[t], B.input[t]))
-    rhs = _vec_norm_up(dy) + 2 * tol * _sqrt_up_exact(Fraction(len(dy)))
+    rhs = _vec_norm_up(dy) + 2 * tol * sqrt_up(Fraction(len(dy)), GRID_BITS)
     return c * c * dx2 - rhs * rhs
 
 
@@ -294,7 +263,7 @@ def _first_pair(ds: Dataset, causal: bool, c: Fraction, tol: Fraction, kinds=("c
         if kind in kinds:
             margin = _pair_margin(ds, i, i2, t, kind, c, tol)
             if margin > 0:
-                return {"examples": [i, i2], "position": t, "kind": kind, "margin": _fmt(margin)}
+                return {"examples": [i, i2], "position": t, "kind": kind, "margin": fmt(margin)}
     return None
 
 
@@ -306,11 +275,11 @@ METHODS = {0: "multilayer: conflicting targets", 1: "multilayer condition 1 (que
 
 def _found(cond: int, norms: dict, pair: dict, rows: list, c: Fraction, Rx: Optional[Fraction]) -> dict:
     """What :func:`certify` returns: the certificate body (hints only) and the numbers to report."""
-    reported = {"condition": cond, "lower_lipschitz": _fmt(c), "margin": pair["margin"], "pair_kind": pair["kind"]}
+    reported = {"condition": cond, "lower_lipschitz": fmt(c), "margin": pair["margin"], "pair_kind": pair["kind"]}
     if cond:
         reported["layers"] = rows
     if Rx is not None:
-        reported["input_norm"] = _fmt(Rx)
+        reported["input_norm"] = fmt(Rx)
     body = {"condition": cond, "norms": norms, "pair": {"examples": pair["examples"], "position": pair["position"]}}
     return {"body": body, "reported": reported}
 
@@ -420,7 +389,7 @@ def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolera
     found, failures = certify(model, dataset, condition, R, tol)
     t1 = time.perf_counter()
     res = Result(claim=claim, status=Status.UNKNOWN, method="multilayer conditions 1-2",
-                 question=memorization_question(prompt_length, _fmt(tol), None if R is None else _fmt(R)),
+                 question=memorization_question(prompt_length, fmt(tol), None if R is None else fmt(R)),
                  inputs=_inputs(model, dataset), seconds={"solve": t1 - t0})
     if found is None:
         res.message, res.checks = "not certified: " + "; ".join(failures), {"certificate_checked": False}
@@ -504,7 +473,7 @@ class _Z3Encoder:
         z3, d = self.z3, self.model.d
         P = [[z3.Real(f"p_{b}_{i}") for i in range(d)] for b in range(m_p)]
         if self.R is not None:
-            R, r2 = self.R, _sqrt_up_exact(Fraction(2)) * self.R
+            R, r2 = self.R, sqrt_up(Fraction(2), GRID_BITS) * self.R
             for p in P:
                 self.solver.add([z3.And(x >= self.val(-R), x <= self.val(R)) for x in p])
                 for i in range(d):
@@ -727,7 +696,7 @@ def z3_crosscheck(model: Model, dataset: Dataset, prompt_length: int, prompt_nor
                 v = mdl.eval(x, model_completion=True)
                 if not z3.is_rational_value(v):
                     v = z3.RealVal(v.as_decimal(40).rstrip("?")) if hasattr(v, "as_decimal") else z3.RealVal(0)
-                row.append(_fmt(Fraction(v.numerator_as_long(), v.denominator_as_long())))
+                row.append(fmt(Fraction(v.numerator_as_long(), v.denominator_as_long())))
             rows.append(row)
         out["prompt"] = rows
     return out
@@ -782,7 +751,7 @@ def prove_multilayer(layers: int = 4, d: int = 16, heads: int = 2, condition: in
     model, ds, R, res = _build(layers, d, heads, condition, prompt_norm, seed, claim=claim)
     res.seconds = {"build": time.perf_counter() - t0 - sum(res.seconds.values()), **res.seconds}
     res.extra["instance"] = {"layers": layers, "d": d, "heads": heads, "condition": condition,
-                             "prompt_norm": None if R is None else _fmt(R), "seed": seed}
+                             "prompt_norm": None if R is None else fmt(R), "seed": seed}
     return res
 
 
@@ -894,7 +863,7 @@ def encoder_example(seed: int = 0, claim: str = "M-encoder") -> Result:
     model = encoder_counterexample(causal=False)
     x, x2, y = (np.array([Fraction(int(v), 64) for v in rng.integers(-128, 128, 2)], dtype=object) for _ in range(3))
     ds = Dataset([Example(x[None, :], [y]), Example(x2[None, :], [y.copy()])])
-    res, ok, msg = witness_result(claim, model, ds, [[_fmt(-v) for v in y]], "construction + exact replay")
+    res, ok, msg = witness_result(claim, model, ds, [[fmt(-v) for v in y]], "construction + exact replay")
     proved = check_multilayer(encoder_counterexample(causal=True), ds)
     enc = check_multilayer(model, ds)
     res.checks.update(causal_version_proved=Status(proved.status) == Status.PROVED,
