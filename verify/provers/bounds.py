@@ -33,15 +33,11 @@ from constructions.model import Dataset, Example, InputError, Model, as_fraction
 
 from verify.checker import check_result
 from verify.checker.bounds import FIT_TOLERANCE
+from verify.provers.exact import fmt
 from verify.result import DECIDED, Result, Status, certificate, embed, memorization_question
 
 __all__ = ["bounds_table", "verify_table", "run_bounds", "lora_result", "fit_result", "nested",
            "generic_exact_dataset"]
-
-
-def _q(x) -> str:
-    x = Fraction(x)
-    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
 
 def _check_int(name: str, v, lo: int = 1) -> int:
@@ -118,7 +114,7 @@ def generic_exact_dataset(model: Model, N: int, m: int, seed: int) -> Dataset:
 
 
 def _rows(M) -> list:
-    return [[_q(v) for v in row] for row in frac_matrix(M)] if M.size else [[] for _ in range(M.shape[0])]
+    return [[fmt(v) for v in row] for row in frac_matrix(M)] if M.size else [[] for _ in range(M.shape[0])]
 
 
 def _self_checked(res: Result) -> Result:
@@ -172,8 +168,8 @@ def lora_result(model: Model, ds: Dataset, claim: str = "L5", inputs: Optional[d
 def fit_result(model: Model, ds: Dataset, P: np.ndarray, claim: str = "L4L5/L4-fit") -> Result:
     """A float prompt as a ``memorization`` result at tolerance :data:`FIT_TOLERANCE` (a
     ``prompt-witness``, replayed by the checker with rigorous enclosures)."""
-    q = memorization_question(prompt_length=int(len(P)), tolerance=_q(FIT_TOLERANCE))
-    body = {"prompt": [[_q(Fraction(float(x))) for x in row] for row in np.asarray(P, dtype=np.float64)]}
+    q = memorization_question(prompt_length=int(len(P)), tolerance=fmt(FIT_TOLERANCE))
+    body = {"prompt": [[fmt(Fraction(float(x))) for x in row] for row in np.asarray(P, dtype=np.float64)]}
     res = Result(claim, Status.MEMORIZED, question=q,
                  inputs={"model": embed(model_to_json(model)), "dataset": embed(dataset_to_json(ds))},
                  certificate=certificate("prompt-witness", body),
@@ -339,7 +335,7 @@ def _reported(table: dict, body: dict) -> dict:
     rep = {"L4_min_prompt_length": rows["L4"]["prompt"]["min_length"],
            "L4_min_prompt_params": rows["L4"]["prompt"]["min_params"],
            "L4_short_prompt_params": d * (m * N - 1), "L4_output_dimension": d * m * N,
-           "L4_fit_head_size": s if h * s >= d else math.ceil(d / h), "L4_fit_tolerance": _q(FIT_TOLERANCE),
+           "L4_fit_head_size": s if h * s >= d else math.ceil(d / h), "L4_fit_tolerance": fmt(FIT_TOLERANCE),
            "L5_rank_bound": rows["L5"]["lora"]["rank"], "L5_params_bound": rows["L5"]["lora"]["params"],
            "L3_lora_rank": rows["L3"]["lora"]["rank"] if l3 else None,
            "L3_lora_params": rows["L3"]["lora"]["params"] if l3 else None,
@@ -392,7 +388,7 @@ def _summary(table: dict, info: dict) -> str:
     fit = l4["fit"]
     lines.append(f"L4: m_p = m N - 1: {l4['dimension_count']['short_prompt_parameters']} parameters < "
                  f"{l4['dimension_count']['output_dimension']} outputs (measure zero); m_p = m N (head size "
-                 f"{fit['model_head_size']}): {fit['status']} within {_q(FIT_TOLERANCE)} (float Jacobian rank "
+                 f"{fit['model_head_size']}): {fit['status']} within {fmt(FIT_TOLERANCE)} (float Jacobian rank "
                  f"{fit['jacobian_rank_float64_at_P0']} of {fit['jacobian_rows']}, a measurement)")
     for row in ("L5", "L1", "L3"):
         r_ = info[row]

@@ -45,6 +45,7 @@ from constructions.forward import Iv, exp_enclosure, mlp_exact
 from constructions.lora import column_basis_exact, constrained_positions, rank_exact, solve_exact
 from constructions.model import (Dataset, InputError, Model, as_float, as_fraction, dataset_to_json,
                                  model_to_json)
+from verify.provers.exact import dot, fmt
 from verify.result import Result, Status, certificate, embed
 
 __all__ = ["certified_min_loss", "CertifiedLoss", "AssumptionViolated", "loss_bound_result", "loss_inputs",
@@ -63,11 +64,6 @@ class AssumptionViolated(ValueError):
 
 # --------------------------------------------------------------------------- small exact helpers
 
-def _q(x) -> str:
-    x = Fraction(x)
-    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
-
-
 def _sq(a: Iv) -> Iv:
     """Tight enclosure of a^2."""
     if a.lo >= 0:
@@ -76,10 +72,6 @@ def _sq(a: Iv) -> Iv:
         return (-a) * (-a)
     m = max(-a.lo, a.hi)
     return Iv(0, (Iv(m) * Iv(m)).hi)
-
-
-def _dotq(u, v) -> Fraction:
-    return sum((a * b for a, b in zip(u, v)), Fraction(0))
 
 
 def canonical_low(x: Fraction) -> Fraction:
@@ -320,7 +312,7 @@ def _prepare(model: Model, dataset: Dataset) -> _Prepared:
             pre[(i, t)] = z
             delta_sq += r2 / (1 - k) ** 2
             cs.append(z - x)
-        perp = sum((_dotq(c - PV.dot(c), c - PV.dot(c)) for c in cs), Fraction(0))
+        perp = sum((dot(c - PV.dot(c), c - PV.dot(c)) for c in cs), Fraction(0))
         heads = []
         if combine != "perp-only" and len(pos) >= 2:
             heads = [_head_data(model, dataset, h, Ms[j], Pis[j], x, pos, cs) for j, h in enumerate(layer.heads)]
@@ -420,14 +412,14 @@ def certified_min_loss(model: Model, dataset: Dataset, prompt_length="any", rtol
             bps, leaf = _head_boxes(hd, prompt_length, rtol, max_boxes)
             boxes += len(leaf)
             lows.append(min(leaf))
-            entries.append({"zref": _q(hd.Zref), "breakpoints": [_q(b) for b in bps], "lows": [_q(v) for v in leaf]})
+            entries.append({"zref": fmt(hd.Zref), "breakpoints": [fmt(b) for b in bps], "lows": [fmt(v) for v in leaf]})
         lows_all.append(lows)
         body_groups.append({"heads": entries})
     S, per = _combine(prep, lows_all)
     value, eps = _final(prep, S)
-    body = {"bound_W1": _q(prep.b1), "bound_W2": _q(prep.b2),
-            "preimages": [[_q(v) for v in prep.preimages[p]] for p in constrained_positions(dataset)],
-            "epsilon": _q(eps), "groups": body_groups}
+    body = {"bound_W1": fmt(prep.b1), "bound_W2": fmt(prep.b2),
+            "preimages": [[fmt(v) for v in prep.preimages[p]] for p in constrained_positions(dataset)],
+            "epsilon": fmt(eps), "groups": body_groups}
     details = [{"query_group": gi, "positions": [list(p) for p in g.positions], "perp": float(g.perp),
                 "head_lower": [float(v) for v in lows], "group_lower": float(v)}
                for gi, (g, lows, v) in enumerate(zip(prep.groups, lows_all, per))]
@@ -453,7 +445,7 @@ def loss_bound_result(model: Model, dataset: Dataset, prompt_length="any", claim
     t1 = time.perf_counter()
     res = Result(claim, Status.VERIFIED if cb.value > 0 else Status.UNKNOWN, question=question,
                  inputs=loss_inputs(model, dataset), certificate=certificate(CERT_KIND, cb.body),
-                 reported={"certified_min_loss": _q(cb.value)},
+                 reported={"certified_min_loss": fmt(cb.value)},
                  method="least squares in u, interval branch and bound in alpha",
                  checks={"positive": cb.value > 0, "boxes": cb.boxes, "combine": cb.combine},
                  message=f"certified_min_loss = {float(cb.value):.6g} (k = {float(cb.k):.4g}, {cb.boxes} boxes)",

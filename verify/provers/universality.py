@@ -38,6 +38,7 @@ from constructions.universality import (UniversalNetwork, build_network, build_p
                                         cell_digits, default_temperature, delta_K, forward_float,
                                         quantized_function, ramp_width, TARGETS)
 from verify.checker import canonical_sha256
+from verify.provers.exact import fmt
 from verify.result import Result, Status, certificate, embed
 
 __all__ = ["CERT_KIND", "NETWORK_FORMAT", "PROMPT_FORMAT", "certify", "evaluate_cells", "run_universality",
@@ -434,11 +435,6 @@ def parse_number(text, field: str, positive: bool = True) -> Fraction:
     return q
 
 
-def _fmt(q: Fraction) -> str:
-    q = Fraction(q)
-    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"
-
-
 def _check_sizes(d: int, n: int, p: Fraction) -> None:
     if not isinstance(d, int) or d < 1:
         raise InputError("--d", "a positive integer", repr(d))
@@ -472,9 +468,9 @@ def setup(d: int, n: int, L, p, eps, target: str, seed: int = 0, temperature=Non
     tgt = build_target(target, d, n, L, seed=seed)
     fbar = quantized_function(tgt, K)
     P = build_prompt(fbar, d, n, K)
-    params = {"d": d, "n": n, "lipschitz": _fmt(L), "p": _fmt(p), "eps": _fmt(eps), "target": target,
-              "seed": int(seed), "kind": kind, "temperature": None if T is None else _fmt(T),
-              "K": int(K), "delta_override": bool(override), "K_formula": int(Kf), "w": _fmt(w)}
+    params = {"d": d, "n": n, "lipschitz": fmt(L), "p": fmt(p), "eps": fmt(eps), "target": target,
+              "seed": int(seed), "kind": kind, "temperature": None if T is None else fmt(T),
+              "K": int(K), "delta_override": bool(override), "K_formula": int(Kf), "w": fmt(w)}
     return net, P, tgt, fbar, params
 
 
@@ -544,17 +540,17 @@ def certify(net: UniversalNetwork, P: np.ndarray, tgt, fbar: list, params: dict,
     bound = rpow_up(B_p, ip)
     soft = max(bound - rpow_down(totq + ramp_p, ip), Fraction(0)) if net.kind == "softmax" else Fraction(0)
     K = net.K
-    nums = {"bound": _fmt(bound), "lower": _fmt(rpow_down(low, ip)), "quantization": _fmt(rpow_up(totq, ip)),
-            "ramps": _fmt(rpow_up(ramp_p, ip)), "softmax": _fmt(soft), "ramp_measure": _fmt(1 - vol_sum),
-            "K": K, "w": _fmt(net.w), "cells": net.N, "m_p": net.m_p, "subdivision": sub,
+    nums = {"bound": fmt(bound), "lower": fmt(rpow_down(low, ip)), "quantization": fmt(rpow_up(totq, ip)),
+            "ramps": fmt(rpow_up(ramp_p, ip)), "softmax": fmt(soft), "ramp_measure": fmt(1 - vol_sum),
+            "K": K, "w": fmt(net.w), "cells": net.N, "m_p": net.m_p, "subdivision": sub,
             "cells_equal_fbar": sum(1 for c in range(net.N) if values[c] == [Fraction(v, K) for v in fbar[c]]),
-            "eta_max": _fmt(max(etas)), "target_lipschitz": _fmt(Lf)}
+            "eta_max": fmt(max(etas)), "target_lipschitz": fmt(Lf)}
     return status, nums
 
 
 def outputs_sha256(values: list) -> str:
     """sha256 of the canonical JSON of the per-cell outputs (the certificate's commitment)."""
-    return canonical_sha256([[_fmt(x) for x in row] for row in values])
+    return canonical_sha256([[fmt(x) for x in row] for row in values])
 
 
 # =========================================================================== measurement
@@ -636,7 +632,7 @@ def _inputs(net: UniversalNetwork, P: np.ndarray, params: dict) -> dict:
     model.pop("meta", None)
 
     def rows(a):
-        return [[_fmt(x) for x in row] for row in a.tolist()]
+        return [[fmt(x) for x in row] for row in a.tolist()]
     network = {"format": NETWORK_FORMAT, "model": model, "pos_input": rows(written.pos_input),
                "pos_prompt": rows(written.pos_prompt)}
     return {"network": embed(network), "prompt": embed({"format": PROMPT_FORMAT, "tokens": rows(P)})}
@@ -693,7 +689,7 @@ def _report(net: UniversalNetwork, nums: dict, params: dict, mc: dict, tgt) -> d
         "delta_formula": "delta <= eps / (2 (L + 1) (d n)^(1/p))",
         "ramp_width": params["w"],
         "softmax_temperature": params["temperature"],
-        "recommended_softmax_temperature": _fmt(default_temperature()),
+        "recommended_softmax_temperature": fmt(default_temperature()),
         "C": f"{N}^{N}", "log10_C": N * math.log10(N),
         "C_formula": "((1/delta)^(dn))^((1/delta)^(dn))",
         "m_p": net.m_p, "m_p_formula": n * K ** (d * n), "m_p_formula_text": "m_p >= n (1/delta)^(dn)",
