@@ -300,8 +300,9 @@ def norm_bound(W: np.ndarray, exact_max: int = 48) -> tuple[Fraction, str]:
 
     The smaller of sqrt(||W||_1 ||W||_inf) and the Frobenius norm (exact integer arithmetic), and
     for small matrices a float singular value, rounded up to 24 bits with a little slack, proved
-    by an exact LDL^T test of b^2 I - W^T W.  This is the rule the checker uses to derive the MLP's
-    Lipschitz bound k, so a prover that uses it predicts the checker's k."""
+    by an exact test that b^2 I - W^T W is positive definite (method name "gram-ldl", as the
+    checker's).  This is the rule the checker uses to derive the MLP's Lipschitz bound k, so a
+    prover that uses it predicts the checker's k."""
     N, D = as_scaled_int(np.asarray(W))
     if N.size == 0 or not any(int(v) for v in N.reshape(-1)):
         return ZERO, "zero"
