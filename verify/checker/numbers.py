@@ -1,7 +1,7 @@
 """The checker's own exact arithmetic: strict number parsing, rigorous roots, exponentials and
 logarithms, exact matrices, norm and rank tests.
 
-Deliberately separate from the producers' arithmetic (``verify/provers/exact.py``): the trusted
+Deliberately separate from the producers' arithmetic (``verify/provers/exact/``): the trusted
 base shares no code with what it checks.  Everything here is Python integers and
 ``fractions.Fraction``; numpy is used only for object arrays of Python integers (no overflow) and
 for reading binary64 arrays, which are converted exactly.
