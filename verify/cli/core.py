@@ -1,6 +1,7 @@
 """Core commands: ``prove limitation`` and ``check``."""
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Optional
 
@@ -50,109 +51,119 @@ def _positive(name: str, v: Optional[int]) -> None:
         raise InputError(name, "a positive integer", str(v))
 
 
-def register(apps) -> None:
-    prove_app, root = apps["prove"], apps["root"]
 
-    @prove_app.command("limitation")
-    def prove_limitation_cmd(
-        d: int = typer.Option(3, "--d", help="token dimension"),
-        heads: int = typer.Option(1, "--heads", help="number of attention heads"),
-        head_size: Optional[int] = typer.Option(None, "--head-size", help="head size s (default d // heads)"),
-        mlp_width: Optional[int] = typer.Option(None, "--mlp-width", help="MLP width r (default 2 d)"),
-        seed: int = typer.Option(0, "--seed", help="seed of the random model and dataset"),
-        margin: float = typer.Option(0.5, "--margin", help="half the separation of the two rays of L1"),
-        kind: str = typer.Option("softmax", "--kind", help="softmax (hardmax layers only admit L3 certificates)"),
-        timeout: float = typer.Option(120.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
-        json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
-        artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
-        save_model: Optional[str] = typer.Option(None, "--save-model", help="also write the model (.json or .npz)"),
-        save_dataset: Optional[str] = typer.Option(None, "--save-dataset", help="also write the dataset (.json)"),
-        expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
-    ):
-        """Build a random single-layer model meeting the assumptions and the dataset of Theorem L1,
-        and prove that no prompt of any length memorizes it (certificate re-verified exactly)."""
-        from constructions.model import save_dataset as _sd, save_model as _sm
-        from verify.cli import emit, fail_input
-        from verify.provers.limitation import prove_limitation
-        try:
-            for name, v in (("--d", d), ("--heads", heads), ("--head-size", head_size), ("--mlp-width", mlp_width)):
-                _positive(name, v)
-            if kind not in ("softmax", "hardmax"):
-                raise InputError("--kind", "softmax or hardmax", repr(kind))
-            if margin <= 0:
-                raise InputError("--margin", "a number > 0", str(margin))
-            res, model, ds = prove_limitation(d=d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed,
-                                              kind=kind, margin=margin, artifacts=artifacts, timeout=timeout,
-                                              side_files=_side(json_out))
-        except InputError as exc:
-            fail_input(exc)
-        if save_model:
-            _sm(model, save_model)
-        if save_dataset:
-            _sd(ds, save_dataset)
-        emit(res, json_out, expect)
+def prove_limitation_cmd(
+    d: int = typer.Option(3, "--d", help="token dimension"),
+    heads: int = typer.Option(1, "--heads", help="number of attention heads"),
+    head_size: Optional[int] = typer.Option(None, "--head-size", help="head size s (default d // heads)"),
+    mlp_width: Optional[int] = typer.Option(None, "--mlp-width", help="MLP width r (default 2 d)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random model and dataset"),
+    margin: float = typer.Option(0.5, "--margin", help="half the separation of the two rays of L1"),
+    kind: str = typer.Option("softmax", "--kind", help="softmax (hardmax layers only admit L3 certificates)"),
+    timeout: float = typer.Option(120.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
+    save_model: Optional[str] = typer.Option(None, "--save-model", help="also write the model (.json or .npz)"),
+    save_dataset: Optional[str] = typer.Option(None, "--save-dataset", help="also write the dataset (.json)"),
+    expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
+):
+    """Build a random single-layer model meeting the assumptions and the dataset of Theorem L1,
+    and prove that no prompt of any length memorizes it (certificate re-verified exactly)."""
+    from constructions.model import save_dataset as _sd, save_model as _sm
+    from verify.cli import emit, fail_input
+    from verify.provers.limitation import prove_limitation
+    try:
+        for name, v in (("--d", d), ("--heads", heads), ("--head-size", head_size), ("--mlp-width", mlp_width)):
+            _positive(name, v)
+        if kind not in ("softmax", "hardmax"):
+            raise InputError("--kind", "softmax or hardmax", repr(kind))
+        if margin <= 0:
+            raise InputError("--margin", "a number > 0", str(margin))
+        res, model, ds = prove_limitation(d=d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed,
+                                          kind=kind, margin=margin, artifacts=artifacts, timeout=timeout,
+                                          side_files=_side(json_out))
+    except InputError as exc:
+        fail_input(exc)
+    if save_model:
+        _sm(model, save_model)
+    if save_dataset:
+        _sd(ds, save_dataset)
+    emit(res, json_out, expect)
 
-    @root.command("claims")
-    def claims_cmd(markdown: bool = typer.Option(False, "--markdown", help="print the README's claims table")):
-        """List the registered claims: id, statement, expected verdict, command, proof and test."""
-        from verify.claims import all_claims
-        claims = all_claims()
-        if markdown:
-            print("| claim | what is checked | verdict | command | proof |")
-            print("|---|---|---|---|---|")
-            for c in claims:
-                print(f"| {c.id} | {c.title} | {c.expected.value} | `{c.command}` | {c.proof} |")
-            return
-        from verify.cli import console
-        from rich.table import Table
-        t = Table(title="ptverify claims")
-        for col in ("claim", "title", "expected", "proof", "test"):
-            t.add_column(col)
+def claims_cmd(markdown: bool = typer.Option(False, "--markdown", help="print the README's claims table")):
+    """List the registered claims: id, statement, expected verdict, command, proof and test."""
+    from verify.claims import all_claims
+    claims = all_claims()
+    if markdown:
+        print("| claim | what is checked | verdict | command | proof |")
+        print("|---|---|---|---|---|")
         for c in claims:
-            t.add_row(c.id, c.title, c.expected.value, c.proof, c.test)
-        console().print(t)
+            print(f"| {c.id} | {c.title} | {c.expected.value} | `{c.command}` | {c.proof} |")
+        return
+    from verify.cli import console
+    from rich.table import Table
+    t = Table(title="ptverify claims")
+    for col in ("claim", "title", "expected", "proof", "test"):
+        t.add_column(col)
+    for c in claims:
+        t.add_row(c.id, c.title, c.expected.value, c.proof, c.test)
+    console().print(t)
 
-    @root.command("check")
-    def check_cmd(
-        model: str = typer.Option(..., "--model", help="ptverify-model/1 file (.json or .npz)"),
-        dataset: str = typer.Option(..., "--dataset", help="ptverify-dataset/1 file (.json)"),
-        prompt_length: str = typer.Option("any", "--prompt-length", help="K (a positive integer) or 'any'"),
-        tolerance: str = typer.Option("0", "--tolerance", help="max-norm error allowed (default 0: exact)"),
-        timeout: float = typer.Option(60.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
-        prompt_norm: Optional[str] = typer.Option(None, "--prompt-norm",
-                                                  help="multi-layer models: bound R on prompt token norms (Theorem M, condition 2)"),
-        json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
-        artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
-        expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
-    ):
-        """Decide whether some prompt memorizes a dataset under a model (files in the documented
-        formats): proved (certificate), memorized (replayed witness) or unknown.  Single-layer
-        models use relaxation R, Proposition E and Theorem L3; multi-layer models Theorem M."""
-        from constructions.model import load_dataset, load_model
-        from verify.cli import emit, fail_input
-        from verify.provers.limitation import check_memorization
-        try:
-            pl = parse_prompt_length(prompt_length)
-            tol = parse_tolerance(tolerance)
-            if timeout <= 0:
-                raise InputError("--timeout", "a number of seconds > 0", str(timeout))
-            m = load_model(model)
-            ds = load_dataset(dataset, d=m.d)
-            if len(m.layers) > 1:
-                from verify.provers.multilayer import check_multilayer
-                pn = None
-                if prompt_norm is not None:
-                    try:
-                        pn = Fraction(prompt_norm)
-                    except (ValueError, ZeroDivisionError):
-                        raise InputError("--prompt-norm", "a number > 0", repr(prompt_norm)) from None
-                    if pn <= 0:
-                        raise InputError("--prompt-norm", "a number > 0", repr(prompt_norm))
-                res = check_multilayer(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, prompt_norm=pn,
-                                       claim="check")
-            else:
-                res = check_memorization(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, artifacts=artifacts,
-                                         claim="check", side_files=_side(json_out))
-        except InputError as exc:
-            fail_input(exc)
-        emit(res, json_out, expect)
+def check_cmd(
+    model: str = typer.Option(..., "--model", help="ptverify-model/1 file (.json or .npz)"),
+    dataset: str = typer.Option(..., "--dataset", help="ptverify-dataset/1 file (.json)"),
+    prompt_length: str = typer.Option("any", "--prompt-length", help="K (a positive integer) or 'any'"),
+    tolerance: str = typer.Option("0", "--tolerance", help="max-norm error allowed (default 0: exact)"),
+    timeout: float = typer.Option(60.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
+    prompt_norm: Optional[str] = typer.Option(None, "--prompt-norm",
+                                              help="multi-layer models: bound R on prompt token norms (Theorem M, condition 2)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
+    expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
+):
+    """Decide whether some prompt memorizes a dataset under a model (files in the documented
+    formats): proved (certificate), memorized (replayed witness) or unknown.  Single-layer
+    models use relaxation R, Proposition E and Theorem L3; multi-layer models Theorem M."""
+    from constructions.model import load_dataset, load_model
+    from verify.cli import emit, fail_input
+    from verify.cli.output import check_expect
+    from verify.provers.limitation import check_memorization
+    check_expect(expect)
+    try:
+        pl, tol, pn = parse_prompt_length(prompt_length), parse_tolerance(tolerance), _prompt_norm(prompt_norm)
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise InputError("--timeout", "a finite number of seconds > 0", str(timeout))
+        m = load_model(model)
+        ds = load_dataset(dataset, d=m.d)
+        if len(m.layers) > 1:
+            from verify.provers.multilayer import check_multilayer
+            res = check_multilayer(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, prompt_norm=pn,
+                                   claim="check")
+        else:
+            if pn is not None:
+                raise InputError("--prompt-norm", "no value for a single-layer model (its limitations hold "
+                                 "for prompts of every norm)", repr(prompt_norm))
+            res = check_memorization(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, artifacts=artifacts,
+                                     claim="check", side_files=_side(json_out))
+    except InputError as exc:
+        fail_input(exc)
+    emit(res, json_out, expect)
+
+
+def _prompt_norm(v: Optional[str]) -> Optional[Fraction]:
+    if v is None:
+        return None
+    try:
+        q = Fraction(v)
+    except (ValueError, ZeroDivisionError):
+        raise InputError("--prompt-norm", "a number > 0", repr(v)) from None
+    if q <= 0:
+        raise InputError("--prompt-norm", "a number > 0", repr(v))
+    return q
+
+
+def register(apps) -> None:
+    """Add ``prove limitation``, ``claims`` and ``check`` to the CLI."""
+    apps['prove'].command('limitation')(prove_limitation_cmd)
+    apps['root'].command('claims')(claims_cmd)
+    apps['root'].command('check')(check_cmd)
