@@ -201,7 +201,9 @@ def test_inputs_beyond_the_limits_exit_2_naming_the_field(where, model, field, t
 
 
 @pytest.mark.parametrize("args,field", [(["--prompt-length", str((1 << 40) + 1)], "--prompt-length"),
-                                        (["--timeout", "nan"], "--timeout"), (["--timeout", "inf"], "--timeout")])
+                                        (["--timeout", "nan"], "--timeout"), (["--timeout", "inf"], "--timeout"),
+                                        (["--expect", "provd"], "--expect"), (["--prompt-norm", "1"], "--prompt-norm"),
+                                        (["--prompt-norm", "-1"], "--prompt-norm")])
 def test_options_beyond_the_limits_exit_2(args, field, tmp_path, capsys):
     from verify.cli import main
     mp, dp = tmp_path / "m.json", tmp_path / "d.json"
