@@ -158,9 +158,13 @@ def _sizes(q: dict) -> tuple[int, int, int, int, int, int]:
 
 
 def _crossover(d: int, m: int, N: int, r: int):
-    """The smallest N' at which the L5 count (within N' m <= r) is at most the L4 count."""
-    top = max(2 * N, r // m + 2, -(-d // m) + 2)
-    return next((n for n in range(1, top + 1) if n * m <= r and min(d, n * m) * (d + r) <= d * m * n), None)
+    """The smallest N' <= max(2 N, r // m + 2, ceil(d / m) + 2) with N' m <= r at which the L5 count
+    min(d, N' m)(d + r) is at most the L4 count d m N', in closed form (the sizes may be 2^30, so
+    no search): for N' m <= d the condition reads d + r <= d, false as r >= 1; for N' m > d it
+    reads N' m >= d + r."""
+    top = min(max(2 * N, r // m + 2, -(-d // m) + 2), r // m)
+    n = max(d // m + 1, -(-(d + r) // m))
+    return n if n <= top else None
 
 
 def table_numbers(q: dict) -> dict:

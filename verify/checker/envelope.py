@@ -72,7 +72,17 @@ def _checker(spec: str) -> Callable[[Context], Outcome]:
 
 
 def _same(reported: Any, derived: Any) -> bool:
-    if isinstance(derived, (int, float, str)) and not isinstance(derived, bool) and not isinstance(reported, bool):
+    """Exact equality of a reported value with the derived one: numbers by their exact value,
+    lists and objects entry by entry; a boolean never stands for a number (True == 1 in Python)."""
+    if isinstance(reported, bool) or isinstance(derived, bool):
+        return type(reported) is type(derived) and reported == derived
+    if isinstance(derived, (list, tuple)):
+        return (isinstance(reported, list) and len(reported) == len(derived)
+                and all(_same(a, b) for a, b in zip(reported, derived)))
+    if isinstance(derived, dict):
+        return (isinstance(reported, dict) and set(reported) == set(derived)
+                and all(_same(reported[k], derived[k]) for k in derived))
+    if isinstance(derived, (int, float, str)):
         try:
             return rat(reported, "reported") == rat(derived, "derived")
         except Reject:
@@ -143,10 +153,22 @@ def check_result(res: Any, base_dir: str = ".") -> tuple[bool, str]:
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, ArithmeticError,
             RecursionError, MemoryError, AssertionError) as exc:
         return False, f"malformed result ({type(exc).__name__}: {str(exc)[:200]})"
+    except Exception as exc:  # noqa: BLE001 - e.g. an unreadable side file: never a traceback, never a pass
+        return False, f"not checkable ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def _no_constant(c):
     raise ValueError(f"{c} is not a number JSON allows")
+
+
+def _no_duplicates(pairs):
+    """An object whose keys are all distinct (a repeated key would let the file show one value
+    and the checker read another)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = [k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
+        raise ValueError(f"repeated key {str(seen[0])[:40]!r} in an object")
+    return obj
 
 
 def load_result_json(path: str) -> Any:
@@ -155,7 +177,7 @@ def load_result_json(path: str) -> Any:
         if os.path.getsize(path) > MAX_RESULT_BYTES:
             raise Reject(f"{path}: larger than {MAX_RESULT_BYTES} bytes")
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh, parse_constant=_no_constant)
+            return json.load(fh, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
     except Reject:
         raise
     except FileNotFoundError:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Optional
@@ -23,6 +25,8 @@ __all__ = ["CModel", "CLayer", "CDataset", "canonical_sha256", "canonical_bytes"
 MODEL_FORMAT = "ptverify-model/1"
 DATASET_FORMAT = "ptverify-dataset/1"
 MAX_SIDE_FILE_BYTES = 1 << 32
+#: bits of a model matrix's common denominator and of its numerators (binary64 needs < 2200)
+MAX_WEIGHT_BITS = 1 << 13
 
 
 def canonical_bytes(obj: Any) -> bytes:
@@ -123,12 +127,25 @@ def model_from_obj(obj: Any) -> CModel:
             else:
                 val = _mlp[name]
             if name.startswith("b_"):
-                return Mat.from_fractions([[rat(v, f"model.{where}[{i}]") for i, v in enumerate(_list(val, where))]],
-                                          ncols=0)
-            return Mat.from_fractions(matrix(val, f"model.{where}"), ncols=0)
+                return _weights([[rat(v, f"model.{where}[{i}]") for i, v in enumerate(_list(val, where))]], where)
+            return _weights(matrix(val, f"model.{where}"), where)
 
         layers.append(_layer(get, li, att.get("kind", "softmax"), len(att["heads"]), d))
     return CModel(d, causal, layers)
+
+
+def _weights(rows: list, where: str) -> Mat:
+    """An exact weight matrix over one common denominator, refused when that denominator or an
+    entry needs more than MAX_WEIGHT_BITS bits (a few thousand long coprime denominators would
+    otherwise make a common denominator of millions of digits: a small file that never loads)."""
+    D = 1
+    for row in rows:
+        for v in row:
+            D = D * v.denominator // math.gcd(D, v.denominator)
+            if D.bit_length() > MAX_WEIGHT_BITS or abs(v.numerator).bit_length() > MAX_WEIGHT_BITS:
+                raise Reject(f"model.{where}: weights need more than {MAX_WEIGHT_BITS} bits over a common "
+                             "denominator (beyond the checker's limit)")
+    return Mat.from_fractions(rows, ncols=0)
 
 
 def _list(v, where):
@@ -137,18 +154,52 @@ def _list(v, where):
     return v
 
 
+#: an archive's members may expand to at most this many times its size, plus this many bytes
+NPZ_EXPANSION, NPZ_SLACK = 16, 1 << 20
+NPZ_ERRORS = (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError)
+
+
+def _open_npz(path: str, where: str):
+    """np.load of a ``.npz`` side file, refused when its members would expand far beyond the
+    file's size (a compressed archive of zeros is a small file that fills the memory)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            expanded = sum(info.file_size for info in zf.infolist())
+        if expanded > NPZ_EXPANSION * os.path.getsize(path) + NPZ_SLACK:
+            raise Reject(f"{where}: the .npz members expand to {expanded} bytes, beyond the checker's limit "
+                         f"for a file of {os.path.getsize(path)} bytes")
+        return np.load(path, allow_pickle=False)
+    except NPZ_ERRORS as exc:
+        raise Reject(f"{where}: not a readable .npz archive ({exc})"[:300]) from None
+
+
+def _npz_array(z, k: str) -> np.ndarray:
+    """One member, read without pickles and converted to binary64 only where that is exact."""
+    try:
+        a = z[k]
+    except NPZ_ERRORS as exc:
+        raise Reject(f"model file: array {k!r} is not a readable plain numeric array ({exc})"[:300]) from None
+    if a.dtype.kind == "f" and a.dtype.itemsize <= 8:
+        return np.asarray(a, dtype=np.float64)           # float16/32/64: exact
+    if a.dtype.kind in "iu" and a.dtype.itemsize <= 8:
+        if a.size and max(abs(int(a.min())), abs(int(a.max()))) > 1 << 53:
+            raise Reject(f"model file: array {k!r} holds integers beyond 2^53 (not exact in binary64)")
+        return np.asarray(a, dtype=np.float64)
+    raise Reject(f"model file: array {k!r} has dtype {a.dtype}, expected float64 (or a type that converts exactly)")
+
+
 def model_from_npz(path: str) -> CModel:
     """A model from a ``.npz`` side file (binary64 arrays, a JSON header; never pickles)."""
+    z = _open_npz(path, f"model file {os.path.basename(path)}")
     try:
-        z = np.load(path, allow_pickle=False)
         files = set(z.files)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise Reject(f"model file {os.path.basename(path)}: not a readable .npz archive ({exc})"[:300]) from None
+    except NPZ_ERRORS as exc:
+        raise Reject(f"model file: not a readable .npz archive ({exc})"[:300]) from None
     if "__header__" not in files:
         raise Reject("model file: no __header__ entry")
     try:
-        hdr = json.loads(bytes(np.asarray(z["__header__"], dtype=np.uint8)).decode())
-    except (ValueError, UnicodeDecodeError, TypeError):
+        hdr = json.loads(bytes(np.asarray(z["__header__"], dtype=np.uint8)).decode(), parse_constant=_no_constant)
+    except (UnicodeDecodeError, TypeError, RecursionError) + NPZ_ERRORS:
         raise Reject("model file: unreadable __header__") from None
     fields(hdr, "model file __header__", {"format", "d", "kinds", "heads"}, {"causal"})
     if hdr["format"] != MODEL_FORMAT:
@@ -160,7 +211,7 @@ def model_from_npz(path: str) -> CModel:
     causal = hdr.get("causal", False)
     if not isinstance(causal, bool):
         raise Reject("model file __header__.causal: expected true or false")
-    layers = []
+    layers, used = [], set()
     for li, (kind, n) in enumerate(zip(kinds, nh)):
         integer(n, f"model file __header__.heads[{li}]", 1, 1 << 16)
 
@@ -169,18 +220,16 @@ def model_from_npz(path: str) -> CModel:
             k = (f"layers.{_li}.attention.heads.{j}.{name}" if part == "attention" else f"layers.{_li}.mlp.{name}")
             if k not in files:
                 raise Reject(f"model file: missing array {k!r}")
-            try:
-                a = z[k]
-            except ValueError:
-                raise Reject(f"model file: array {k!r} is not a plain numeric array") from None
-            if a.dtype.kind not in "fiu":
-                raise Reject(f"model file: array {k!r} has dtype {a.dtype}, expected float64")
-            a = np.asarray(a, dtype=np.float64)
+            used.add(k)
+            a = _npz_array(z, k)
             if a.ndim != (1 if name.startswith("b_") else 2):
                 raise Reject(f"model file: array {k!r} has {a.ndim} dimensions")
             return Mat.from_float(a)
 
         layers.append(_layer(get, li, kind, n, d))
+    extra = files - used - {"__header__"}
+    if extra:
+        raise Reject(f"model file: array(s) {sorted(extra)[:3]} are not part of the model its header describes")
     return CModel(d, causal, layers)
 
 
@@ -230,6 +279,8 @@ def _side_path(name: Any, base_dir: str, where: str) -> str:
             or name.startswith(".") or "\x00" in name):
         raise Reject(f"{where}.file: expected a plain file name next to the result, found {name!r}"[:200])
     path = os.path.join(base_dir, name)
+    if os.path.islink(path):
+        raise Reject(f"{where}.file: side file {name!r} is a symbolic link (a side file sits next to the result)")
     if not os.path.isfile(path):
         raise Reject(f"{where}.file: side file {name!r} not found next to the result")
     if os.path.getsize(path) > MAX_SIDE_FILE_BYTES:
@@ -270,14 +321,14 @@ def load_input(name: str, ref: Any, base_dir: str, d: Optional[int] = None):
     if path.endswith(".npz"):
         if name == "model":
             return model_from_npz(path)
+        z = _open_npz(path, where)
         try:
-            z = np.load(path, allow_pickle=False)
             return {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        except NPZ_ERRORS:
             raise Reject(f"{where}: side file is not a readable .npz archive") from None
     try:
         with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh, parse_constant=_no_constant)
+            obj = json.load(fh, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise Reject(f"{where}: side file is not UTF-8 JSON") from None
     if name == "model":
@@ -289,6 +340,13 @@ def load_input(name: str, ref: Any, base_dir: str, d: Optional[int] = None):
 
 def _no_constant(c):
     raise ValueError(f"{c} is not allowed")
+
+
+def _no_duplicates(pairs):
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a repeated key in an object")
+    return obj
 
 
 def exact_mlp(layer: CLayer, z: list) -> list:

@@ -27,14 +27,20 @@ targets given at t) has margin c^2 ||x - x'||^2 - (||y - y'|| + 2 tol sqrt(d))^2
 up to the grid), so no prompt memorizes both within tol.
 
 Every spectral norm is the canonical grid bound: k = 0 iff W = 0, else the least k >= 1 with
-(k / 2^20)^2 I - W W^T positive definite (exact Sylvester test, fraction-free Bareiss pivots); for
-matrices with both sides > 96, k = ceil(2^20 sqrt(||W||_1 ||W||_inf)).  The body's k must be that
-value, so no other number is accepted.  Everything else is recomputed in exact rationals.
+(k / 2^20)^2 I - W W^T positive definite; for matrices with both sides > 96,
+k = ceil(2^20 sqrt(||W||_1 ||W||_inf)).  The body's k must be that value, so no other number is
+accepted.  Positive definiteness is decided exactly: by a certificate that floats only find (an
+integer L with M - L L^T strictly diagonally dominant, or an integer v with v^T M v <= 0), else by
+Sylvester's test with fraction-free Bareiss pivots.  Everything else is recomputed in exact
+rationals.  Models whose exact products or eliminations would exceed the limits below are refused
+(entries of more than MAX_ENTRY_BITS bits, about MAX_PRODUCT_MULTS word multiplications, an
+elimination budget), so a small hostile file cannot keep the checker busy for hours.
 """
 from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Optional
 
 import numpy as np
 
@@ -48,6 +54,13 @@ GRID_BITS = 20
 GRID = 1 << GRID_BITS
 EXACT_GRAM_MAX = 96
 MAX_GRID_K = 1 << 200
+#: limits that make the checker refuse rather than hang on a small hostile file: the bits of any
+#: weight's numerator or common denominator (every binary64 value needs < 2200), the integer
+#: multiplications spent forming products and Gram matrices, and the estimated cost (n^4 b^1.5,
+#: about 1.6e-10 s each) of the fraction-free eliminations that float-guided certificates did not settle
+MAX_ENTRY_BITS = 4096
+MAX_PRODUCT_MULTS = 1 << 26
+MAX_ELIMINATION_COST = 1 << 37
 
 
 # --------------------------------------------------------------------------- exact matrices
@@ -65,9 +78,59 @@ def _add(A: Mat, B: Mat) -> Mat:
     return Mat(A.N * (L // A.D) + B.N * (L // B.D), L)
 
 
-def _is_pd(M: np.ndarray) -> bool:
-    """Exact positive definiteness of a symmetric integer matrix: Sylvester's criterion, with the
-    leading principal minors taken as the pivots of fraction-free (Bareiss) elimination."""
+def _bits(M: np.ndarray) -> int:
+    return max((int(v).bit_length() for v in np.abs(M).reshape(-1)), default=0)
+
+
+def _float_guided(M: np.ndarray) -> Optional[bool]:
+    """Positive definiteness of a symmetric integer matrix settled by an exact certificate that
+    floats only find: True when M = P + E with P = L L^T (L an integer matrix, so P is PSD) and E
+    strictly diagonally dominant with a positive diagonal (so E is PD), up to a power-of-two
+    scale; False when an integer vector v has v^T M v <= 0; None when neither was found."""
+    n = M.shape[0]
+    shift = max(_bits(M) - 64, 0)
+    Mf = np.array([[float(int(v) >> shift) for v in row] for row in M])
+    try:
+        lam, vecs = np.linalg.eigh(Mf)
+    except np.linalg.LinAlgError:
+        return None
+    if not (np.all(np.isfinite(lam)) and np.all(np.isfinite(vecs))):
+        return None
+    if lam[0] <= 0:
+        v = np.empty(n, dtype=object)
+        v[:] = [int(round(x * 2.0 ** 52)) for x in vecs[:, 0]]
+        return False if any(v) and int(v.dot(M.dot(v))) <= 0 else None
+    try:
+        L = np.linalg.cholesky(Mf - (lam[0] / 2) * np.eye(n))
+    except np.linalg.LinAlgError:
+        return None
+    t = 52 - math.frexp(float(np.max(np.abs(L))))[1]       # L 2^t has entries below 2^52
+    Lq = np.empty((n, n), dtype=object)
+    Lq[:, :] = [[int(round(math.ldexp(float(x), t))) for x in row] for row in L]
+    P, c = Lq.dot(Lq.T), shift - 2 * t                      # M ~ P 2^c
+    E = M - P * (1 << c) if c >= 0 else M * (1 << -c) - P
+    A = np.abs(E)
+    diag = [int(E[i, i]) for i in range(n)]
+    off = [int(v) for v in A.sum(axis=1)]
+    return True if all(dv > 0 and 2 * dv > o for dv, o in zip(diag, off)) else None
+
+
+def _is_pd(M: np.ndarray, budget: Optional[list] = None) -> bool:
+    """Exact positive definiteness of a symmetric integer matrix: a float-guided exact certificate
+    when one is found, else Sylvester's criterion, with the leading principal minors taken as the
+    pivots of fraction-free (Bareiss) elimination.  ``budget`` ([units left]) is charged the
+    elimination's estimated cost; beyond it the check is refused (Reject), never run for hours."""
+    if M.shape[0] == 0 or any(int(M[i, i]) <= 0 for i in range(M.shape[0])):
+        return M.shape[0] == 0
+    found = _float_guided(M)
+    if found is not None:
+        return found
+    if budget is not None:
+        n, b = M.shape[0], max(_bits(M), 1)
+        budget[0] -= n ** 4 * b * math.isqrt(b)
+        if budget[0] < 0:
+            raise Reject(f"certificate.body.norms: an exact {n} x {n} positive-definiteness test on {b}-bit "
+                         "integers is beyond the checker's limit")
     A = M.copy()
     n, prev = A.shape[0], 1
     for k in range(n):
@@ -86,12 +149,12 @@ def _gram(W: Mat) -> np.ndarray:
     return N.dot(N.T)
 
 
-def _pd_at(G: np.ndarray, D: int, k: int) -> bool:
+def _pd_at(G: np.ndarray, D: int, k: int, budget: Optional[list] = None) -> bool:
     """Is (k / 2^20)^2 I - G / D^2 positive definite?  (Scaled by 2^40 D^2 > 0.)"""
     M = G * (-GRID * GRID)
     for i in range(M.shape[0]):
         M[i, i] += k * k * D * D
-    return _is_pd(M)
+    return _is_pd(M, budget)
 
 
 def _cheap_k(W: Mat) -> int:
@@ -103,14 +166,38 @@ def _cheap_k(W: Mat) -> int:
     return -(-(r * GRID) // W.D)
 
 
-def grid_norm_holds(W: Mat, k: int) -> bool:
+def grid_norm_holds(W: Mat, k: int, budget: Optional[list] = None) -> bool:
     """Is k the canonical grid bound of ||W||_2 (see the module docstring)?"""
     if W.is_zero():
         return k == 0
     if min(W.shape) > EXACT_GRAM_MAX:
         return k == _cheap_k(W)
     G = _gram(W)
-    return k >= 1 and _pd_at(G, W.D, k) and not _pd_at(G, W.D, k - 1)
+    return k >= 1 and _pd_at(G, W.D, k, budget) and not _pd_at(G, W.D, k - 1, budget)
+
+
+def _check_sizes(model: CModel) -> None:
+    """Refuse models whose exact products would cost more than the checker's limits: entries of
+    more than MAX_ENTRY_BITS bits, or more than MAX_PRODUCT_MULTS multiplications (each counted
+    (b / 64)^1.6 times for b-bit integers) to form the products and their Gram matrices."""
+    mults, bits = 0, 64
+    for li, layer in enumerate(model.layers):
+        mats = [("mlp.W_1", layer.W_1), ("mlp.W_2", layer.W_2)] + [
+            (f"attention.heads[{j}].{name}", h[name]) for j, h in enumerate(layer.heads) for name in h]
+        for name, W in mats:
+            b = max(W.D.bit_length(), _bits(W.N))
+            if b > MAX_ENTRY_BITS:
+                raise Reject(f"inputs.model: layers[{li}].{name} has entries of {b} bits, more than the checker's "
+                             f"limit {MAX_ENTRY_BITS}")
+            bits = max(bits, b)
+        d, r = model.d, layer.W_1.shape[0]
+        mults += 2 * min(d, r) ** 2 * max(d, r)                          # Gram matrices of W_1, W_2
+        for h in layer.heads:
+            mults += 2 * d * d * h["W_q"].shape[0] + 2 * d * d * min(d, EXACT_GRAM_MAX)   # products, Grams
+    cost = mults * math.ceil((bits / 64) ** 1.6)
+    if cost > MAX_PRODUCT_MULTS:
+        raise Reject(f"inputs.model: the exact products and Gram matrices need about {cost} word multiplications, "
+                     f"beyond the checker's limit {MAX_PRODUCT_MULTS}")
 
 
 def layer_matrices(model: CModel, condition: int) -> dict:
@@ -136,10 +223,10 @@ def _norms(obj, mats: dict) -> dict:
     """The body's grid norms, each verified canonical; returns name -> k / 2^20."""
     where = "certificate.body.norms"
     fields(obj, where, set(mats))
-    out = {}
+    out, budget = {}, [MAX_ELIMINATION_COST]
     for name, W in mats.items():
         k = integer(obj[name], f"{where}[{name!r}]", 0, MAX_GRID_K)
-        if not grid_norm_holds(W, k):
+        if not grid_norm_holds(W, k, budget):
             raise Reject(f"{where}[{name!r}]: {k} is not the grid bound of the spectral norm "
                          f"(the least k with (k/2^{GRID_BITS})^2 I - W W^T positive definite)")
         out[name] = Fraction(k, GRID)
@@ -269,6 +356,7 @@ def _conditions(ctx: Context, model: CModel, ds: CDataset, cond: int, norms_obj)
     R = ctx.question.get("prompt_norm")
     if cond == 2 and R is None:
         raise Reject("condition 2: the question has no prompt_norm (it bounds the prompt tokens)")
+    _check_sizes(model)
     nb = _norms(norms_obj, layer_matrices(model, cond))
     derived: dict = {}
     B = None

@@ -23,6 +23,10 @@ section "The trusted check"):
 
 The body is ``{"outputs_sha256": H}``: the sha256 of the per-cell outputs (canonical JSON of
 ``[[exact strings, entry e = t d + i] per cell]``), which the evaluation here must reproduce.
+
+Instances whose check would take minutes are refused, never run: more than MAX_STATE_BITS bits in
+the evaluation's integers, more than MAX_WORK work units (cells x rows x layer sizes), more than
+MAX_POWER_WORK word operations in the bound's powers and roots (see the constants).
 """
 from __future__ import annotations
 
@@ -48,6 +52,12 @@ MAX_SUB = 16
 ROOT_BITS = 64
 EXP2_CAP = 1024          # exp(-G) <= 2^-min(floor(10 G / 7), EXP2_CAP)
 MAX_RAMP_HALVINGS = 2000
+#: limits that make the checker refuse rather than hang on a small hostile file: the bits of the
+#: integers of the exact evaluation, its work units (:func:`_work`; the limit is about 10 s), and
+#: the word operations (bits / 64)^2 spent on the powers and roots of the bound (about 1 ns each)
+MAX_STATE_BITS = 256
+MAX_WORK = 1 << 28
+MAX_POWER_WORK = 1 << 33
 TARGET_NAMES = ("token-mix", "smooth", "relu-net")
 
 
@@ -155,12 +165,23 @@ def _grid(q: dict, dn: int) -> int:
 
 
 def _ramp(eps: Fraction, p: Fraction, dn: int, K: int) -> Fraction:
-    """w = 1/(K 2^k), the least k >= 1 with (dn)^2 (K - 1) w <= (eps/4)^p."""
-    for k in range(1, MAX_RAMP_HALVINGS + 1):
-        w = Fraction(1, K << k)
-        if (dn * dn * (K - 1) * w) ** p.denominator <= (eps / 4) ** p.numerator:
-            return w
-    raise Reject(f"question.eps: the ramp width needs more than {MAX_RAMP_HALVINGS} halvings")
+    """w = 1/(K 2^k), the least k >= 1 with (dn)^2 (K - 1) w <= (eps/4)^p, i.e. with
+    2^(k v) >= X = (dn^2 (K - 1) / K)^v / (eps/4)^u for p = u/v: k is found from the bit length of
+    X and confirmed exactly (no search over k, whose powers of a huge eps would be slow)."""
+    u, v = p.numerator, p.denominator
+    X = Fraction(dn * dn * (K - 1), K) ** v / (eps / 4) ** u
+
+    def ok(k: int) -> bool:
+        return X <= 2 ** (k * v)
+    j = X.numerator.bit_length() - X.denominator.bit_length()     # 2^(j-1) < X < 2^(j+1)
+    k = max(1, -(-(j - 1) // v) - 1)                               # <= the least k, and >= it - 3
+    while k <= MAX_RAMP_HALVINGS and not ok(k):
+        k += 1
+    while k > 1 and ok(k - 1):
+        k -= 1
+    if k > MAX_RAMP_HALVINGS:
+        raise Reject(f"question.eps: the ramp width needs more than {MAX_RAMP_HALVINGS} halvings")
+    return Fraction(1, K << k)
 
 
 def instance(q: dict) -> Instance:
@@ -299,6 +320,9 @@ def _den(vals) -> int:
     D = 1
     for v in vals:
         D = _lcm(D, Fraction(v).denominator)
+        if D.bit_length() > MAX_STATE_BITS:
+            raise Reject(f"evaluation: a common denominator of more than {MAX_STATE_BITS} bits (beyond the "
+                         "checker's limit for the exact evaluation)")
     return D
 
 
@@ -412,8 +436,14 @@ INT64_SAFE = 1 << 62
 
 
 def _typed(Z: np.ndarray, bound: int) -> np.ndarray:
-    """Z as int64 when every value an operation produces is shown below 2^62, else as Python ints."""
-    return Z.astype(np.int64) if bound < INT64_SAFE else Z.astype(object)
+    """Z as int64 when every value an operation produces is shown below 2^62, else as Python ints
+    (refused beyond MAX_STATE_BITS bits)."""
+    if bound < INT64_SAFE:
+        return Z.astype(np.int64)
+    if int(bound).bit_length() > MAX_STATE_BITS:
+        raise Reject(f"evaluation: integers of more than {MAX_STATE_BITS} bits (beyond the checker's limit for "
+                     "the exact evaluation)")
+    return Z.astype(object)
 
 
 def _absmax(Z: np.ndarray) -> int:
@@ -588,10 +618,24 @@ def _cell(preps: list, npref: int, Z: np.ndarray, D: int, m_p: int, n: int, soft
     return outs, e * pr["lip"]
 
 
+def _work(preps: list, npref: int, inst: Instance) -> int:
+    """The evaluation's work units (about 30-50 ns each): per cell a fixed 4096 and every row
+    through every attention layer's heads and MLP units; per distinct input-token box (n K^d of
+    them), its affine forms through the token-wise layers' units in rationals (256 each)."""
+    rows = inst.m_p + inst.n
+    att = sum(len(pr["units"]) + len(pr["heads"]) + 1 for pr in preps[npref:])
+    pre = sum(len(pr["units"]) for pr in preps[:npref]) * (inst.d + 1) * 256
+    return inst.N * (rows * att + 4096) + inst.n * inst.K ** inst.d * pre
+
+
 def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance) -> tuple:
     """g([P, X]) on the flat box of every cell: (values per cell, eta per cell)."""
     preps, npref = _split(model, inst.T)
     _check_clipping(preps[-1])
+    work = _work(preps, npref, inst)
+    if work > MAX_WORK:
+        raise Reject(f"evaluation: {inst.N} cells of {inst.m_p + inst.n} rows through this network need about "
+                     f"{work} work units, beyond the checker's limit {MAX_WORK}")
     d, n = inst.d, inst.n
     Zp, Dp = _to_int([[a + b for a, b in zip(t, q)] for t, q in zip(prompt, ppr)])
     for pr in preps[:npref]:
@@ -625,10 +669,33 @@ def _subdivision(inst: Instance) -> int:
     return s
 
 
-def _sums(inst: Instance, f, lip: Fraction, values: list, etas: list, sub: int) -> tuple:
+def _budgeted(budget: list):
+    """rpow_up and rpow_down charged (bits of x^u / 64)^2 word operations each against budget[0];
+    beyond it the check is refused."""
+    def charge(x: Fraction, p: Fraction) -> None:
+        x = Fraction(x)
+        b = (x.numerator.bit_length() + x.denominator.bit_length()) * p.numerator + ROOT_BITS * p.denominator
+        budget[0] -= (b // 64 + 1) ** 2
+        if budget[0] < 0:
+            raise Reject("bound: the exact powers and roots need more word operations than the checker's limit "
+                         f"{MAX_POWER_WORK} (numbers of {b} bits)")
+
+    def up(x, p):
+        charge(x, p)
+        return rpow_up(x, p)
+
+    def down(x, p):
+        charge(x, p)
+        return rpow_down(x, p)
+    return up, down
+
+
+def _sums(inst: Instance, f, lip: Fraction, values: list, etas: list, sub: int,
+          budget: Optional[list] = None) -> tuple:
     """Integrals over the flat boxes (each split into sub^(dn) equal sub-boxes) of upper bounds on
     ||f - g||_p^p with and without the softmax radius, of a lower bound, and the flat volume."""
     p, dn = inst.p, inst.dn
+    rpow_up, rpow_down = _budgeted([MAX_POWER_WORK] if budget is None else budget)
     ip, dn_root = 1 / p, rpow_up(Fraction(dn), 1 / p)
     tot = totq = low = vol_sum = Fraction(0)
     radius: dict = {}
@@ -656,12 +723,12 @@ def _sums(inst: Instance, f, lip: Fraction, values: list, etas: list, sub: int) 
 def derive_bounds(inst: Instance, f, lip: Fraction, values: list, etas: list) -> dict:
     """Upper and lower bounds on d_p and the split of the upper one (all exact rationals)."""
     p, dn, ip = inst.p, inst.dn, 1 / inst.p
-    sub = 1
-    tot, totq, low, vol = _sums(inst, f, lip, values, etas, sub)
+    sub, budget = 1, [MAX_POWER_WORK]
+    tot, totq, low, vol = _sums(inst, f, lip, values, etas, sub, budget)
     ramp_p = (1 - vol) * dn      # on the ramps f, g lie in [0, 1]^(dn)
     if not _pow_le(tot + ramp_p, inst.eps, p) and _subdivision(inst) > 1:
         sub = _subdivision(inst)
-        tot, totq, low, _ = _sums(inst, f, lip, values, etas, sub)
+        tot, totq, low, _ = _sums(inst, f, lip, values, etas, sub, budget)
     B = tot + ramp_p
     bound = rpow_up(B, ip)
     soft = max(bound - rpow_down(totq + ramp_p, ip), Fraction(0)) if inst.T is not None else Fraction(0)
