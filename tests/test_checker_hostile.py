@@ -83,6 +83,22 @@ def test_repeated_keys_are_rejected(m1, tmp_path):
     _rejected(res, "inputs.model", base_dir=str(tmp_path))
 
 
+def test_a_number_that_underflows_binary64_is_rejected(tmp_path):
+    """W_q written as the JSON number 1e-400 used to read as 0.0: condition 1 then "proved" that no
+    prompt memorizes a pair that the model as written memorizes (see the hardmax tests below)."""
+    model = json.dumps(_hardmax_model("0")).replace('[["0"]], "W_k"', '[[1e-400]], "W_k"')
+    inputs = {"model": _embed(json.loads(model)), "dataset": _embed(PAIR)}
+    res = _result(ANY_EXACT, "proved", inputs, "multilayer-injectivity",
+                  {"condition": 1, "norms": ZERO_SCORE_NORMS, "pair": {"examples": [0, 1], "position": 0}})
+    text = json.dumps(res).replace(json.dumps(inputs["model"]["embedded"]), model)
+    assert "1e-400" in text
+    (tmp_path / "r.json").write_text(text)
+    ok, msg = check_file(str(tmp_path / "r.json"))
+    assert not ok and "1e-400" in msg
+    (tmp_path / "r.json").write_text(text.replace("1e-400", "0.0"))     # the model the proof is about
+    assert check_file(str(tmp_path / "r.json"))[0]
+
+
 def test_side_file_symlinks_are_rejected(m1, tmp_path):
     model = m1["inputs"]["model"]["embedded"]
     data = json.dumps(model).encode()

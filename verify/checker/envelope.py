@@ -16,12 +16,11 @@ The envelope::
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .inputs import load_input
+from .inputs import load_input, load_json_strict
 from .numbers import Reject, fields, rat
 from .questions import DECIDED_STATUSES, QUESTIONS, STATUSES, parse_question
 
@@ -157,27 +156,14 @@ def check_result(res: Any, base_dir: str = ".") -> tuple[bool, str]:
         return False, f"not checkable ({type(exc).__name__}: {str(exc)[:200]})"
 
 
-def _no_constant(c):
-    raise ValueError(f"{c} is not a number JSON allows")
-
-
-def _no_duplicates(pairs):
-    """An object whose keys are all distinct (a repeated key would let the file show one value
-    and the checker read another)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen = [k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
-        raise ValueError(f"repeated key {str(seen[0])[:40]!r} in an object")
-    return obj
-
-
 def load_result_json(path: str) -> Any:
-    """Parse a result file strictly (no NaN/Infinity); raises Reject when unreadable."""
+    """Parse a result file strictly (no NaN/Infinity, no number beyond binary64's range, no repeated
+    key); raises Reject when unreadable."""
     try:
         if os.path.getsize(path) > MAX_RESULT_BYTES:
             raise Reject(f"{path}: larger than {MAX_RESULT_BYTES} bytes")
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+            return load_json_strict(fh)
     except Reject:
         raise
     except FileNotFoundError:

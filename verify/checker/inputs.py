@@ -328,7 +328,7 @@ def load_input(name: str, ref: Any, base_dir: str, d: Optional[int] = None):
             raise Reject(f"{where}: side file is not a readable .npz archive") from None
     try:
         with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+            obj = load_json_strict(fh)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise Reject(f"{where}: side file is not UTF-8 JSON") from None
     if name == "model":
@@ -339,14 +339,31 @@ def load_input(name: str, ref: Any, base_dir: str, d: Optional[int] = None):
 
 
 def _no_constant(c):
-    raise ValueError(f"{c} is not allowed")
+    raise ValueError(f"{c} is not a number JSON allows")
 
 
 def _no_duplicates(pairs):
+    """An object whose keys are all distinct (a repeated key would let the file show one value
+    and the checker read another)."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        raise ValueError("a repeated key in an object")
+        seen = [k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
+        raise ValueError(f"repeated key {str(seen[0])[:40]!r} in an object")
     return obj
+
+
+def _binary64(text: str) -> float:
+    """A JSON number with a fraction or exponent is its binary64 value, but never one that
+    overflows, or one that underflows to zero from a nonzero literal (1e-400 would read as 0)."""
+    v = float(text)
+    if not math.isfinite(v) or (v == 0 and any(c in "123456789" for c in text.lower().partition("e")[0])):
+        raise ValueError(f"the number {text[:40]} has no binary64 value (it overflows or underflows to 0)")
+    return v
+
+
+def load_json_strict(fh):
+    """json.load rejecting NaN/Infinity, numbers that overflow or underflow binary64, and repeated keys."""
+    return json.load(fh, parse_constant=_no_constant, object_pairs_hook=_no_duplicates, parse_float=_binary64)
 
 
 def exact_mlp(layer: CLayer, z: list) -> list:
