@@ -345,6 +345,47 @@ def test_crossover_is_closed_form_and_huge_sizes_are_rejected_quickly():
               "certificate.body", seconds=2)
 
 
+def test_lora_rank_is_exact_fraction_free_and_budgeted():
+    """The rank of B A is the rank of B and of A (no product), each by fraction-free elimination;
+    a 25 x 25 witness of 300-digit rationals (its exact rank in rationals ran for over ten minutes)
+    is refused in about a second."""
+    def fraction_rank(rows):
+        R, rank = [list(r) for r in rows if any(r)], 0
+        for c in range(len(R[0]) if R else 0):
+            p = next((i for i in range(rank, len(R)) if R[i][c] != 0), None)
+            if p is None:
+                continue
+            R[rank], R[p] = R[p], R[rank]
+            for i in range(rank + 1, len(R)):
+                f = R[i][c] / R[rank][c]
+                R[i] = [x - f * y for x, y in zip(R[i], R[rank])]
+            rank += 1
+        return rank
+    rnd = random.Random(5)
+    for _ in range(300):
+        m, n = rnd.randint(1, 6), rnd.randint(1, 6)
+        k = rnd.randint(0, min(m, n))
+        U = [[Fraction(rnd.randint(-3, 3), rnd.randint(1, 4)) for _ in range(k)] for _ in range(m)]
+        V = [[Fraction(rnd.randint(-3, 3), rnd.randint(1, 4)) for _ in range(n)] for _ in range(k)]
+        M = [[sum((U[i][t] * V[t][j] for t in range(k)), Fraction(0)) for j in range(n)] for i in range(m)]
+        M = [[x if rnd.random() < 0.8 else Fraction(0) for x in row] for row in M]
+        assert CB._rank(M) == fraction_rank(M)
+    n, dig = 25, 300
+    z = ["0"] * n
+    eye = [[str(int(i == j)) for j in range(n)] for i in range(n)]
+    model = {"format": "ptverify-model/1", "d": n,
+             "layers": [{"attention": {"kind": "hardmax", "heads": [{"W_q": [z], "W_k": [z], "W_v": [z],
+                                                                     "W_o": [["0"]] * n}]},
+                         "mlp": {"W_1": eye, "b_1": z, "W_2": eye, "b_2": z}}]}
+    ds = {"format": "ptverify-dataset/1", "examples": [{"input": [["1"] * n], "output": [["1"] * n]}]}
+    body = {"B": [[str(rnd.randint(-10 ** dig, 10 ** dig)) for _ in range(n)] for _ in range(n)],
+            "A": [[f"{rnd.randint(-10 ** dig, 10 ** dig)}/{rnd.randint(1, 10 ** dig)}" for _ in range(n)]
+                  for _ in range(n)]}
+    q = {"kind": "lora-memorization", "target": "W_2", "tolerance": "0"}
+    res = _result(q, "memorized", {"model": _embed(model), "dataset": _embed(ds)}, "lora-witness", body)
+    _rejected(res, "beyond the checker's limit", seconds=5)
+
+
 # =========================================================================== universality
 
 def test_ramp_width_is_found_without_a_search():

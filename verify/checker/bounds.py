@@ -10,7 +10,9 @@ non-null output must lie within the tolerance of its target.  It also requires k
 that B A is the minimum-norm update: every row of B A lies in the span of the post-ReLU features
 of the constrained tokens.  With the features fixed (only W_2 changes), B A is then unique, so no
 entry of B or A can change without breaking the check.  Derived: ``rank``, ``params`` = rank (d + r),
-``max_error`` and ``constrained_outputs``.
+``max_error`` and ``constrained_outputs``.  Ranks are exact (fraction-free elimination on integer
+rows; rank(B A) = k is checked as rank(B) = rank(A) = k); eliminations whose estimated cost exceeds
+MAX_RANK_COST are refused rather than run.
 
 ``bounds-table`` answers a ``bounds`` question (sizes d, m, N, h, s, r; no inputs).  Body::
 
@@ -28,7 +30,9 @@ each row establishes is in proofs/L4.md and proofs/L5.md.
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
+from typing import Optional
 
 from .envelope import Context, Outcome, check_result
 from .inputs import CDataset, CLayer, CModel, load_input
@@ -55,25 +59,43 @@ NESTED_LABELS = {
 
 # --------------------------------------------------------------------------- exact linear algebra
 
-def _rank(rows: list) -> int:
-    """Exact rank of a list of rational row vectors (Gaussian elimination)."""
-    R = [list(r) for r in rows if any(r)]
-    rank, ncols = 0, len(R[0]) if R else 0
-    for c in range(ncols):
-        p = next((i for i in range(rank, len(R)) if R[i][c] != 0), None)
+#: the estimated cost (rows x cols x rank x w^1.5, w = 1 + rank x bits / 64) of the exact rank
+#: eliminations one check may spend (about 10 s); beyond it the check is refused, never run for hours
+MAX_RANK_COST = 1 << 31
+
+
+def _rank(rows: list, budget: Optional[list] = None) -> int:
+    """Exact rank of a list of rational row vectors: each row scaled to integers (which keeps the
+    rank), then fraction-free (Bareiss) elimination with row pivoting, whose divisions are exact
+    and whose entries stay minors of the matrix (no rational growth).  ``budget`` ([units left])
+    is charged the estimated cost first; beyond it the check is refused (Reject)."""
+    R = []
+    for r in rows:
+        if any(r):
+            L = math.lcm(*(Fraction(x).denominator for x in r))
+            R.append([int(Fraction(x) * L) for x in r])
+    if not R:
+        return 0
+    m, n = len(R), len(R[0])
+    if budget is not None:
+        b = max(abs(x).bit_length() for row in R for x in row)
+        w = 1 + min(m, n) * b // 64
+        budget[0] -= m * n * min(m, n) * w * math.isqrt(w)
+        if budget[0] < 0:
+            raise Reject(f"certificate.body: an exact rank of a {m} x {n} matrix of {b}-bit integers is beyond the "
+                         "checker's limit")
+    rank, prev = 0, 1
+    for c in range(n):
+        p = next((i for i in range(rank, m) if R[i][c] != 0), None)
         if p is None:
             continue
         R[rank], R[p] = R[p], R[rank]
-        for i in range(rank + 1, len(R)):
-            if R[i][c] != 0:
-                f = R[i][c] / R[rank][c]
-                R[i] = [x - f * y for x, y in zip(R[i], R[rank])]
-        rank += 1
+        piv = R[rank][c]
+        for i in range(rank + 1, m):
+            a = R[i][c]
+            R[i] = [0] * (c + 1) + [(piv * R[i][j] - a * R[rank][j]) // prev for j in range(c + 1, n)]
+        prev, rank = piv, rank + 1
     return rank
-
-
-def _matmul(B: list, A: list, r: int) -> list:
-    return [[dot(row, [a[j] for a in A]) for j in range(r)] for row in B]
 
 
 # --------------------------------------------------------------------------- exact replay (no prompt)
@@ -115,14 +137,15 @@ def _replay_lora(model: CModel, ds: CDataset, B: list, A: list) -> tuple[Fractio
     return worst, feats, len(feats)
 
 
-def _factors(body, d: int, r: int) -> tuple[list, list, int]:
+def _factors(body, d: int, r: int, budget: list) -> tuple[list, list, int]:
     fields(body, "certificate.body", {"B", "A"})
     A = matrix(body["A"], "certificate.body.A", cols=r)
     k = len(A)
     B = matrix(body["B"], "certificate.body.B", rows=d, cols=k)
     if k > min(d, r):
         raise Reject(f"certificate.body.A: {k} rows, more than min(d, r) = {min(d, r)}")
-    if k and _rank(_matmul(B, A, r)) != k:
+    # rank(B A) = k iff rank(B) = rank(A) = k (B is d x k, A is k x r): no product is formed
+    if k and (_rank([list(c) for c in zip(*B)], budget) != k or _rank(A, budget) != k):
         raise Reject(f"certificate.body: B A does not have rank {k} (B has {k} columns): not a rank-{k} factorization")
     return B, A, k
 
@@ -136,14 +159,15 @@ def check_lora(ctx: Context) -> Outcome:
         raise Reject(f"inputs.model: a LoRA update of W_2 is checked on single-layer models, found "
                      f"{len(model.layers)} layers")
     d, r = model.d, model.layers[0].W_1.shape[0]
-    B, A, k = _factors(ctx.body, d, r)
+    budget = [MAX_RANK_COST]
+    B, A, k = _factors(ctx.body, d, r, budget)
     worst, feats, n = _replay_lora(model, ds, B, A)
     if n == 0:
         raise Reject("inputs.dataset: constrains no output; there is nothing to memorize")
     if worst > q["tolerance"]:
         raise Reject(f"certificate.body: an output of W_2 + B A is {fmt(worst)[:60]} from its target, more than "
                      f"the tolerance {fmt(q['tolerance'])}")
-    if k and _rank(feats + A) != _rank(feats):
+    if k and _rank(feats + A, budget) != _rank(feats, budget):
         raise Reject("certificate.body.A: a row of B A is outside the span of the constrained tokens' features "
                      "(only the minimum-norm update is accepted)")
     return Outcome(f"rank-{k} update of W_2 ({k * (d + r)} parameters) memorizes all {n} constrained outputs "
