@@ -100,7 +100,7 @@ CLAIMS = [
           Status.PROVED, _run_l2,
           default={"d": 8, "heads": 2, "head_size": 4, "examples": 3},
           quick={"d": 4, "heads": 2, "head_size": 2, "examples": 3},
-          command="ptverify check --model M.json --dataset D.json",
+          command="ptverify check --model examples/L2/model.json --dataset examples/L2/dataset.json --expect proved",
           proof="proofs/L2.md", test="tests/test_prover.py::test_l2_three_examples"),
     Claim("L3", "Theorem L3: no prompt leaves the attention subspace",
           "When h s < d, a target whose attention part leaves V = sum_j col(W_o^j W_v^j) is memorized by no "
@@ -108,7 +108,7 @@ CLAIMS = [
           Status.PROVED, _run_l3,
           default={"d": 16, "heads": 2, "head_size": 4},
           quick={"d": 4, "heads": 1, "head_size": 2},
-          command="ptverify check --model M.json --dataset D.json",
+          command="ptverify check --model examples/L3/model.json --dataset examples/L3/dataset.json --expect proved",
           proof="proofs/L3.md", test="tests/test_prover.py::test_l3_off_subspace_proved"),
     Claim("E", "Proposition E: exact any-length decision for one head (R alone is feasible here)",
           "For a zero-score head every prompt has alpha = Z_P(x_0) = its length; two examples sharing x_0 "
@@ -116,14 +116,15 @@ CLAIMS = [
           "is feasible.",
           Status.PROVED, _run_e,
           default={"d": 4, "alpha": "3/2"}, quick={"d": 3, "alpha": "3/2"},
-          command="ptverify check --model M.json --dataset D.json",
+          command="ptverify check --model examples/E/model.json --dataset examples/E/dataset.json --expect proved",
           proof="proofs/prop_E.md", test="tests/test_prover.py::test_prop_e_decides_both_ways"),
     Claim("E-witness", "Proposition E, feasible side: a constructed witness prompt that replays exactly",
           "The same construction with alpha = 2: the decision procedure builds a prompt of length 2 that "
           "memorizes the dataset exactly (rational replay).",
           Status.MEMORIZED, _run_e_witness,
           default={"d": 4, "alpha": "2"}, quick={"d": 3, "alpha": "2"},
-          command="ptverify check --model M.json --dataset D.json",
+          command="ptverify check --model examples/E/model.json --dataset examples/E/dataset-alpha2.json "
+                  "--expect memorized",
           proof="proofs/prop_E.md", test="tests/test_prover.py::test_prop_e_decides_both_ways"),
     Claim("E-length", "A fixed-length limitation where the any-length claim fails",
           "Targets produced by a prompt of 4 tokens (float64, tolerance 1e-9): relaxation R plus the entropy "
@@ -131,13 +132,15 @@ CLAIMS = [
           "memorizes them, although a prompt of length 4 does.",
           Status.PROVED, _run_e_length,
           default={"d": 3, "planted_length": 4, "K": 3, "seed": 5}, quick={"d": 3, "planted_length": 4, "K": 1, "seed": 5},
-          command="ptverify check --model M.json --dataset D.json --prompt-length 1 --tolerance 1e-9",
+          command="ptverify check --model examples/E-length/model.json --dataset examples/E-length/dataset.json "
+                  "--prompt-length 1 --tolerance 1e-9 --expect proved",
           proof="proofs/prop_E.md", test="tests/test_prover.py::test_fixed_length_proved_where_any_length_fails"),
     Claim("control-planted", "Control: a dataset produced by a known prompt is never 'proved'",
           "A planted dataset (float64 targets from a known prompt, tolerance 1e-9) is memorized: the prover "
           "returns a witness prompt that the independent checker replays.",
           Status.MEMORIZED, _run_control,
           default={"d": 3, "heads": 1}, quick={"d": 3, "heads": 1},
-          command="ptverify check --model M.json --dataset planted.json --tolerance 1e-9",
+          command="ptverify check --model examples/planted/model.json --dataset examples/planted/dataset.json "
+                  "--tolerance 1e-9 --expect memorized",
           proof="proofs/soundness_R.md", test="tests/test_prover.py::test_planted_never_proved"),
 ]

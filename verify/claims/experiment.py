@@ -86,13 +86,13 @@ CLAIMS = [
           statement="every prompt of every length has x_0-loss >= certified_min_loss > 0",
           expected=Status.VERIFIED, run=_claim_loss, default={"d": 8, "heads": 2, "head_size": 2, "mlp_width": 16},
           quick={"d": 4, "heads": 1, "head_size": 4, "mlp_width": 8},
-          command="ptverify experiment prompt-vs-lora --quick --out DIR", proof="proofs/loss_bound.md",
+          command="ptverify experiment prompt-vs-lora --quick --out ptverify-out/prompt-vs-lora-quick", proof="proofs/loss_bound.md",
           test="tests/test_checker_loss.py::test_bound_below_random_prompts"),
     Claim(id="EXP", title="prompt tuning plateaus above the certified bound, LoRA reaches ~0",
           statement="every gradient prompt-tuning run (its prompt replayed rigorously) ends at or above the "
                     "certified bound; LoRA W_2 of rank >= rank(E) ends below 1e-8 (measured)",
           expected=Status.VERIFIED, run=_claim_exp, default={"quick": False, "datasets": ["L1", "L3"]},
           quick={"quick": True, "datasets": ["L1"]},
-          command="ptverify experiment prompt-vs-lora --out DIR", proof="proofs/loss_bound.md",
+          command="ptverify experiment prompt-vs-lora --out ptverify-out/prompt-vs-lora", proof="proofs/loss_bound.md",
           test="tests/test_experiment.py::test_quick_experiment"),
 ]
