@@ -282,7 +282,8 @@ def _side_path(name: Any, base_dir: str, where: str) -> str:
     if os.path.islink(path):
         raise Reject(f"{where}.file: side file {name!r} is a symbolic link (a side file sits next to the result)")
     if not os.path.isfile(path):
-        raise Reject(f"{where}.file: side file {name!r} not found next to the result")
+        raise Reject(f"{where}.file: side file {name!r} not found next to the result (move the side files "
+                     "along with the result, or write it with --self-contained)")
     if os.path.getsize(path) > MAX_SIDE_FILE_BYTES:
         raise Reject(f"{where}.file: side file {name!r} is too large")
     return path
