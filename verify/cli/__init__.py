@@ -1,13 +1,14 @@
-"""The ``ptverify`` command line (INTERFACE.md).
+"""The ``ptverify`` command line (docs/cli.md).
 
 Exit codes: 0 a verdict was produced, 1 an ``--expect`` was not met or a replay failed, 2 bad
-input or usage (message on stderr naming the field).  Feature modules add their commands through
-``register(apps)``; see :data:`COMMAND_MODULES`.
+input or usage (one line ``ptverify: error: ...`` on stderr naming the field or option), 3 an
+internal error (one line naming the file that holds the traceback).  Feature modules add their
+commands through ``register(apps)``; see :data:`COMMAND_MODULES`.  Every command then gets the
+common options and output checks of :func:`verify.cli.output.plumb`.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from typing import Optional
@@ -16,15 +17,20 @@ import typer
 
 from constructions.model import InputError
 
-from .output import console, emit, fail_input, is_tty
+from .output import STATE, console, emit, error, fail_input, is_tty, plumb, say
 
-__all__ = ["app", "main", "emit", "fail_input"]
+__all__ = ["app", "main", "emit", "fail_input", "console", "is_tty", "version_text", "APPS", "COMMAND_MODULES"]
+
+#: -h everywhere, and plain help text (types as <int>, <str>; flags take no value)
+_SETTINGS = dict(context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="ptverify: solver checks, certificates and measurements for the theory of prompt tuning.")
-prove_app = typer.Typer(no_args_is_help=True, help="Prove a limitation of prompt tuning on a constructed instance.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (timings are reported, never asserted).")
-experiment_app = typer.Typer(no_args_is_help=True, help="Empirical corroboration in torch.")
+                  help="ptverify: solver checks, certificates and measurements for the theory of prompt tuning.",
+                  **_SETTINGS)
+prove_app = typer.Typer(no_args_is_help=True, help="Prove a limitation of prompt tuning on a constructed instance.",
+                        **_SETTINGS)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (timings are reported, never asserted).", **_SETTINGS)
+experiment_app = typer.Typer(no_args_is_help=True, help="Empirical corroboration in torch.", **_SETTINGS)
 app.add_typer(prove_app, name="prove")
 app.add_typer(bench_app, name="bench")
 app.add_typer(experiment_app, name="experiment")
@@ -33,6 +39,33 @@ APPS = {"root": app, "prove": prove_app, "bench": bench_app, "experiment": exper
 
 #: modules whose ``register(apps)`` adds commands
 COMMAND_MODULES = ["verify.cli.core", "verify.cli.bench", "verify.cli.universality", "verify.cli.bounds", "verify.cli.experiment", "verify.cli.multilayer"]
+
+
+def version_text() -> str:
+    """``ptverify X.Y.Z`` and the versions of the packages its verdicts depend on."""
+    import platform
+    from importlib import metadata
+
+    from verify import __version__
+    parts = []
+    for label, dist in (("z3", "z3-solver"), ("numpy", "numpy"), ("torch", "torch")):
+        try:
+            parts.append(f"{label} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{label} not installed")
+    return f"ptverify {__version__} ({', '.join(parts)}, python {platform.python_version()})"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="print the version of ptverify, z3, numpy and torch, and exit")):
+    """ptverify: solver checks, certificates and measurements for the theory of prompt tuning."""
 
 
 @app.command()
@@ -65,11 +98,19 @@ def reproduce(out: str = typer.Option("ptverify-out", "--out", help="output fold
         ids = [x.strip() for x in only.split(",")]
         if not all(ids):
             fail_input(InputError("--only", "comma-separated claim ids such as L1,L3", repr(only)))
-    con = console()
-    code, rows = run_reproduce(out, quick=quick, only=ids, seed=seed,
-                               progress=(lambda msg: con.print(msg)) if is_tty() else None)
-    _print_reproduce_table(con, rows, quick, out)
+    code, rows = run_reproduce(out, quick=quick, only=ids, seed=seed, progress=_claim_started)
+    _print_reproduce_table(console(), rows, quick, out)
     raise typer.Exit(code)
+
+
+def _claim_started(line: str) -> None:
+    """``reproduce``'s line per claim ("claim i of n: ID: title ..."): the outer step of the
+    progress line on a terminal, and a log line with ``-v``."""
+    from verify.progress import current
+    rep = current()
+    if hasattr(rep, "outer"):
+        rep.outer(": ".join(line.split(": ")[:2]))
+    rep.log(line)
 
 
 def _print_reproduce_table(con, rows: list, quick: bool, out: str) -> None:
@@ -84,10 +125,10 @@ def _print_reproduce_table(con, rows: list, quick: bool, out: str) -> None:
                       str(res.status.value if hasattr(res.status, "value") else res.status)
                       + ("" if ok else " (UNEXPECTED)"), f"{secs:.2f}")
     con.print(table)
-    con.print(f"report: {os.path.join(out, 'report.md')}")
+    con.print(f"wrote {os.path.join(out, 'report.md')} (and one result file per claim in {out})")
     failures = sum(1 for row in rows if not row[5])
     if failures:
-        con.print(f"{failures} claim(s) did not reach the expected verdict")
+        error(f"{failures} claim(s) did not reach the expected verdict")
 
 
 def _load_command_modules() -> None:
@@ -96,9 +137,25 @@ def _load_command_modules() -> None:
         reg = getattr(mod, "register", None)
         if reg is not None:
             reg(APPS)
+    plumb(APPS)
 
 
 _load_command_modules()
+
+
+def _usage_error(exc: Exception) -> int:
+    """A usage error (unknown option, missing argument, bad value): one line and exit 2; a command
+    group called without a command prints its help."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help())
+        return 0 if ctx.parent is None else 2
+    fmt = getattr(exc, "format_message", None)
+    msg = " ".join((fmt() if fmt else str(exc)).split())
+    where = ctx.command_path if ctx is not None else "ptverify"
+    error(f"{msg} (try '{where} --help')")
+    code = getattr(exc, "exit_code", 2)
+    return 2 if code == 1 and type(exc).__name__ != "ClickException" else code
 
 
 def main(argv=None) -> None:
@@ -107,24 +164,21 @@ def main(argv=None) -> None:
     try:
         rc = app(args=argv, prog_name="ptverify", standalone_mode=False)
     except InputError as exc:
-        print(f"ptverify: error: {exc}", file=sys.stderr)
+        error(str(exc))
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        print("ptverify: aborted", file=sys.stderr)
+        error("aborted")
         sys.exit(130)
     except typer.TyperException as exc:
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        else:
-            print(f"ptverify: error: {exc}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 2))
+        sys.exit(_usage_error(exc))
     except KeyboardInterrupt:
-        print("ptverify: interrupted", file=sys.stderr)
+        error("interrupted")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place internal errors are turned into exit 3
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):    # click's own exceptions
+            sys.exit(_usage_error(exc))
         sys.exit(_internal_error(exc))
     sys.exit(rc if isinstance(rc, int) else 0)
 
@@ -139,6 +193,6 @@ def _internal_error(exc: BaseException) -> int:
         where = f"traceback written to {path}"
     except OSError:
         where = "the traceback could not be written"
-    print(f"ptverify: internal error ({type(exc).__name__}: {str(exc)[:200]}); {where}. "
-          "Please report it with that file.", file=sys.stderr)
+    error(f"internal error ({type(exc).__name__}: {' '.join(str(exc)[:200].split())}); {where}. "
+          "Please report it with that file.")
     return 3

@@ -1,7 +1,6 @@
 """``ptverify bench limitation``: argument parsing and printing for the benchmark."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 from constructions.model import InputError
@@ -44,7 +43,6 @@ def register(apps) -> None:
         unknowns, no structure) on the same L1 instances for growing d; print the table.
 
         Once the naive encoding times out it is skipped on larger d. Timings are measurements, not verdicts."""
-        from constructions.model import atomic_write_text
         from verify.cli.output import console, fail_input, is_tty
         try:
             dl = _parse_dims(dims)
@@ -63,5 +61,6 @@ def register(apps) -> None:
                                   progress=(lambda msg: con.print(msg)) if is_tty() else None)
         print_table(report, con)
         if json_out:
-            atomic_write_text(json_out, json.dumps(report, indent=1))
-            con.print(f"table written to {json_out}")
+            from verify.cli.output import write_json_out, wrote
+            write_json_out(json_out, report)
+            wrote(json_out)

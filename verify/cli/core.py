@@ -41,7 +41,8 @@ def parse_tolerance(v: str) -> Fraction:
 
 def _side(json_out: Optional[str]) -> Optional[str]:
     """Where side files go: the folder of the result file (content-addressed names)."""
-    if not json_out:
+    from verify.cli.output import STATE
+    if not json_out or json_out == "-" or STATE.self_contained:
         return None
     return json_out[:-5] if json_out.endswith(".json") else json_out
 
@@ -61,7 +62,7 @@ def prove_limitation_cmd(
     margin: float = typer.Option(0.5, "--margin", help="half the separation of the two rays of L1"),
     kind: str = typer.Option("softmax", "--kind", help="softmax (hardmax layers only admit L3 certificates)"),
     timeout: float = typer.Option(120.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
-    json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here ('-': standard output)"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
     save_model: Optional[str] = typer.Option(None, "--save-model", help="also write the model (.json or .npz)"),
     save_dataset: Optional[str] = typer.Option(None, "--save-dataset", help="also write the dataset (.json)"),
@@ -84,14 +85,20 @@ def prove_limitation_cmd(
                                           side_files=_side(json_out))
     except InputError as exc:
         fail_input(exc)
-    if save_model:
-        _sm(model, save_model)
-    if save_dataset:
-        _sd(ds, save_dataset)
-    emit(res, json_out, expect)
+    emit(res, json_out, expect, also=lambda: _save_inputs(model, ds, save_model, save_dataset, _sm, _sd))
 
-def claims_cmd(markdown: bool = typer.Option(False, "--markdown", help="print the README's claims table")):
-    """List the registered claims: id, statement, expected verdict, command, proof and test."""
+
+def _save_inputs(model, ds, save_model: Optional[str], save_dataset: Optional[str], sm, sd) -> None:
+    from verify.cli.output import wrote
+    if save_model:
+        sm(model, save_model)
+        wrote(save_model)
+    if save_dataset:
+        sd(ds, save_dataset)
+        wrote(save_dataset)
+
+def claims_cmd(markdown: bool = typer.Option(False, "--markdown", help="print the README's claims table (markdown)")):
+    """List the registered claims: id, title, statement, expected verdict, command, proof and test."""
     from verify.claims import all_claims
     claims = all_claims()
     if markdown:
@@ -100,14 +107,14 @@ def claims_cmd(markdown: bool = typer.Option(False, "--markdown", help="print th
         for c in claims:
             print(f"| {c.id} | {c.title} | {c.expected.value} | `{c.command}` | {c.proof} |")
         return
-    from verify.cli import console
-    from rich.table import Table
-    t = Table(title="ptverify claims")
-    for col in ("claim", "title", "expected", "proof", "test"):
-        t.add_column(col)
-    for c in claims:
-        t.add_row(c.id, c.title, c.expected.value, c.proof, c.test)
-    console().print(t)
+    for n, c in enumerate(claims):
+        if n:
+            print()
+        print(f"{c.id}: {c.title}")
+        for label, value in (("statement", c.statement), ("expected", c.expected.value), ("command", c.command),
+                             ("proof", c.proof), ("test", c.test)):
+            print(f"  {label + ':':<11}{value or '-'}")
+
 
 def check_cmd(
     model: str = typer.Option(..., "--model", help="ptverify-model/1 file (.json or .npz)"),
@@ -117,8 +124,10 @@ def check_cmd(
     timeout: float = typer.Option(60.0, "--timeout", help="solver time limit in seconds (then: unknown)"),
     prompt_norm: Optional[str] = typer.Option(None, "--prompt-norm",
                                               help="multi-layer models: bound R on prompt token norms (Theorem M, condition 2)"),
-    json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here ('-': standard output)"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
+    witness_out: Optional[str] = typer.Option(None, "--witness-out",
+                                              help="if memorized: write the memorizing prompt here (ptverify-witness/1)"),
     expect: Optional[str] = typer.Option(None, "--expect", help="exit 1 unless the status is this"),
 ):
     """Decide whether some prompt memorizes a dataset under a model (files in the documented
@@ -147,7 +156,18 @@ def check_cmd(
                                      claim="check", side_files=_side(json_out))
     except InputError as exc:
         fail_input(exc)
-    emit(res, json_out, expect)
+    also = (lambda: _witness_out(res, witness_out, model, dataset)) if witness_out else None
+    emit(res, json_out, expect, also=also)
+
+
+def _witness_out(res, path: str, model: str, dataset: str) -> None:
+    """``--witness-out``: the memorizing prompt as its own file, or a line saying why there is none."""
+    from verify.cli.output import say, write_witness, wrote
+    if write_witness(res, path, model, dataset):
+        wrote(path)
+    else:
+        say(f"no witness written to {path}: the verdict is {res.status.value if hasattr(res.status, 'value') else res.status}"
+            " (only a 'memorized' verdict has a memorizing prompt)")
 
 
 def _prompt_norm(v: Optional[str]) -> Optional[Fraction]:

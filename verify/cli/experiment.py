@@ -23,14 +23,16 @@ def register(apps) -> None:
         loss bound; `ptverify replay OUT/result.json` re-checks it."""
         from constructions.model import InputError
         from verify.claims.experiment import run_experiment_result
-        from verify.cli import emit, fail_input, is_tty
+        from verify.cli import emit, fail_input
+        from verify.cli.output import say, stop_progress, write_result
+        from verify.progress import current
         if seed < 0:
             fail_input(InputError("--seed", "an integer >= 0", str(seed)))
-        progress = (lambda s_: print(s_, flush=True)) if is_tty() else None
-        obj, res = run_experiment_result(out, quick, seed, progress=progress)
-        res.write(os.path.join(out, "result.json"))
+        obj, res = run_experiment_result(out, quick, seed, progress=current().stage)
+        files = write_result(res, os.path.join(out, "result.json"))
+        stop_progress()
         with open(os.path.join(out, "prompt_vs_lora.md"), encoding="utf-8") as fh:
-            print(fh.read())
-        print(f"plot: {obj['plot']}\njson: {os.path.join(out, 'prompt_vs_lora.json')}\n"
-              f"result: {os.path.join(out, 'result.json')}")
+            say(fh.read())
+        for path in [obj["plot"], os.path.join(out, "prompt_vs_lora.json"), os.path.join(out, "prompt_vs_lora.md")] + files:
+            say(f"wrote {path}")
         emit(res, json_out, expect)

@@ -13,6 +13,8 @@ __all__ = ["register"]
 
 
 def _print_report(rep: dict) -> None:
+    from verify.cli.output import stop_progress
+    stop_progress()
     print(f"delta = {rep['delta']} (formula K >= {rep['K_formula']}), C = {rep['C']} quantized functions, "
           f"m_p = {rep['m_p']} (m_p >= n (1/delta)^(dn) = {rep['m_p_formula']})")
     print(f"depth {rep['depth']}, heads {rep['heads_per_layer']}, MLP widths {rep['mlp_widths']}, "
@@ -28,10 +30,12 @@ def _print_report(rep: dict) -> None:
 
 
 def _print_sweep(data: dict, out: str) -> None:
+    from verify.cli.output import stop_progress
+    stop_progress()
     for r in data["rows"]:
         print(f"eps {r['eps']:<8.4g} {r['status']:<9} bound {r['bound']:.4g}  measured "
               f"{r['measured']:.4g}  m_p {r['m_p']}  ({r['seconds']:.1f} s)")
-    print(f"sweep written to {os.path.join(out, 'universality_sweep.png')} and .json")
+    print(f"wrote {os.path.join(out, 'universality_sweep.png')} and {os.path.join(out, 'universality_sweep.json')}")
 
 
 def _grid(delta: Optional[str]) -> Optional[int]:

@@ -115,11 +115,16 @@ def _adam(params: list, loss_fn, steps: int, lr: float, record: list) -> list:
     disjoint parameters, so one batched Adam equals R separate ones (Adam is per coordinate).
     Returns the curve as a list of (step, per-run losses)."""
     import torch
+
+    from verify.progress import current
+    progress = current()
     opt = torch.optim.Adam(params, lr=lr)
     sched = _schedule(steps, lr)
     curve = []
     rec = set(record)
     for k in range(steps):
+        if k % 10 == 0:
+            progress.step(k + 1, steps, "Adam step")
         for g in opt.param_groups:
             g["lr"] = sched(k)
         opt.zero_grad()

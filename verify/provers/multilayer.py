@@ -284,12 +284,27 @@ def _found(cond: int, norms: dict, pair: dict, rows: list, c: Fraction, Rx: Opti
     return {"body": body, "reported": reported}
 
 
+def _reported_norms(model: Model, cond: int) -> dict:
+    """:func:`norm_grid` of every matrix of :func:`_layer_matrices`, reporting layer by layer to
+    the current progress reporter (verify/progress.py)."""
+    from verify.progress import current
+    progress = current()
+    progress.stage(f"condition {cond}: exact layer products")
+    mats = _layer_matrices(model, cond)
+    progress.stage(f"condition {cond}: spectral norm bounds")
+    out = {}
+    for name, W in mats.items():
+        progress.step(int(name.split("]")[0].split("[")[1]) + 1, len(model.layers), "layer")
+        out[name] = norm_grid(W)
+    return out
+
+
 def _try_condition(model: Model, dataset: Dataset, cond: int, R: Optional[Fraction], tol: Fraction):
     """(found or None, failures) for condition 1 or 2."""
     if cond == 2 and R is None:
         return None, ["condition 2: needs a bound on the prompt tokens' 2-norm (--prompt-norm); none given"]
     Rx = _input_norm(dataset) if cond == 2 else None
-    norms = {name: norm_grid(W) for name, W in _layer_matrices(model, cond).items()}
+    norms = _reported_norms(model, cond)
     rows, fails, c = _layer_bounds(model, cond, norms, R, Rx)
     if fails:
         return None, [f"condition {cond}: {f}" for f in fails]

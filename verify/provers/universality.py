@@ -405,7 +405,13 @@ def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None):
     values, etas = [], []
     prefix_cache: dict = {}
     cells = range(net.N) if cells is None else cells
-    for c in cells:
+    from verify.progress import current
+    progress = current()
+    progress.stage("exact cell values")
+    total = len(cells) if hasattr(cells, "__len__") else 0
+    for ci, c in enumerate(cells):
+        if ci % 16 == 0 and total:
+            progress.step(ci + 1, total, "cell")
         box = cell_box(c, net.K, net.w, dn)
         pts = []
         for t in range(n):

@@ -27,15 +27,21 @@ class Clock:
     """The one deadline of a check, honoured by every stage: ``ms(stage)`` is a solver's time
     limit (what is left) and raises :class:`OutOfTime` when nothing is left."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, progress=None):
+        from verify.progress import ensure
         self.start = time.perf_counter()
         self.end = self.start + seconds
         self.res: Optional[Result] = None    # the result being built (status "timeout" on OutOfTime)
+        self.progress = ensure(progress)     # told each stage as it starts (verify/progress.py)
+        self.stage = ""
 
     def left(self) -> float:
         return self.end - time.perf_counter()
 
     def check(self, stage: str) -> None:
+        if stage != self.stage:
+            self.stage = stage
+            self.progress.stage(stage)
         if self.left() <= 0:
             raise OutOfTime(stage)
 

@@ -34,6 +34,7 @@ from verify.provers.limitation.prop_e import prop_e_zero_score
 from verify.provers.limitation.relaxation import nonlinear_R, relaxation_proof
 from verify.provers.limitation.results import (CERT_KIND, certificate_body, mlp_certificate, new_result, proof_method,
                                                vet_proof)
+from verify.progress import LogList
 from verify.provers.limitation.witness import timed_search, with_witness, witness_length_ok
 from verify.result import Result, Status, certificate
 
@@ -57,7 +58,7 @@ class _Options:
 def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0),
                        timeout: float = 60.0, artifacts: Optional[str] = None, claim: str = "L1",
                        search_witness: bool = True, inputs_extra: Optional[dict] = None,
-                       side_files: Optional[str] = None, nonlinear: bool = True) -> Result:
+                       side_files: Optional[str] = None, nonlinear: bool = True, progress=None) -> Result:
     """Decide whether some prompt memorizes ``dataset`` (single-layer ``model``) within ``timeout``
     seconds for everything but the trusted checker's final check.
 
@@ -67,10 +68,11 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     (question, inputs, certificate).  Models and datasets too large to embed are written as
     content-addressed side files (``<sha256 prefix>.npz`` / ``.json``) in the folder of
     ``side_files`` (default: a temporary folder), where the result file must be written for
-    ``ptverify replay`` to find them.  ``inputs_extra`` goes to ``info``."""
+    ``ptverify replay`` to find them.  ``inputs_extra`` goes to ``info``.  ``progress`` (a
+    :class:`verify.progress.Progress`) is told each stage and head block."""
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise InputError("--timeout", "a finite number of seconds > 0", repr(timeout)[:40])
-    clock = Clock(timeout)
+    clock = Clock(timeout, progress)
     opts = _Options(prompt_length, tolerance, timeout, artifacts, claim, search_witness, inputs_extra, side_files,
                     nonlinear)
     try:
@@ -80,6 +82,8 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
         res.status, res.certificate, res.reported = Status.TIMEOUT, None, {}
         res.extra["stage"] = exc.stage
         res.message = f"ran out of time (--timeout {timeout:g} s) in stage '{exc.stage}'; nothing is claimed"
+        res.method = res.method or f"time limit reached in stage '{exc.stage}'"
+        res.extra.setdefault("log", []).append(f"timeout in stage '{exc.stage}' after {timeout:g} s")
         res.seconds["solve"] = time.perf_counter() - clock.start - res.seconds.get("build", 0.0)
         return res
 
@@ -132,7 +136,7 @@ def _start(z3, model: Model, dataset: Dataset, o: _Options, tol: Fraction, clock
     """The envelope, the MLP certificate and the groups (the "build" time)."""
     res = new_result(model, dataset, o.claim, o.prompt_length, tol, o.side_files, o.inputs_extra)
     clock.res = res
-    log: list = []
+    log: list = LogList(clock.progress)
     res.extra["log"] = log
     mlpc = mlp_certificate(model.layers[0])
     res.checks["mlp_injective"] = bool(mlpc["injective"])
@@ -241,7 +245,8 @@ def _unknown_message(c: Check) -> str:
 def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None, mlp_width: Optional[int] = None,
                      seed: int = 0, kind: str = "softmax", margin: float = 0.5, artifacts: Optional[str] = None,
                      timeout: float = 60.0, examples: Optional[int] = None,
-                     side_files: Optional[str] = None, nonlinear: bool = True) -> tuple[Result, Model, Dataset]:
+                     side_files: Optional[str] = None, nonlinear: bool = True,
+                     progress=None) -> tuple[Result, Model, Dataset]:
     """Build a random single-layer model meeting the assumptions and the L1 dataset, and prove it."""
     from constructions.datasets import l1_dataset, random_model
     t0 = time.perf_counter()
@@ -251,6 +256,7 @@ def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None
     extra = {"seed": seed, "builder": {"d": d, "heads": heads, "head_size": model.meta["head_size"],
                                        "mlp_width": model.meta["mlp_width"], "kind": kind, "margin": margin}}
     res = check_memorization(model, ds, artifacts=artifacts, timeout=timeout, claim="L1",
-                             search_witness=False, inputs_extra=extra, side_files=side_files, nonlinear=nonlinear)
+                             search_witness=False, inputs_extra=extra, side_files=side_files, nonlinear=nonlinear,
+                             progress=progress)
     res.seconds["build"] = res.seconds.get("build", 0.0) + tb
     return res, model, ds

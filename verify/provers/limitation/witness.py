@@ -62,6 +62,7 @@ def with_witness(res: Result, model, dataset, prompt, tol: Optional[Fraction] = 
 def timed_search(res: Result, model: Model, dataset: Dataset, tol: Fraction, prompt_length, clock: Clock) -> None:
     """The witness search within what is left of the clock (at most 20 s); OutOfTime when the
     clock, not the search's own schedule, ended it without a witness."""
+    clock.progress.stage("witness search")
     if clock.left() < 0.5:               # torch's start-up alone takes longer than that
         raise OutOfTime("witness search")
     search_witness(res, model, dataset, tol, prompt_length, budget=min(20.0, clock.left()))
