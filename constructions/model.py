@@ -1,6 +1,6 @@
 """Transformer models and datasets: their types, and the one reader and writer of their files.
 
-A model is a stack of layers ``tau(X) = MLP(X + Att(X, X))`` (THEORY.md section 1).  Tokens are
+A model is a stack of layers ``tau(X) = MLP(X + Att(X, X))`` (docs/theory.md, "Setting and notation").  Tokens are
 stored as *rows* here: a sequence is an array of shape ``(m, d)``.  Numbers and arrays are those
 of :mod:`constructions.arrays` (float64 arrays, or object arrays of exact Fractions).
 

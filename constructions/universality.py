@@ -61,7 +61,7 @@ Q_LEVEL = 1            # query level of the input tokens in the lookup layer
 # =========================================================================== sizes
 
 def delta_K(eps: Fraction, L: Fraction, d: int, n: int, p: Fraction) -> int:
-    """Smallest integer K with 1/K <= eps / (2 (L + 1) (d n)^(1/p)) (THEORY.md section 4).
+    """Smallest integer K with 1/K <= eps / (2 (L + 1) (d n)^(1/p)) (docs/theory.md, "Theorem U").
 
     Decided exactly: K >= 2 (L + 1) (d n)^(1/p) / eps  iff  (K eps / (2 (L + 1)))^p >= d n."""
     eps, L, p = Fraction(eps), Fraction(L), Fraction(p)

@@ -6,7 +6,7 @@
   by 1e-9, and sympy's symbolic output, evaluated, agrees with torch to 1e-9 (one layer and small
   sizes only: ``forward_sympy`` of a second softmax layer grows nested exponentials and takes
   seconds to minutes even for d = 2).
-* Lemma D (THEORY.md section 2): Att^j(x, [P, X]) computed directly (through the encodings, on a
+* Lemma D (docs/theory.md, "Lemma D"): Att^j(x, [P, X]) computed directly (through the encodings, on a
   one-head layer whose MLP is zero), as (N_X + N_P) / (Z_X + Z_P), and as
   lambda Att(x, X) + (1 - lambda) Att(x, P) with lambda in (0, 1) -- exactly for zero-score heads,
   with rigorous intervals and in float64 (1e-12) otherwise.
