@@ -226,6 +226,7 @@ class Result:
             if self_contained:
                 return _embedded(name, source)
             target = os.path.join(dest, ref["sha256"][:16] + os.path.splitext(ref["file"])[1])
+            os.makedirs(dest, exist_ok=True)
             _copy_side(source, target, ref["sha256"])
             if target not in sides:
                 sides.append(target)
@@ -256,7 +257,11 @@ def load_result(path: str) -> dict:
         raise InputError("format", f"\"{RESULT_FORMAT}\"",
                          repr(obj.get("format") if isinstance(obj, dict) else type(obj).__name__)[:60])
     folder = os.path.dirname(os.path.abspath(path))
-    for name, ref in side_refs(obj):
+    try:
+        refs = side_refs(obj)
+    except RecursionError:
+        raise InputError("RESULT", f"a {RESULT_FORMAT} JSON file", "JSON nested too deeply") from None
+    for name, ref in refs:
         side = ref["file"]
         if not os.path.isfile(os.path.join(folder, os.path.basename(side))):
             raise InputError(f"inputs.{name}.file", f"the side file {side!r} next to the result",
