@@ -244,3 +244,25 @@ def test_out_under_a_file_is_bad_input(tmp_path):
     with pytest.raises(InputError, match="--out"):
         run_reproduce(str(tmp_path / "f" / "sub"), quick=True, only=["L3"])
     assert os.listdir(tmp_path) == ["f"]
+
+
+def test_manifest_never_deletes_outside_the_folder_or_through_a_link(tmp_path):
+    """A forged manifest naming files outside the folder, a symbolic link or a changed file
+    deletes none of them."""
+    out, outside = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    outside.write_text("keep")
+    (out / "link.json").symlink_to(outside)
+    (out / "edited.json").write_text("user edit")
+    entries = [{"path": p, "sha256": sha(outside)} for p in ("../precious.txt", str(outside), "link.json")]
+    entries.append({"path": "edited.json", "sha256": "0" * 64})
+    (out / MANIFEST).write_text(json.dumps({"format": "ptverify-manifest/1", "files": entries, "dirs": [".."]}))
+    assert run_reproduce(str(out), quick=True, only=["L3"], command="x")[0] == 0
+    assert outside.read_text() == "keep" and (out / "link.json").is_symlink() and (out / "edited.json").exists()
+    assert "`edited.json`" in (out / "report.md").read_text()
+
+
+def test_reproduce_command_writes_the_report(tmp_path, capsys):
+    assert cli(["reproduce", "--quick", "--only", "L3", "--out", str(tmp_path / "o")]) == 0
+    text = (tmp_path / "o" / "report.md").read_text()
+    assert "## L3:" in text and "`ptverify replay L3.json`" in text

@@ -145,7 +145,10 @@ def _section(r) -> list:
         lines += ["", "    " + res.message.replace("\n", "\n    ")]
     lines += [""] + _artifact_lines(r)
     if claim.command:
-        lines += ["", f"Check it yourself (the claim's default instance): `{claim.command}`; proof: "
+        missing = [t for t in claim.command.split() if t.startswith("examples/")
+                   and not os.path.isfile(os.path.join(os.path.dirname(r.artifact), t))]
+        note = " (its `examples/` files are in the ptverify source repository)" if missing else ""
+        lines += ["", f"Check it yourself (the claim's default instance): `{claim.command}`{note}; proof: "
                       f"`{claim.proof}`; test: `{claim.test}`."]
     return lines + [""]
 
