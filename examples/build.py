@@ -1,6 +1,7 @@
 """Rebuild the example models and datasets in this folder with the project's own builders.
 
-    python examples/build.py            # from the repository root; overwrites examples/*/
+    python examples/build.py            # overwrites examples/*/
+    python examples/build.py OUTDIR     # writes the same tree under OUTDIR instead
 
 Every file is deterministic (fixed seeds, dyadic weights), so a rebuild reproduces the same
 bytes.  examples/README.md gives each example's command and expected verdict.
@@ -13,6 +14,7 @@ from fractions import Fraction
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+OUT = HERE
 
 from constructions.datasets import (l1_dataset, l3_dataset, long_prompt_dataset, planted_dataset,  # noqa: E402
                                     prop_e_dataset, random_model)
@@ -21,7 +23,7 @@ from constructions.multilayer import collision_dataset, condition1_model, encode
 
 
 def _write(folder: str, model=None, dataset=None, model_name="model.json", dataset_name="dataset.json"):
-    path = os.path.join(HERE, folder)
+    path = os.path.join(OUT, folder)
     os.makedirs(path, exist_ok=True)
     if model is not None:
         save_model(model, os.path.join(path, model_name))
@@ -74,5 +76,7 @@ def _rows(rows):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        OUT = os.path.abspath(sys.argv[1])
     build_single_layer()
     build_multilayer()
