@@ -266,3 +266,20 @@ def test_reproduce_command_writes_the_report(tmp_path, capsys):
     assert cli(["reproduce", "--quick", "--only", "L3", "--out", str(tmp_path / "o")]) == 0
     text = (tmp_path / "o" / "report.md").read_text()
     assert "## L3:" in text and "`ptverify replay L3.json`" in text
+
+
+def test_a_file_that_existed_before_and_changed_meanwhile_is_not_claimed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    l3 = get_claim("L3")
+
+    def run(params, outdir):            # someone edits a file in the folder during the run
+        (out / "notes.txt").write_text("mine, edited")
+        return l3.run(params, outdir)
+    claim = Claim("L3", l3.title, l3.statement, Status.PROVED, run, quick=l3.quick)
+    run_reproduce(str(out), quick=True, claims=[claim], command="x")
+    run_reproduce(str(out), quick=True, claims=[claim], command="x")
+    assert (out / "notes.txt").read_text() == "mine, edited"
+    listed = {e["path"] for e in json.load(open(out / MANIFEST))["files"]}
+    assert "notes.txt" not in listed and "L3.json" in listed

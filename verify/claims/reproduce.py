@@ -75,7 +75,8 @@ def run_reproduce(out: str, quick: bool = False, only: Optional[list] = None, se
         atomic_write_text(os.path.join(out, "report.md"),
                           render_report(runs, quick, seed, folder, command or _command_line()))
     finally:
-        _write_manifest(out, before, before_dirs)
+        explicit = {p for r in runs for p, role in r.files if role in ("result", "side", "example")}
+        _write_manifest(out, before, before_dirs, explicit | {"report.md"})
     failures = sum(1 for r in runs if not r.ok)
     return (1 if failures else 0), [(r.claim, r.params, r.result, r.seconds, r.artifact, r.ok) for r in runs]
 
@@ -186,15 +187,19 @@ def _command_line() -> str:
 # --------------------------------------------------------------------------- the folder and its manifest
 
 def _snapshot(out: str) -> dict:
-    """Every regular file under ``out`` (relative path -> (size, mtime_ns)); symlinks are not followed."""
+    """Every regular file under ``out`` (relative path -> (size, mtime_ns)), hidden files and
+    folders left out (ptverify writes none but its manifest); symlinks are not followed."""
     snap = {}
     for root, dirs, files in os.walk(out):
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d))]
         for name in files:
             path = os.path.join(root, name)
-            if name.startswith(".tmp-") or os.path.islink(path):
+            if name.startswith(".") or os.path.islink(path):
                 continue
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError:      # gone meanwhile
+                continue
             snap[os.path.relpath(path, out)] = (st.st_size, st.st_mtime_ns)
     return snap
 
@@ -253,15 +258,22 @@ def _clear_previous(out: str) -> FolderReport:
 
 
 def _folders(out: str) -> set:
-    """Every folder under ``out`` (relative paths)."""
-    return {os.path.relpath(os.path.join(root, d), out) for root, dirs, _ in os.walk(out) for d in dirs}
+    """Every folder under ``out`` (relative paths), hidden ones left out."""
+    found = set()
+    for root, dirs, _ in os.walk(out):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d))]
+        found |= {os.path.relpath(os.path.join(root, d), out) for d in dirs}
+    return found
 
 
-def _write_manifest(out: str, before: dict, before_dirs: set) -> None:
-    """Record every file this run wrote or changed, and the folders it created."""
+def _write_manifest(out: str, before: dict, before_dirs: set, explicit: set) -> None:
+    """Record the files this run wrote: those it wrote by name (results, side files, copied
+    examples, the report) and those that did not exist before it (what the claims wrote: queries,
+    plots); a file that existed before and changed is recorded only when written by name, so a
+    file someone else edits meanwhile is never claimed.  And the folders it created."""
     after = _snapshot(out)
     files = [{"path": p, "sha256": _sha256(os.path.join(out, p))}
-             for p in sorted(after) if p != MANIFEST and before.get(p) != after[p]]
+             for p in sorted(after) if p != MANIFEST and (p in explicit or p not in before)]
     dirs = sorted(_folders(out) - before_dirs)
     atomic_write_text(os.path.join(out, MANIFEST),
                       json.dumps({"format": MANIFEST_FORMAT, "files": files, "dirs": dirs}, indent=1))
