@@ -434,3 +434,12 @@ def test_report_commands_run(workspace):
             continue
         code, out = run_command(quick_variant(cmd), folder if cmd in replays else workspace)
         assert code == 0, f"report.md: `{cmd}` exited {code}\n{out[-2000:]}"
+
+
+def test_readme_claims_table_is_the_registry(tmp_path):
+    """README.md's claims table is exactly what ``ptverify claims --markdown`` prints."""
+    code, out = _main(["claims", "--markdown"], tmp_path)
+    assert code == 0
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    assert out.strip() in readme, "README.md: regenerate the claims table with `ptverify claims --markdown`"
