@@ -63,6 +63,11 @@ def _cell(v: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _instance(params: dict) -> str:
+    """``k=v`` pairs, lists and other values as JSON (never Python's repr)."""
+    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in params.items())
+
+
 def _link(rel: str) -> str:
     return f"[{rel}]({rel.replace(os.sep, '/').replace(' ', '%20')})"
 
@@ -86,7 +91,7 @@ def render_report(runs: list, quick: bool, seed: int, folder, command: str) -> s
              "|---|---|---|---|---|---|---|"]
     for r in runs:
         mark = "" if r.ok else " **(unexpected)**"
-        lines.append(f"| {r.claim.id} | {_cell(' '.join(f'{k}={v}' for k, v in r.params.items()))} "
+        lines.append(f"| {r.claim.id} | {_cell(_instance(r.params))} "
                      f"| {r.claim.expected.value} | {Status(r.result.status).value}{mark} | {_kind(r.result)} "
                      f"| {r.seconds:.2f} | {_link(_rel(r))} |")
     lines += ["", "## Provenance", "", "| field | value |", "|---|---|"]
