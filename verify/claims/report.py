@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from importlib import metadata
 from typing import Any
 
