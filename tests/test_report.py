@@ -221,6 +221,15 @@ def test_report_commands_run_as_printed(report, capsys):
         argv = shlex.split(cmd)
         assert argv[0] == "ptverify"
         assert cli(argv[1:], cwd=str(out)) == 0, (cmd, capsys.readouterr())
+    from verify.checker.__main__ import main as checker_main
+    argv = shlex.split(re.search(r"`python -m verify\.checker ([^`]+)`", text).group(1))
+    assert "L2.json" in argv and "NEG.json" in argv
+    old = os.getcwd()
+    try:
+        os.chdir(out)
+        assert checker_main(argv) == 0
+    finally:
+        os.chdir(old)
 
 
 def test_reused_out_folder_keeps_no_stale_result_and_no_user_file_is_touched(report, tmp_path):

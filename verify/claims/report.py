@@ -93,6 +93,10 @@ def render_report(runs: list, quick: bool, seed: int, folder, command: str) -> s
         lines.append(f"| {r.claim.id} | {_cell(_instance(r.params))} "
                      f"| {r.claim.expected.value} | {Status(r.result.status).value}{mark} | {_kind(r.result)} "
                      f"| {r.seconds:.2f} | {_link(_rel(r))} |")
+    decided = [_rel(r) for r in runs if Status(r.result.status) in DECIDED]
+    if decided:
+        lines += ["", "Every decided result at once, with nothing but the trusted checker (standard library and "
+                  f"numpy): `python -m verify.checker {' '.join(decided)}`"]
     lines += ["", "## Provenance", "", "| field | value |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in provenance(command)]
     lines += ["", "## Output folder", ""] + _folder_lines(folder) + [""]
