@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = [
     "InputError", "MAX_RATIONAL_CHARS", "MAX_DECIMAL_EXPONENT", "parse_number", "parse_array",
-    "shape_str", "is_float_array", "as_float", "as_fraction", "as_scaled_int", "IntMatrix",
+    "shape_str", "is_float_array", "as_float", "as_fraction", "as_scaled_int", "dyadic_int64", "IntMatrix",
     "number_to_json", "array_to_json",
 ]
 
@@ -180,26 +180,30 @@ def as_fraction(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _dyadic_int64(a: np.ndarray):
+def dyadic_int64(a: np.ndarray):
     """(N, E) with a == N / 2**E exactly and N int64 (|N| < 2**62), or None."""
     if a.size == 0:
         return np.zeros(a.shape, dtype=np.int64), 0
     amax = float(np.max(np.abs(a)))
     top = math.frexp(amax)[1]            # amax < 2**top
-    for e in range(0, 1075):
-        if top + e > 62:                 # |N| would reach 2**62 (checked before scaling: no overflow)
-            return None
-        b = np.ldexp(a, e)               # exact: scaling by a power of two
-        if np.all(b == np.floor(b)):
-            return b.astype(np.int64), e
-    return None
+    m, ex = np.frexp(a)
+    mant = (m * 2.0 ** 53).astype(np.int64)  # exact: |m| < 1
+    nz = mant != 0
+    if not nz.any():
+        return np.zeros(a.shape, dtype=np.int64), 0
+    am = np.abs(mant)
+    tz = np.frexp((am & -am).astype(np.float64))[1] - 1      # trailing zero bits of the mantissa
+    e = max(0, int((53 - ex.astype(np.int64) - tz)[nz].max()))  # least e >= 0 making a * 2**e integral
+    if top + e > 62 or e >= 1075:        # |N| would reach 2**62 (checked before scaling: no overflow)
+        return None
+    return np.ldexp(a, e).astype(np.int64), e
 
 
 def _float_scaled_int(a: np.ndarray) -> tuple[np.ndarray, int]:
     """:func:`as_scaled_int` of a float64 array: mantissas shifted onto the smallest exponent."""
     if a.size == 0:
         return np.zeros(a.shape, dtype=object), 1
-    fast = _dyadic_int64(a)
+    fast = dyadic_int64(a)
     if fast is not None:
         return fast[0].astype(object), 1 << fast[1]
     m, e = np.frexp(a)
@@ -237,16 +241,30 @@ class IntMatrix:
     limbs and use int64 matrix products (no overflow: n * 2**32 * 2**16 < 2**63 for n < 2**15)."""
 
     def __init__(self, a: np.ndarray):
-        self.N, self.D = as_scaled_int(np.asarray(a))
-        self.shape = self.N.shape
+        a = np.asarray(a)
+        fast = dyadic_int64(a) if a.dtype == np.float64 else None
+        if fast is not None:          # the same N and D as as_scaled_int, N built only when used
+            self._N, self._int64, self.D = None, fast[0], 1 << fast[1]
+        else:
+            (self._N, self.D), self._int64 = as_scaled_int(a), None
+        self.shape = a.shape
         self.N64 = None
-        if self.N.size and self.shape[1] < (1 << 15):
-            big = max(abs(int(v)) for v in (self.N.max(), self.N.min()))
+        if a.size and self.shape[1] < (1 << 15):
+            src = self._int64 if self._int64 is not None else self._N
+            big = max(abs(int(v)) for v in (src.max(), src.min()))
             if big < (1 << 32):
-                self.N64 = self.N.astype(np.int64)
+                self.N64 = src.astype(np.int64)
 
-    def _prod(self, M64, Mobj, xi: list[int]) -> list[int]:
+    @property
+    def N(self) -> np.ndarray:
+        if self._N is None:
+            self._N = self._int64.astype(object)
+        return self._N
+
+    def _prod(self, M64, Mobj, xi: list[int], transpose: bool = False) -> list[int]:
         if M64 is None or not xi:
+            if Mobj is None:
+                Mobj = self.N.T if transpose else self.N
             v = np.empty(len(xi), dtype=object)
             v[:] = xi
             return [int(t) for t in Mobj.dot(v)] if len(xi) else [0] * Mobj.shape[0]
@@ -270,13 +288,13 @@ class IntMatrix:
     def mv(self, x) -> list[Fraction]:
         """Exact (N / D) @ x for a rational vector x."""
         xi, L = self._ints([Fraction(v) for v in x])
-        return [Fraction(v, self.D * L) for v in self._prod(self.N64, self.N, xi)]
+        return [Fraction(v, self.D * L) for v in self._prod(self.N64, None, xi)]
 
     def vm(self, y) -> list[Fraction]:
         """Exact y^T (N / D)."""
         yi, L = self._ints([Fraction(v) for v in y])
         NT64 = None if self.N64 is None else np.ascontiguousarray(self.N64.T)
-        return [Fraction(v, self.D * L) for v in self._prod(NT64, self.N.T, yi)]
+        return [Fraction(v, self.D * L) for v in self._prod(NT64, None, yi, transpose=True)]
 
 
 # --------------------------------------------------------------------------- writing

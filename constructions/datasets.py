@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .arrays import IntMatrix, as_float, as_fraction, as_scaled_int
+from .arrays import IntMatrix, dyadic_int64, as_float, as_fraction, as_scaled_int
 from .forward import forward_exact, forward_torch, mlp_exact
 from .forward import mlp_float  # noqa: F401  (its old home: still importable from here)
 from .model import Dataset, Example, Head, Layer, Model
@@ -28,7 +28,12 @@ def _dyadic(a: np.ndarray, bits: int) -> np.ndarray:
 
 def cheap_norm_bound(W: np.ndarray) -> Fraction:
     """A rational upper bound on ||W||_2: sqrt(||W||_1 ||W||_inf) (exact, rounded up)."""
-    N, D = as_scaled_int(np.asarray(W))
+    a = np.asarray(W)
+    fast = dyadic_int64(a) if a.dtype == np.float64 else None
+    if fast is not None and a.size and int(np.abs(fast[0]).max()) < (1 << 62) // max(a.shape):
+        N, D = fast[0], 1 << fast[1]      # int64 sums cannot overflow
+    else:
+        N, D = as_scaled_int(a)
     A = np.abs(N)
     n1 = max((int(v) for v in A.sum(axis=0)), default=0)
     ninf = max((int(v) for v in A.sum(axis=1)), default=0)

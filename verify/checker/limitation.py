@@ -27,6 +27,7 @@ has max-norm error at least this number on the members' outputs (proofs/toleranc
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,14 +37,14 @@ import numpy as np
 
 from .envelope import Context, Outcome
 from .inputs import CDataset, CLayer, CModel, exact_mlp
-from .numbers import (EXP_ARG_LIMIT, Mat, Reject, dot, exp_bounds, fields, fmt, integer, matrix, nonneg, norm_bound_holds,
+from .numbers import (EXP_ARG_LIMIT, LIMB_MIN_SIZE, Mat, Reject, dot, exp_bounds, fields, fmt, integer, matrix, nonneg, norm_bound_holds,
                       rat, sqrt_up, vector)
 
 __all__ = ["check", "mlp_lipschitz", "norm_upper", "log_below", "log_above", "full_column_rank", "PRIMES"]
 
 ZERO = Fraction(0)
-#: primes (< 2^31) for the full-column-rank test, tried in this order
-PRIMES = (2147483629, 2147483587, 2147483579, 2147483563)
+#: primes (< 2^27, so that blocked elimination sums stay in int64) for the full-column-rank test, tried in this order
+PRIMES = (134217689, 134217649, 134217617, 134217613)
 #: exponential arguments are rounded outward to this absolute grid (bits)
 ARG_BITS = 128
 #: the reported certified_min_error is rounded down to this many significant bits
@@ -61,9 +62,13 @@ B = "certificate.body"
 def norm_upper(W: Mat) -> Fraction:
     """The checker's own rational upper bound on ||W||_2 (>= 0): the smaller of
     sqrt(||W||_1 ||W||_inf), the Frobenius norm and, for small matrices, a float singular value
-    rounded up and proved by exact elimination (b^2 I - W^T W positive definite).  Remembered by
-    the matrix's full content (a pure function of it)."""
-    key = (W.shape, W.D, tuple(int(v) for v in W.N.reshape(-1)))
+    rounded up and proved by exact elimination (b^2 I - W^T W positive definite).  Matrices of at
+    least ``LIMB_MIN_SIZE`` entries take the first two from entries rounded up to a fixed-point
+    grid (:func:`_grid_sums`).  Remembered by the matrix's full content (a pure function of it)."""
+    if W.F is not None:
+        key = ("f", W.shape, hashlib.sha256(np.ascontiguousarray(W.F).tobytes()).hexdigest())
+    else:
+        key = (W.shape, W.D, tuple(int(v) for v in W.N.reshape(-1)))
     if key not in _NORMS:
         if len(_NORMS) > 64:
             _NORMS.clear()
@@ -75,18 +80,58 @@ _NORMS: dict = {}
 
 
 def _norm_upper(W: Mat) -> Fraction:
-    if W.N.size == 0 or W.is_zero():
+    if W.shape[0] * W.shape[1] == 0 or W.is_zero():
         return ZERO
-    A = np.abs(W.N)
-    n1 = max(int(v) for v in A.sum(axis=0))
-    ninf = max(int(v) for v in A.sum(axis=1))
-    fro = sum(int(v) * int(v) for v in W.N.reshape(-1))
-    best = min(sqrt_up(Fraction(n1 * ninf, W.D * W.D)), sqrt_up(Fraction(fro, W.D * W.D)))
+    if W.shape[0] * W.shape[1] >= LIMB_MIN_SIZE:
+        n1, ninf, fro = _grid_sums(W)
+        best = min(sqrt_up(n1 * ninf), sqrt_up(fro))
+    else:
+        A = np.abs(W.N)
+        n1 = max(int(v) for v in A.sum(axis=0))
+        ninf = max(int(v) for v in A.sum(axis=1))
+        fro = sum(int(v) * int(v) for v in W.N.reshape(-1))
+        best = min(sqrt_up(Fraction(n1 * ninf, W.D * W.D)), sqrt_up(Fraction(fro, W.D * W.D)))
     if min(W.shape) <= 48:
         b = _grid_norm(W)
         if b is not None and b < best:
             return b
     return best
+
+
+#: entries are rounded up to multiples of 2^-t with max |W| 2^t < 2^GRID_BITS
+GRID_BITS = 30
+
+
+def _grid_sums(W: Mat) -> tuple[Fraction, Fraction, Fraction]:
+    """Upper bounds on ||W||_1, ||W||_inf and ||W||_F^2 from c_ij = ceil(|W_ij| 2^t), the integer
+    t chosen with max |W| 2^t < 2^GRID_BITS: |W_ij| <= c_ij 2^-t, so the column, row and square
+    sums of c (exact int64 sums: every c_ij < 2^30, every c_ij^2 split into 30-bit halves) bound
+    the exact ones.  A function of W's values alone: binary64 matrices compute c with ``ldexp``
+    and ``ceil`` (exact: scaling by a power of two; a result that underflows is raised to 1), any
+    other matrix in Python integers, with the same c."""
+    if W.F is not None:
+        A = np.abs(W.F)
+        E = int(np.frexp(A.max())[1])            # max |W| < 2^E
+        t = GRID_BITS - E
+        c = np.ceil(np.ldexp(A, t))
+        c = np.where(A > 0, np.maximum(c, 1.0), 0.0).astype(np.int64)
+    else:
+        Nabs = [[abs(int(v)) for v in row] for row in W.N]
+        M = Fraction(max(max(r) for r in Nabs), W.D)
+        E = M.numerator.bit_length() - M.denominator.bit_length()
+        while Fraction(2) ** E <= M:
+            E += 1
+        while Fraction(2) ** (E - 1) > M:
+            E -= 1
+        t = GRID_BITS - E
+        num, den = (1 << t, W.D) if t >= 0 else (1, W.D << -t)
+        c = np.array([[-((-v * num) // den) for v in row] for row in Nabs], dtype=np.int64)
+    scale = Fraction(2) ** -t
+    n1 = int(c.sum(axis=0).max()) * scale
+    ninf = int(c.sum(axis=1).max()) * scale
+    sq = c * c                                   # < 2^60
+    fro = ((int((sq >> 30).sum()) << 30) + int((sq & ((1 << 30) - 1)).sum())) * scale * scale
+    return n1, ninf, fro
 
 
 def _grid_norm(W: Mat, bits: int = 24, max_steps: int = 64):
@@ -192,34 +237,53 @@ def _exp_score(s: Fraction) -> tuple[Fraction, Fraction]:
 
 # --------------------------------------------------------------------------- rank modulo a prime
 
-def _rank_mod_p(A: np.ndarray, p: int) -> int:
+def _full_rank_mod_p(A: np.ndarray, p: int, b: int = 64) -> bool:
+    """Does A (entries in [0, p), int64, p < 2^27) have a pivot in every column modulo p?
+    Blocked LU with row pivoting: each panel of b columns is eliminated column by column, its
+    rows to the right are solved with the panel's unit lower triangle, and the trailing block is
+    updated by one int64 matrix product, every entry a sum of b products below p^2, so below
+    b p^2 < 2^60 (exact).  A column without a pivot means the columns so far are dependent."""
     A = A.copy()
-    rank = 0
-    for c in range(A.shape[1]):
-        nz = np.nonzero(A[rank:, c])[0]
-        if nz.size == 0:
-            continue
-        r = rank + int(nz[0])
-        A[[rank, r]] = A[[r, rank]]
-        inv = pow(int(A[rank, c]), p - 2, p)
-        f = (A[rank + 1:, c] * inv) % p
-        A[rank + 1:, c:] = (A[rank + 1:, c:] - (f[:, None] * A[rank, c:][None, :]) % p) % p
-        rank += 1
-        if rank == A.shape[0]:
-            break
-    return rank
+    m, n = A.shape
+    for k0 in range(0, n, b):
+        k1 = min(k0 + b, n)
+        for c in range(k0, k1):
+            nz = np.flatnonzero(A[c:, c])
+            if nz.size == 0:
+                return False
+            r = c + int(nz[0])
+            if r != c:
+                A[[c, r]] = A[[r, c]]
+            f = (A[c + 1:, c] * pow(int(A[c, c]), p - 2, p)) % p
+            A[c + 1:, c] = f
+            if c + 1 < k1:
+                A[c + 1:, c + 1:k1] = (A[c + 1:, c + 1:k1] - (f[:, None] * A[c, c + 1:k1]) % p) % p
+        if k1 < n:
+            for c in range(k0, k1 - 1):
+                A[c + 1:k1, k1:] = (A[c + 1:k1, k1:] - (A[c + 1:k1, c][:, None] * A[c, k1:]) % p) % p
+            A[k1:, k1:] = (A[k1:, k1:] - (A[k1:, k0:k1] @ A[k0:k1, k1:]) % p) % p
+    return True
+
+
+def _mod_p(M: Mat, p: int) -> np.ndarray:
+    """The numerators N of M modulo p, as int64 in [0, p)."""
+    if M._parts is not None:
+        sgn, odd, shift = M._parts
+        pw = np.array([pow(2, s, p) for s in range(int(shift.max(initial=0)) + 1)], dtype=np.int64)
+        return (sgn * (((odd % p) * pw[shift]) % p)) % p
+    return (M.N % p).astype(np.int64) if M.N.size else np.zeros(M.shape, dtype=np.int64)
 
 
 def full_column_rank(blocks: list) -> bool:
     """Has [B_1 ... B_h] (exact Mats with equal row counts) full column rank?  Sufficient test:
-    its rank modulo one of :data:`PRIMES` is the number of columns."""
-    D = math.lcm(*[b.D for b in blocks])
-    N = np.concatenate([b.N * (D // b.D) for b in blocks], axis=1)
-    if N.shape[1] > N.shape[0]:
+    [N_1 ... N_h] (each block's numerators: its columns scaled by D_i, which leaves the rank
+    alone) has a pivot in every column modulo one of :data:`PRIMES`."""
+    cols = sum(b.shape[1] for b in blocks)
+    if cols > blocks[0].shape[0]:
         return False
     for p in PRIMES:
-        A = np.array([[int(v) % p for v in row] for row in N], dtype=np.int64)
-        if _rank_mod_p(A, p) == N.shape[1]:
+        A = np.concatenate([_mod_p(b, p) for b in blocks], axis=1)
+        if _full_rank_mod_p(A, p):
             return True
     return False
 
@@ -240,7 +304,7 @@ class Member:
 def _members(raw, ds: CDataset, model: CModel, x: list) -> list:
     if not isinstance(raw, list) or not raw:
         raise Reject(f"{B}.members: expected a non-empty list")
-    layer, d, seen, out = model.layers[0], model.d, set(), []
+    layer, d, seen, parsed = model.layers[0], model.d, set(), []
     for n, mb in enumerate(raw):
         w = f"{B}.members[{n}]"
         fields(mb, w, {"example", "position", "z"})
@@ -254,11 +318,21 @@ def _members(raw, ds: CDataset, model: CModel, x: list) -> list:
             raise Reject(f"{w}: the input token at example {i} position {t} is not {B}.query")
         if y is None:
             raise Reject(f"{w}: example {i} position {t} has no target (null output)")
-        z = vector(mb["z"], f"{w}.z", d)
-        r = [a - b for a, b in zip(y, exact_mlp(layer, z))]
+        parsed.append((i, t, X, y, vector(mb["z"], f"{w}.z", d)))
+    out = []
+    for (i, t, X, y, z), mz in zip(parsed, _mlp_many(layer, [p[4] for p in parsed])):
+        r = [a - b for a, b in zip(y, mz)]
         keys = X[: t + 1] if model.causal else X
         out.append(Member(i, t, [a - b for a, b in zip(z, x)], keys, sqrt_up(dot(r, r))))
     return out
+
+
+def _mlp_many(layer: CLayer, zs: list) -> list:
+    """[MLP(z) for z in zs] = z + W_2 ReLU(W_1 z + b_1) + b_2, exactly (one pass per matrix)."""
+    pres = layer.W_1.mv_many(zs)
+    hids = [[max(p + b, ZERO) for p, b in zip(pre, layer.b_1)] for pre in pres]
+    posts = layer.W_2.mv_many(hids)
+    return [[a + b + c for a, b, c in zip(z, post, layer.b_2)] for z, post in zip(zs, posts)]
 
 
 def _radii(members: list, k: Fraction, d: int) -> None:

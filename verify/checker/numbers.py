@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["Reject", "rat", "nonneg", "positive", "integer", "vector", "matrix", "sqrt_up", "sqrt_down",
            "exp_bounds", "log_upper_ok", "log_lower_ok", "Mat", "norm_bound_holds", "det_mod_p_nonzero",
-           "is_prime", "dot", "EXP_ARG_LIMIT", "fields", "fmt"]
+           "is_prime", "dot", "EXP_ARG_LIMIT", "fields", "fmt", "LIMB_MIN_SIZE"]
 
 #: |s| above which exp(s) is not enclosed (the check is refused, never guessed)
 EXP_ARG_LIMIT = 1 << 16
@@ -201,11 +201,25 @@ def dot(a, b) -> Fraction:
 # --------------------------------------------------------------------------- exact matrices
 
 class Mat:
-    """An exact matrix as Python integers (numpy object array ``N``) over one denominator ``D``."""
+    """An exact matrix as Python integers (numpy object array ``N``) over one denominator ``D``.
 
-    def __init__(self, N: np.ndarray, D: int):
-        self.N, self.D = N, int(D)
-        self.shape = N.shape
+    A matrix read from binary64 values also keeps them (``F``) with their exact decomposition
+    ``N = sign * odd << shift`` (int64 arrays): ``N`` is then built only when first used, and
+    products with vectors run on 24-bit limbs in int64 (:func:`_limb_product`), exact and without
+    a Python integer per entry."""
+
+    def __init__(self, N, D: int, F: np.ndarray | None = None, parts=None):
+        self._N, self.D = N, int(D)
+        self.F, self._parts = F, parts
+        self.shape = N.shape if N is not None else F.shape
+
+    @property
+    def N(self) -> np.ndarray:
+        if self._N is None:
+            sgn, odd, shift = self._parts
+            pow2 = np.array([1 << int(s) for s in range(int(shift.max(initial=0)) + 1)], dtype=object)
+            self._N = (sgn * odd).astype(object) * pow2[shift]
+        return self._N
 
     @staticmethod
     def from_fractions(rows: list[list[Fraction]], ncols: int | None = None) -> "Mat":
@@ -220,8 +234,10 @@ class Mat:
 
     @staticmethod
     def from_float(a: np.ndarray) -> "Mat":
-        """Exact value of a binary64 array."""
-        a = np.asarray(a, dtype=np.float64)
+        """Exact value of a binary64 array: each entry is sign * odd * 2^e exactly (``frexp``
+        then integers), and with ``emin`` the least e, N = sign * odd * 2^(e - min(emin, 0)),
+        D = 2^max(-emin, 0): the least power-of-two denominator."""
+        a = np.array(a, dtype=np.float64)
         if a.ndim == 1:
             a = a.reshape(1, -1)
         if not np.all(np.isfinite(a)):
@@ -232,20 +248,14 @@ class Mat:
         nz = mant != 0
         if not np.any(nz):
             return Mat(np.zeros(a.shape, dtype=np.int64).astype(object), 1)
-        emin = int(e[nz].min())
-        shifts = np.where(nz, e - emin, 0)
-        N = np.empty(a.shape, dtype=object)
-        N.reshape(-1)[:] = [int(x) << int(sh) for x, sh in zip(mant.reshape(-1).tolist(), shifts.reshape(-1).tolist())]
-        if emin >= 0:
-            return Mat(N * (1 << emin), 1)
-        # reduce the common power of two
-        G = 0
-        for v in N.reshape(-1):
-            G = math.gcd(G, int(v))
-        g = min((G & -G).bit_length() - 1, -emin)    # common factors of two, at most 2^-emin
-        if g:
-            N = N // (1 << g)
-        return Mat(N, 1 << (-emin - g))
+        am = np.abs(mant)
+        low = am & -am                                # lowest set bit (0 for zero entries)
+        tz = np.where(nz, np.frexp(low.astype(np.float64))[1].astype(np.int64) - 1, 0)
+        odd = am >> tz
+        e = np.where(nz, e + tz, 0)
+        base = min(int(e[nz].min()), 0)
+        shift = np.where(nz, e - base, 0)
+        return Mat(None, 1 << -base, F=a, parts=(np.sign(mant), odd, shift))
 
     def entry(self, i: int, j: int) -> Fraction:
         return Fraction(int(self.N[i, j]), self.D)
@@ -260,28 +270,117 @@ class Mat:
         """A x."""
         if len(x) != self.shape[1]:
             raise Reject(f"matrix-vector product: {self.shape} times a vector of size {len(x)}")
-        L = 1
-        for v in x:
-            L = L * v.denominator // math.gcd(L, v.denominator)
-        xi = np.empty(len(x), dtype=object)
-        xi[:] = [v.numerator * (L // v.denominator) for v in x]
-        r = self.N.dot(xi) if len(x) else np.zeros(self.shape[0], dtype=object)
-        return [Fraction(int(v), self.D * L) for v in r]
+        return self.mv_many([x])[0]
+
+    def mv_many(self, xs: list[list[Fraction]]) -> list[list[Fraction]]:
+        """[A x for x in xs], exactly (one pass over the matrix for all of them)."""
+        return self._products(xs, transpose=False)
 
     def vm(self, y: list[Fraction]) -> list[Fraction]:
         """y^T A."""
         if len(y) != self.shape[0]:
             raise Reject(f"vector-matrix product: a vector of size {len(y)} times {self.shape}")
-        L = 1
-        for v in y:
-            L = L * v.denominator // math.gcd(L, v.denominator)
-        yi = np.empty(len(y), dtype=object)
-        yi[:] = [v.numerator * (L // v.denominator) for v in y]
-        r = yi.dot(self.N) if len(y) else np.zeros(self.shape[1], dtype=object)
-        return [Fraction(int(v), self.D * L) for v in r]
+        return self._products([y], transpose=True)[0]
+
+    def _products(self, xs: list, transpose: bool) -> list[list[Fraction]]:
+        n = self.shape[0] if transpose else self.shape[1]
+        ints, dens = [], []
+        for x in xs:
+            if len(x) != n:
+                raise Reject(f"matrix-vector product: {self.shape} times a vector of size {len(x)}")
+            L = 1
+            for v in x:
+                L = L * v.denominator // math.gcd(L, v.denominator)
+            ints.append([v.numerator * (L // v.denominator) for v in x])
+            dens.append(L)
+        if not xs:
+            return []
+        if n == 0:
+            rows = [[0] * (self.shape[1] if transpose else self.shape[0]) for _ in xs]
+        elif self._parts is not None and self.F.size >= LIMB_MIN_SIZE:
+            rows = _limb_product(self._parts, ints, transpose)
+        else:
+            X = np.empty((n, len(xs)), dtype=object)
+            for c, xi in enumerate(ints):
+                X[:, c] = xi
+            R = (self.N.T if transpose else self.N).dot(X)
+            rows = [R[:, c].tolist() for c in range(len(xs))]
+        return [[Fraction(int(v), self.D * L) for v in r] for r, L in zip(rows, dens)]
 
     def is_zero(self) -> bool:
+        if self._parts is not None:
+            return not np.any(self._parts[1])
         return not any(int(v) for v in self.N.reshape(-1))
+
+
+#: matrices read from binary64 with at least this many entries use the int64 limb products
+LIMB_MIN_SIZE = 4096
+#: a limb product is refused (object arithmetic instead) beyond this many limbs per number
+MAX_LIMBS = 48
+
+
+def _limb_bits(n: int) -> int:
+    """Limb width b such that a sum of n products of two b-bit limbs stays below 2^62 in int64."""
+    return min(24, (62 - n.bit_length()) // 2)
+
+
+def _int_limbs(vals: list[int], b: int) -> np.ndarray:
+    """Signed b-bit limbs of Python integers: v = sum_l out[., l] 2^(b l), |out| < 2^b."""
+    L = max(1, -(-max(abs(v).bit_length() for v in vals) // b))
+    mask = (1 << b) - 1
+    out = np.zeros((len(vals), L), dtype=np.int64)
+    for i, v in enumerate(vals):
+        a, s = abs(v), (-1 if v < 0 else 1)
+        for l in range(L):
+            if not a:
+                break
+            out[i, l] = s * (a & mask)
+            a >>= b
+    return out
+
+
+def _mat_limb(parts, k: int, b: int) -> np.ndarray:
+    """Limb k (bits [b k, b k + b)) of |N| = odd << shift, with N's sign, as int64."""
+    sgn, odd, shift = parts
+    u = odd.astype(np.uint64)
+    r = b * k - shift                     # right shift when >= 0, else left shift by -r
+    right = np.where((r >= 0) & (r < 64), u >> np.clip(r, 0, 63).astype(np.uint64), np.uint64(0))
+    left = np.where((r < 0) & (r > -b), u << np.clip(-r, 0, 63).astype(np.uint64), np.uint64(0))
+    limb = np.where(r >= 0, right, left) & np.uint64((1 << b) - 1)
+    return sgn * limb.astype(np.int64)
+
+
+def _limb_product(parts, ints: list[list[int]], transpose: bool) -> list[list[int]]:
+    """N x for integer vectors x (columns of ``ints``), exactly: N and x split into b-bit signed
+    limbs, every limb product a matrix product in int64 whose sums stay below 2^62 (n terms each
+    below 2^(2b)), then recombined in Python integers.  Falls back to object arithmetic when the
+    numbers need more than :data:`MAX_LIMBS` limbs."""
+    sgn, odd, shift = (p.T if transpose else p for p in parts)
+    n = odd.shape[1]
+    b = _limb_bits(n)
+    K = -(-(53 + int(shift.max(initial=0))) // b)
+    flat = [v for xi in ints for v in xi]
+    nb = max((abs(v).bit_length() for v in flat), default=0)
+    if K > MAX_LIMBS or -(-nb // b) > MAX_LIMBS:
+        pow2 = np.array([1 << int(s) for s in range(int(shift.max(initial=0)) + 1)], dtype=object)
+        N = (sgn * odd).astype(object) * pow2[shift]
+        X = np.array(ints, dtype=object).T
+        R = N.dot(X)
+        return [R[:, c].tolist() for c in range(len(ints))]
+    cols = [_int_limbs(xi, b) for xi in ints]          # per vector: n x L_c
+    Xl = np.concatenate(cols, axis=1)                    # n x sum L_c
+    acc = None
+    for k in range(K):
+        P = _mat_limb((sgn, odd, shift), k, b) @ Xl      # |entries| < n 2^(2b) <= 2^62
+        Po = P.astype(object) * (1 << (b * k))
+        acc = Po if acc is None else acc + Po
+    out, off = [], 0
+    for C in cols:
+        L = C.shape[1]
+        w = np.array([1 << (b * l) for l in range(L)], dtype=object)
+        out.append(acc[:, off:off + L].dot(w).tolist())
+        off += L
+    return out
 
 
 def norm_bound_holds(W: Mat, b: Fraction, exact_max: int = 64) -> bool:

@@ -138,13 +138,30 @@ def _start(z3, model: Model, dataset: Dataset, o: _Options, tol: Fraction, clock
     clock.res = res
     log: list = LogList(clock.progress)
     res.extra["log"] = log
+    lap = _Lap(res, t0)
+    lap("inputs")
     mlpc = mlp_certificate(model.layers[0])
+    lap("mlp_bound")
     res.checks["mlp_injective"] = bool(mlpc["injective"])
     res.extra["assumptions"] = {"mlp_lipschitz_bound": approx(mlpc["k"]), "mlp_bound_methods": mlpc["methods"]}
     ex = ExactLayer(model)
+    lap("exact_layer")
     groups = build_groups(model, dataset, ex, clock)
+    lap("preimages")
     res.seconds["build"] = time.perf_counter() - t0
     return Check(z3, model, dataset, o.prompt_length, tol, clock, res, ex, groups, log, o.artifacts, k=mlpc["k"])
+
+
+class _Lap:
+    """Adds the seconds since the previous lap to ``res.seconds[stage]`` (the stage times)."""
+
+    def __init__(self, res: Result, t: float):
+        self.res, self.t = res, t
+
+    def __call__(self, stage: str) -> None:
+        t = time.perf_counter()
+        self.res.seconds[stage] = self.res.seconds.get(stage, 0.0) + t - self.t
+        self.t = t
 
 
 def _settled_early(c: Check, search_witness: bool) -> bool:
@@ -173,10 +190,13 @@ def _proof(c: Check) -> Optional[Proof]:
     """Relaxation R per block, then (single softmax head) Proposition E: zero-score queries (exact
     targets; may find a witness instead, kept in ``c.res``) and the entropy relation."""
     h = c.heads
+    lap = _Lap(c.res, time.perf_counter())
     # head coordinates: needed for several heads, and for one large head (no exact Phi there)
     c.direct_sum = direct_sum(c.model) if (h > 1 or c.model.d > SMALL_D) and c.softmax else None
     c.res.extra["assumptions"]["direct_sum"] = (c.direct_sum is not None) if h > 1 else "single head"
+    lap("direct_sum")
     proof = relaxation_proof(c)
+    lap("relaxation")
     if proof is None and h == 1 and c.softmax and c.tol == 0:
         proof = prop_e_zero_score(c)
         if c.res.status == Status.MEMORIZED:
@@ -209,7 +229,7 @@ def _proved(c: Check, proof: Proof) -> Result:
     if "nonlinear_R" in res.solver:
         res.method += f"; Z3 QF_NRA on R with all heads jointly: {res.solver['nonlinear_R']}"
     t2 = time.perf_counter()
-    vet_proof(res)
+    vet_proof(res, c.model.layers[0])
     res.seconds["check"] = time.perf_counter() - t2
     return res
 
@@ -259,4 +279,5 @@ def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None
                              search_witness=False, inputs_extra=extra, side_files=side_files, nonlinear=nonlinear,
                              progress=progress)
     res.seconds["build"] = res.seconds.get("build", 0.0) + tb
+    res.seconds["instance"] = tb
     return res, model, ds

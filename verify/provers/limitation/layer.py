@@ -30,6 +30,19 @@ class ExactLayer:
         self.W1, self.W2 = IntMatrix(layer.W_1), IntMatrix(layer.W_2)
         self.b1, self.b2 = frac_vec(as_fraction(layer.b_1)), frac_vec(as_fraction(layer.b_2))
         self.heads = [{n: IntMatrix(getattr(h, n)) for n in ("W_q", "W_k", "W_v", "W_o")} for h in layer.heads]
+        self._ints: dict = {}
+
+    def mv(self, M: IntMatrix, v: list[Fraction]) -> list[Fraction]:
+        """M v exactly, for a vector used many times (a token): its integer form is remembered."""
+        key = tuple(v)
+        hit = self._ints.get(key)
+        if hit is None:
+            L = 1
+            for t in v:
+                L = L * t.denominator // math.gcd(L, t.denominator)
+            hit = self._ints[key] = ([t.numerator * (L // t.denominator) for t in v], L)
+        xi, L = hit
+        return [Fraction(int(t), M.D * L) for t in M._prod(M.N64, None, xi)]
 
     def mlp(self, z: list[Fraction]) -> list[Fraction]:
         """MLP(z) = z + W_2 relu(W_1 z + b_1) + b_2, exactly."""
@@ -40,8 +53,8 @@ class ExactLayer:
 
     def scores(self, j: int, x: list[Fraction], keys: list[list[Fraction]]) -> list[Fraction]:
         """Head j's attention scores (W_k key)^T (W_q x) of the query x at every key, exactly."""
-        q = self.heads[j]["W_q"].mv(x)
-        return [dot(self.heads[j]["W_k"].mv(k), q) for k in keys]
+        q = self.mv(self.heads[j]["W_q"], x)
+        return [dot(self.mv(self.heads[j]["W_k"], k), q) for k in keys]
 
 
 class LazyRows:
