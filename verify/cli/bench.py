@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from constructions.model import InputError
-from verify.experiments.bench import DEFAULT_DIMS, bench_limitation, print_table
+from verify.experiments.bench import DEFAULT_DIMS, LARGE_DIMS, bench_limitation, print_table
 
 __all__ = ["register"]
 
@@ -32,7 +32,11 @@ def register(apps) -> None:
     def bench_limitation_cmd(
         dims: str = typer.Option(",".join(map(str, DEFAULT_DIMS)), "--dims", help="comma-separated token dimensions d"),
         heads: str = typer.Option("auto", "--heads", help="heads per layer, or 'auto' (d // 64, at least 1)"),
-        naive_timeout: float = typer.Option(60.0, "--naive-timeout", help="Z3 time limit per naive instance, seconds"),
+        naive_timeout: float = typer.Option(60.0, "--naive-timeout", help="Z3 time limit per naive instance, seconds "
+                                            "(e.g. 600 with --naive-max-d 3 measures the ratio at d = 2 and 3)"),
+        naive_max_d: Optional[int] = typer.Option(None, "--naive-max-d", help="run the naive encoding only up to this d"),
+        large: bool = typer.Option(False, "--large", help="add the BERT-large (d 1024, 16 heads) and GPT-2-XL "
+                                   "(d 1600, 25 heads) rows (minutes)"),
         prompt_length: int = typer.Option(1, "--prompt-length", help="prompt length K of the naive encoding"),
         mlp_ratio: int = typer.Option(4, "--mlp-ratio", help="MLP width r = ratio * d"),
         seed: int = typer.Option(0, "--seed", help="seed of the random models and datasets"),
@@ -42,10 +46,16 @@ def register(apps) -> None:
         """Time the structured prover against a naive Z3 encoding (ReLU as If terms, products of
         unknowns, no structure) on the same L1 instances for growing d; print the table.
 
-        Once the naive encoding times out it is skipped on larger d. Timings are measurements, not verdicts."""
+        Per row: the prove command's wall time, peak memory and stage times, the trusted checker's
+        time on its result, and growth exponents fitted on d >= 64.  Once the naive encoding times
+        out it is skipped on larger d. Timings are measurements, not verdicts."""
         from verify.cli.output import console, fail_input, is_tty
         try:
             dl = _parse_dims(dims)
+            if large:
+                dl += [x for x in LARGE_DIMS if x not in dl]
+            if naive_max_d is not None and naive_max_d < 1:
+                raise InputError("--naive-max-d", "a positive integer", str(naive_max_d))
             hv = _parse_heads(heads)
             if naive_timeout <= 0:
                 raise InputError("--naive-timeout", "a number of seconds > 0", str(naive_timeout))
@@ -57,7 +67,7 @@ def register(apps) -> None:
             fail_input(exc)
         con = console()
         report = bench_limitation(dl, heads=hv, naive_timeout=naive_timeout, prompt_length=prompt_length, seed=seed,
-                                  mlp_ratio=mlp_ratio, artifacts=artifacts,
+                                  mlp_ratio=mlp_ratio, artifacts=artifacts, naive_max_d=naive_max_d,
                                   progress=(lambda msg: con.print(msg)) if is_tty() else None)
         print_table(report, con)
         if json_out:
