@@ -218,52 +218,105 @@ def dataset_from_json(obj: Any, d: Optional[int] = None) -> Dataset:
 
 # --------------------------------------------------------------------------- reading files
 
-def _read_json(path: str, flag: str) -> Any:
-    """The parsed JSON of an existing file; errors name the command-line flag."""
+#: the largest model or dataset file read (a BERT-size model as JSON is about 150 MB)
+MAX_FILE_BYTES = 1 << 30
+
+
+def _existing_file(path: str, flag: str) -> None:
     if not os.path.exists(path):
         raise InputError(flag, "an existing file", f"no file {path!r}")
+    if not os.path.isfile(path):
+        raise InputError(flag, "a file", f"{path!r} is a folder" if os.path.isdir(path) else f"{path!r} is not a regular file")
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+        raise InputError(flag, f"a file of at most {MAX_FILE_BYTES >> 20} MiB", f"{os.path.getsize(path) >> 20} MiB")
+
+
+def _unique_keys(pairs) -> dict:
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise InputError(str(k)[:60], "a key given once per object", "it repeated")
+        obj[k] = v
+    return obj
+
+
+def _read_json(path: str, flag: str) -> Any:
+    """The parsed JSON of an existing file (UTF-8, every key once); errors name the command-line flag."""
+    _existing_file(path, flag)
     try:
-        with open(path) as fh:
-            return json.load(fh)
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        if not text.strip():
+            raise InputError(flag, "a JSON file", "an empty file")
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except InputError:
+        raise
     except json.JSONDecodeError as exc:
-        raise InputError(flag, "valid JSON", f"a parse error: {exc}") from None
+        raise InputError(flag, "valid JSON", f"a parse error: {' '.join(str(exc).split())[:120]}") from None
     except UnicodeDecodeError:
-        raise InputError(flag, "a UTF-8 JSON file", "binary data") from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
-        raise InputError(flag, "valid JSON with numbers of at most 4300 digits", str(exc)[:120]) from None
+        raise InputError(flag, "a UTF-8 JSON file", "bytes that are not UTF-8 (binary data or another encoding)") from None
+    except RecursionError:
+        raise InputError(flag, "JSON nested at most a few hundred levels deep", "deeper nesting") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InputError(flag, "valid JSON with numbers of at most 4300 digits", " ".join(str(exc).split())[:120]) from None
+    except OSError as exc:
+        raise InputError(flag, "a readable file", f"{type(exc).__name__}: {exc.strerror or exc}") from None
 
 
 def _npz_object(path: str) -> dict:
     """A ``.npz`` model as the object :func:`model_from_json` validates (arrays as ndarrays)."""
+    _existing_file(path, "--model")
     try:
         z = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError("--model", "a readable .npz archive", str(exc)) from None
-    if "__header__" not in z.files:
+        if not hasattr(z, "files"):
+            raise InputError("--model", "a .npz archive", "a single .npy array")
+        files = set(z.files)
+        expanded = sum(i.file_size for i in z.zip.infolist())
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable archive is bad input
+        raise InputError("--model", "a readable .npz archive", " ".join(str(exc).split())[:120] or type(exc).__name__) from None
+    if expanded > 4 * MAX_FILE_BYTES:
+        raise InputError("--model", f"a .npz archive of at most {4 * MAX_FILE_BYTES >> 20} MiB expanded",
+                         f"{expanded >> 20} MiB")
+    if "__header__" not in files:
         raise InputError("__header__", "a JSON header entry in the .npz", "none")
     try:
-        hdr = json.loads(bytes(z["__header__"]).decode())
+        hdr = json.loads(bytes(np.asarray(z["__header__"], dtype=np.uint8)).decode(), object_pairs_hook=_unique_keys)
+    except InputError:
+        raise
     except Exception:  # noqa: BLE001
         raise InputError("__header__", "a JSON header", "unreadable bytes") from None
     kinds, heads = (hdr.get("kinds"), hdr.get("heads")) if isinstance(hdr, dict) else (None, None)
     if not (isinstance(kinds, list) and isinstance(heads, list) and len(kinds) == len(heads)
-            and all(isinstance(n, int) and not isinstance(n, bool) for n in heads)):
-        raise InputError("__header__", "a JSON object with lists \"kinds\" and \"heads\" (integers) of one "
-                         "entry per layer", repr(hdr)[:80])
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= len(files) for n in heads)):
+        raise InputError("__header__", "a JSON object with lists \"kinds\" and \"heads\" (integers no larger than "
+                         "the archive's number of arrays) of one entry per layer", repr(hdr)[:80])
 
-    def present(prefix: str, names) -> dict:
-        return {n: np.asarray(z[prefix + n]) for n in names if prefix + n in z.files}
-    layers = [{"attention": {"kind": kind, "heads": [present(f"layers.{li}.attention.heads.{hj}.", HEAD_ARRAYS)
+    def read(key: str, fld: str) -> np.ndarray:
+        try:
+            a = np.asarray(z[key])
+        except Exception as exc:  # noqa: BLE001 - pickled objects, truncated or corrupt members
+            raise InputError(fld, "a numeric array stored without pickling", " ".join(str(exc).split())[:100]) from None
+        if a.dtype.kind == "f" and a.dtype.itemsize > 8:
+            with np.errstate(all="ignore"):
+                if not np.array_equal(a.astype(np.float64).astype(a.dtype), a, equal_nan=True):
+                    raise InputError(fld, "float64 (or narrower) values", f"dtype {a.dtype} values that float64 would round")
+        return a
+
+    def present(prefix: str, fprefix: str, names) -> dict:
+        return {n: read(prefix + n, fprefix + n) for n in names if prefix + n in files}
+    layers = [{"attention": {"kind": kind, "heads": [present(f"layers.{li}.attention.heads.{hj}.",
+                                                             f"layers[{li}].attention.heads[{hj}].", HEAD_ARRAYS)
                                                      for hj in range(nh)]},
-               "mlp": present(f"layers.{li}.mlp.", MLP_ARRAYS)}
+               "mlp": present(f"layers.{li}.mlp.", f"layers[{li}].mlp.", MLP_ARRAYS)}
               for li, (kind, nh) in enumerate(zip(kinds, heads))]
     return {"format": hdr.get("format"), "d": hdr.get("d"), "causal": hdr.get("causal", False), "layers": layers}
 
 
 def load_model(path: str) -> Model:
     """Load and validate a ``ptverify-model/1`` file (``.json`` or ``.npz``)."""
-    if not os.path.exists(path):
-        raise InputError("--model", "an existing file", f"no file {path!r}")
+    _existing_file(path, "--model")
     if path.endswith(".npz"):
         return model_from_json(_npz_object(path))
     if not path.endswith(".json"):

@@ -76,12 +76,23 @@ def replay(result_file: str = typer.Argument(..., metavar="RESULT.json", help="a
     from verify.checker import check_file
     from verify.result import load_result
     try:
-        load_result(result_file)
+        _side_files_present(load_result(result_file), result_file)
     except InputError as exc:
         fail_input(exc)
     ok, msg = check_file(result_file)
     print(("replay: OK  " if ok else "replay: FAILED  ") + msg)
     raise typer.Exit(0 if ok else 1)
+
+
+def _side_files_present(obj: dict, path: str) -> None:
+    """Every side file a result refers to sits next to it (bad input, exit 2, when one is missing)."""
+    inputs = obj.get("inputs")
+    folder = os.path.dirname(os.path.abspath(path))
+    for key, ref in (inputs.items() if isinstance(inputs, dict) else ()):
+        name = ref.get("file") if isinstance(ref, dict) else None
+        if isinstance(name, str) and not os.path.isfile(os.path.join(folder, name)):
+            raise InputError(f"inputs.{key}.file", f"the side file {name!r} next to the result",
+                             f"no file {name!r} in {folder}")
 
 
 @app.command()
@@ -98,9 +109,23 @@ def reproduce(out: str = typer.Option("ptverify-out", "--out", help="output fold
         ids = [x.strip() for x in only.split(",")]
         if not all(ids):
             fail_input(InputError("--only", "comma-separated claim ids such as L1,L3", repr(only)))
+    try:
+        _check_reproduce(ids, seed)
+    except InputError as exc:
+        fail_input(exc)
     code, rows = run_reproduce(out, quick=quick, only=ids, seed=seed, progress=_claim_started)
     _print_reproduce_table(console(), rows, quick, out)
     raise typer.Exit(code)
+
+
+def _check_reproduce(ids, seed: int) -> None:
+    from verify.claims import all_claims
+    from verify.cli.validate import seed as check_seed
+    check_seed(seed)
+    known = [c.id for c in all_claims()]
+    unknown = [i for i in ids or () if i not in known]
+    if unknown:
+        raise InputError("--only", f"claim ids among {', '.join(known)}", ", ".join(map(repr, unknown))[:80])
 
 
 def _claim_started(line: str) -> None:

@@ -14,14 +14,20 @@ def _parse_dims(v: str) -> list[int]:
         dims = [int(x) for x in v.split(",") if x.strip()]
     except ValueError:
         raise InputError("--dims", "comma-separated positive integers such as 1,2,3,8", repr(v)) from None
-    if not dims or any(x < 1 for x in dims):
-        raise InputError("--dims", "comma-separated positive integers such as 1,2,3,8", repr(v))
+    from verify.cli.validate import MAX_BUILD_D
+    if not dims or any(x < 1 or x > MAX_BUILD_D for x in dims):
+        raise InputError("--dims", f"comma-separated positive integers of at most {MAX_BUILD_D} such as 1,2,3,8",
+                         repr(v)[:60])
     return dims
 
 
 def _parse_heads(v: str):
     from verify.cli.core import parse_positive_or
-    return parse_positive_or(v, "--heads", "auto")
+    from verify.cli.validate import MAX_HEADS
+    h = parse_positive_or(v, "--heads", "auto")
+    if h != "auto" and h > MAX_HEADS:
+        raise InputError("--heads", f"a positive integer of at most {MAX_HEADS} or 'auto'", repr(v)[:40])
+    return h
 
 
 def register(apps) -> None:
@@ -57,12 +63,11 @@ def register(apps) -> None:
             if naive_max_d is not None and naive_max_d < 1:
                 raise InputError("--naive-max-d", "a positive integer", str(naive_max_d))
             hv = _parse_heads(heads)
-            if naive_timeout <= 0:
-                raise InputError("--naive-timeout", "a number of seconds > 0", str(naive_timeout))
-            if prompt_length < 1:
-                raise InputError("--prompt-length", "a positive integer", str(prompt_length))
-            if mlp_ratio < 1:
-                raise InputError("--mlp-ratio", "a positive integer", str(mlp_ratio))
+            from verify.cli import validate
+            validate.seconds(naive_timeout, "--naive-timeout")
+            validate.int_range(prompt_length, "--prompt-length", 1, 64)
+            validate.int_range(mlp_ratio, "--mlp-ratio", 1, validate.MAX_MLP_WIDTH // max(dl))
+            validate.seed(seed)
         except InputError as exc:
             fail_input(exc)
         con = console()

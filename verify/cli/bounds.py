@@ -23,6 +23,21 @@ def _sizes_from_model(path: str) -> dict:
     return {"path": path, "d": mdl.d, "heads": len(lay.heads), "head_size": sizes.pop(), "mlp_width": lay.W_1.shape[0]}
 
 
+def _check_sizes(d, m, n, heads, head_size, mlp_width, verify: bool, seed: int, expect) -> None:
+    """Sizes up to 2**20 for the table; --verify builds instances, so d <= 256, h <= 64, r <= 4096 and
+    m N <= 4096 there (docs/formats.md, Limits)."""
+    from verify.cli import validate as v
+    big = v.MAX_BOUNDS_SIZE
+    lims = {"--d": (d, v.MAX_BOUNDS_VERIFY_D), "--m": (m, big), "--examples": (n, big), "--heads": (heads, 64),
+            "--head-size": (head_size, v.MAX_BOUNDS_VERIFY_D), "--mlp-width": (mlp_width, 4096)}
+    for flag, (val, hi_verify) in lims.items():
+        v.int_range(val, flag, 1, hi_verify if verify else big, "with --verify" if verify else "")
+    if verify and m * n > 4096:
+        raise InputError("--examples", "m N <= 4096 with --verify", f"m N = {m * n}")
+    v.seed(seed)
+    v.expect(expect)
+
+
 def _print_table(tab: dict) -> None:
     from rich.table import Table
 
@@ -62,6 +77,7 @@ def register(apps) -> None:
             info = _sizes_from_model(model) if model is not None else None
             if info:
                 d, heads, head_size, mlp_width = info["d"], info["heads"], info["head_size"], info["mlp_width"]
+            _check_sizes(d, m, examples, heads, head_size, mlp_width, verify, seed, expect)
             res = run_bounds(d, m, examples, heads, head_size, mlp_width, seed=seed, verify=verify,
                              timeout=timeout, model_info=info)
         except InputError as exc:

@@ -26,17 +26,17 @@ def parse_positive_or(v: str, field: str, keyword: str):
 
 
 def parse_prompt_length(v: str):
-    return parse_positive_or(v, "--prompt-length", "any")
+    from verify.cli.validate import MAX_PROMPT_LENGTH
+    k = parse_positive_or(v, "--prompt-length", "any")
+    if k != "any" and k > MAX_PROMPT_LENGTH:
+        raise InputError("--prompt-length", f"a positive integer of at most 2**40 = {MAX_PROMPT_LENGTH}, or 'any'",
+                         repr(v)[:40])
+    return k
 
 
 def parse_tolerance(v: str) -> Fraction:
-    try:
-        q = Fraction(v)
-    except (ValueError, ZeroDivisionError):
-        raise InputError("--tolerance", "a number >= 0 such as 1e-9 or 1/1000", repr(v)) from None
-    if q < 0:
-        raise InputError("--tolerance", "a number >= 0", repr(v))
-    return q
+    from verify.cli.validate import MAX_TOLERANCE, rational
+    return rational(v, "--tolerance", Fraction(0), Fraction(MAX_TOLERANCE))
 
 
 def _side(json_out: Optional[str]) -> Optional[str]:
@@ -45,11 +45,6 @@ def _side(json_out: Optional[str]) -> Optional[str]:
     if not json_out or json_out == "-" or STATE.self_contained:
         return None
     return json_out[:-5] if json_out.endswith(".json") else json_out
-
-
-def _positive(name: str, v: Optional[int]) -> None:
-    if v is not None and v < 1:
-        raise InputError(name, "a positive integer", str(v))
 
 
 
@@ -74,18 +69,33 @@ def prove_limitation_cmd(
     from verify.cli import emit, fail_input
     from verify.provers.limitation import prove_limitation
     try:
-        for name, v in (("--d", d), ("--heads", heads), ("--head-size", head_size), ("--mlp-width", mlp_width)):
-            _positive(name, v)
-        if kind not in ("softmax", "hardmax"):
-            raise InputError("--kind", "softmax or hardmax", repr(kind))
-        if margin <= 0:
-            raise InputError("--margin", "a number > 0", str(margin))
+        _check_build_options(d, heads, head_size, mlp_width, seed, margin, kind, expect)
+        if save_model is not None and not save_model.endswith((".json", ".npz")):
+            raise InputError("--save-model", "a file name ending in .json or .npz", repr(save_model))
+        if save_dataset is not None and not save_dataset.endswith(".json"):
+            raise InputError("--save-dataset", "a file name ending in .json", repr(save_dataset))
         res, model, ds = prove_limitation(d=d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed,
                                           kind=kind, margin=margin, artifacts=artifacts, timeout=timeout,
                                           side_files=_side(json_out))
     except InputError as exc:
         fail_input(exc)
     emit(res, json_out, expect, also=lambda: _save_inputs(model, ds, save_model, save_dataset, _sm, _sd))
+
+
+def _check_build_options(d, heads, head_size, mlp_width, seed, margin, kind, expect) -> None:
+    """``prove limitation``'s sizes and values, refused before anything is built (docs/formats.md, Limits)."""
+    from verify.cli import validate as v
+    v.int_range(d, "--d", 1, v.MAX_BUILD_D)
+    v.int_range(heads, "--heads", 1, v.MAX_HEADS)
+    if head_size is not None:
+        v.int_range(head_size, "--head-size", 1, d, "at most d")
+    if mlp_width is not None:
+        v.int_range(mlp_width, "--mlp-width", 1, v.MAX_MLP_WIDTH)
+    v.seed(seed)
+    v.positive_float(margin, "--margin", v.MAX_MARGIN)
+    if kind not in ("softmax", "hardmax"):
+        raise InputError("--kind", "softmax or hardmax", repr(kind))
+    v.expect(expect)
 
 
 def _save_inputs(model, ds, save_model: Optional[str], save_dataset: Optional[str], sm, sd) -> None:
@@ -173,13 +183,8 @@ def _witness_out(res, path: str, model: str, dataset: str) -> None:
 def _prompt_norm(v: Optional[str]) -> Optional[Fraction]:
     if v is None:
         return None
-    try:
-        q = Fraction(v)
-    except (ValueError, ZeroDivisionError):
-        raise InputError("--prompt-norm", "a number > 0", repr(v)) from None
-    if q <= 0:
-        raise InputError("--prompt-norm", "a number > 0", repr(v))
-    return q
+    from verify.cli.validate import MAX_PROMPT_NORM, rational
+    return rational(v, "--prompt-norm", Fraction(0), Fraction(MAX_PROMPT_NORM), lo_open=True)
 
 
 def register(apps) -> None:

@@ -26,8 +26,12 @@ def register(apps) -> None:
         from verify.cli import emit, fail_input
         from verify.cli.output import say, stop_progress, write_result
         from verify.progress import current
-        if seed < 0:
-            fail_input(InputError("--seed", "an integer >= 0", str(seed)))
+        try:
+            from verify.cli import validate
+            validate.seed(seed)
+            validate.expect(expect)
+        except InputError as exc:
+            fail_input(exc)
         obj, res = run_experiment_result(out, quick, seed, progress=current().stage)
         files = write_result(res, os.path.join(out, "result.json"))
         stop_progress()

@@ -30,6 +30,13 @@ def register(apps) -> None:
         from verify.cli import emit, fail_input
         from verify.provers.multilayer import prove_multilayer
         try:
+            from verify.cli import validate
+            validate.seed(seed)
+            validate.expect(expect)
+            if prompt_norm is not None:
+                from fractions import Fraction
+                validate.rational(prompt_norm, "--prompt-norm", Fraction(0), Fraction(validate.MAX_PROMPT_NORM),
+                                  lo_open=True)
             res = prove_multilayer(layers, d, heads, condition, prompt_norm, seed)
         except InputError as exc:
             fail_input(exc)

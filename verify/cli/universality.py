@@ -47,6 +47,36 @@ def _grid(delta: Optional[str]) -> Optional[int]:
     return q.denominator
 
 
+def _check_options(d: int, samples: int, seed: int, expect: Optional[str]) -> None:
+    from verify.cli import validate as v
+    v.int_range(d, "--d", 1, v.MAX_UNIV_D, "the grid has K**(d n) <= 20000 cells")
+    v.int_range(samples, "--samples", 0, v.MAX_SAMPLES)
+    v.seed(seed)
+    v.expect(expect)
+
+
+def _check_numbers(lipschitz: str, p: str, eps: str, temperature: Optional[str], delta: Optional[str],
+                   do_sweep: bool) -> None:
+    """The numbers given as text, before any exact arithmetic on them: at most 200 characters,
+    decimal exponents of at most 400, and a grid K >= 2 (L + 1) / eps of at most MAX_CELLS cells."""
+    from fractions import Fraction
+
+    from verify.cli import validate as v
+    from verify.provers.universality import MAX_CELLS
+    big = Fraction(10 ** 6)
+    L = v.rational(lipschitz, "--lipschitz", Fraction(0), big, lo_open=True)
+    v.rational(p, "--p", Fraction(1), Fraction(64), what="a number p with 1 <= p <= 64, such as 2 or 3/2")
+    e = Fraction(1) if do_sweep else v.rational(eps, "--eps", Fraction(0), big, lo_open=True)
+    if temperature is not None:
+        v.rational(temperature, "--softmax-temperature", Fraction(0), big, lo_open=True)
+    if delta is not None:
+        v.rational(delta, "--delta", Fraction(0), Fraction(1, 2), what="1/K with an integer K >= 2, such as 1/4")
+    if 2 * (L + 1) / e > MAX_CELLS:
+        flag = "--lipschitz" if do_sweep else "--eps"
+        raise InputError(flag, f"a size with at most {MAX_CELLS} grid cells K^(dn), where K >= 2 (L + 1) / eps",
+                         f"K >= {float(2 * (L + 1) / e):.3g}", "Use a larger --eps or a smaller --lipschitz.")
+
+
 def register(apps) -> None:
     """Add ``ptverify universality``."""
 
@@ -73,8 +103,8 @@ def register(apps) -> None:
         d_p(g([P_f, .]), f) rigorously (verified only when the bound is <= eps)."""
         from verify.cli import emit, fail_input
         try:
-            if samples < 0:
-                raise InputError("--samples", "a non-negative integer", str(samples))
+            _check_options(d, samples, seed, expect)
+            _check_numbers(lipschitz, p, eps, softmax_temperature, delta, do_sweep)
             if do_sweep:
                 _print_sweep(sweep(out, d, n, lipschitz, p, target, seed=seed, temperature=softmax_temperature,
                                    samples=samples), out)
