@@ -206,8 +206,9 @@ def _main(argv: list[str], cwd) -> tuple[int, str]:
     """Run ``ptverify ARGV`` in-process in ``cwd``; (exit code, stdout + stderr)."""
     from verify.cli import main
     buf = io.StringIO()
-    old = os.getcwd()
+    old, old_argv = os.getcwd(), sys.argv
     os.chdir(cwd)
+    sys.argv = ["ptverify"] + list(argv)          # what a real invocation would see
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             try:
@@ -217,6 +218,7 @@ def _main(argv: list[str], cwd) -> tuple[int, str]:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         os.chdir(old)
+        sys.argv = old_argv
     return code, buf.getvalue()
 
 
