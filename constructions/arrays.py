@@ -253,7 +253,7 @@ class IntMatrix:
             src = self._int64 if self._int64 is not None else self._N
             big = max(abs(int(v)) for v in (src.max(), src.min()))
             if big < (1 << 32):
-                self.N64 = src.astype(np.int64)
+                self.N64 = src.astype(np.int64, copy=False)
 
     @property
     def N(self) -> np.ndarray:

@@ -255,7 +255,7 @@ class Mat:
         e = np.where(nz, e + tz, 0)
         base = min(int(e[nz].min()), 0)
         shift = np.where(nz, e - base, 0)
-        return Mat(None, 1 << -base, F=a, parts=(np.sign(mant), odd, shift))
+        return Mat(None, 1 << -base, F=a, parts=(np.sign(mant).astype(np.int8), odd, shift.astype(np.int16)))
 
     def entry(self, i: int, j: int) -> Fraction:
         return Fraction(int(self.N[i, j]), self.D)
@@ -317,6 +317,8 @@ class Mat:
 LIMB_MIN_SIZE = 4096
 #: a limb product is refused (object arithmetic instead) beyond this many limbs per number
 MAX_LIMBS = 48
+#: matrix entries per row block of a limb product
+LIMB_CHUNK = 1 << 20
 
 
 def _limb_bits(n: int) -> int:
@@ -343,7 +345,7 @@ def _mat_limb(parts, k: int, b: int) -> np.ndarray:
     """Limb k (bits [b k, b k + b)) of |N| = odd << shift, with N's sign, as int64."""
     sgn, odd, shift = parts
     u = odd.astype(np.uint64)
-    r = b * k - shift                     # right shift when >= 0, else left shift by -r
+    r = b * k - shift.astype(np.int64)    # right shift when >= 0, else left shift by -r
     right = np.where((r >= 0) & (r < 64), u >> np.clip(r, 0, 63).astype(np.uint64), np.uint64(0))
     left = np.where((r < 0) & (r > -b), u << np.clip(-r, 0, 63).astype(np.uint64), np.uint64(0))
     limb = np.where(r >= 0, right, left) & np.uint64((1 << b) - 1)
@@ -369,11 +371,13 @@ def _limb_product(parts, ints: list[list[int]], transpose: bool) -> list[list[in
         return [R[:, c].tolist() for c in range(len(ints))]
     cols = [_int_limbs(xi, b) for xi in ints]          # per vector: n x L_c
     Xl = np.concatenate(cols, axis=1)                    # n x sum L_c
-    acc = None
-    for k in range(K):
-        P = _mat_limb((sgn, odd, shift), k, b) @ Xl      # |entries| < n 2^(2b) <= 2^62
-        Po = P.astype(object) * (1 << (b * k))
-        acc = Po if acc is None else acc + Po
+    acc = np.zeros((odd.shape[0], Xl.shape[1]), dtype=object)
+    step = max(1, LIMB_CHUNK // max(n, 1))               # rows at a time: bounded temporaries
+    for r0 in range(0, odd.shape[0], step):
+        part = (sgn[r0:r0 + step], odd[r0:r0 + step], shift[r0:r0 + step])
+        for k in range(K):
+            P = _mat_limb(part, k, b) @ Xl                 # |entries| < n 2^(2b) <= 2^62
+            acc[r0:r0 + step] += P.astype(object) * (1 << (b * k))
     out, off = [], 0
     for C in cols:
         L = C.shape[1]

@@ -216,7 +216,7 @@ def run_structured(d: int, heads: int, mlp_width: int, seed: int, folder: str, t
     secs = info.get("seconds", {})
     out.update(status=data["status"], method=info.get("method", ""), prompt_length=data["question"]["prompt_length"],
                certificate_checked=bool(info.get("checks", {}).get("certificate_checked", False)),
-               stages={k: secs[k] for k in STAGES if k in secs},
+               stages={k: info.get("stages", {})[k] for k in STAGES if k in info.get("stages", {})},
                in_process=sum(secs.get(k, 0.0) for k in ("build", "solve", "check")))
     rep = _timed([sys.executable, "-m", "verify.checker", path], path + ".replay.log")
     out["replay"] = {"ok": rep["rc"] == 0, "seconds": rep["seconds"], "peak_mb": rep["peak_mb"],

@@ -153,14 +153,14 @@ def _start(z3, model: Model, dataset: Dataset, o: _Options, tol: Fraction, clock
 
 
 class _Lap:
-    """Adds the seconds since the previous lap to ``res.seconds[stage]`` (the stage times)."""
+    """Adds the seconds since the previous lap to ``info.stages[stage]`` (finer than ``seconds``)."""
 
     def __init__(self, res: Result, t: float):
-        self.res, self.t = res, t
+        self.stages, self.t = res.extra.setdefault("stages", {}), t
 
     def __call__(self, stage: str) -> None:
         t = time.perf_counter()
-        self.res.seconds[stage] = self.res.seconds.get(stage, 0.0) + t - self.t
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + t - self.t, 4)
         self.t = t
 
 
@@ -231,6 +231,7 @@ def _proved(c: Check, proof: Proof) -> Result:
     t2 = time.perf_counter()
     vet_proof(res, c.model.layers[0])
     res.seconds["check"] = time.perf_counter() - t2
+    res.extra.setdefault("stages", {})["check"] = round(res.seconds["check"], 4)
     return res
 
 
@@ -279,5 +280,5 @@ def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None
                              search_witness=False, inputs_extra=extra, side_files=side_files, nonlinear=nonlinear,
                              progress=progress)
     res.seconds["build"] = res.seconds.get("build", 0.0) + tb
-    res.seconds["instance"] = tb
+    res.extra.setdefault("stages", {})["instance"] = round(tb, 4)
     return res, model, ds
