@@ -259,6 +259,7 @@ CASES = [
     ("check-timeout-0", GOOD, CHECK + ["--timeout", "0"], "--timeout"),
     ("check-timeout-nan", GOOD, CHECK + ["--timeout", "nan"], "--timeout"),
     ("check-timeout-inf", GOOD, CHECK + ["--timeout", "inf"], "--timeout"),
+    ("check-timeout-1e300", GOOD, CHECK + ["--timeout", "1e300"], "--timeout"),
     ("check-expect-provd", GOOD, CHECK + ["--expect", "provd"], "--expect"),
     ("prompt-norm-single-layer", GOOD, CHECK + ["--prompt-norm", "1"], "--prompt-norm"),
     ("prompt-norm-negative", {"M.json": TWO_LAYERS, "D.json": data()}, CHECK + ["--prompt-norm", "-1"], "--prompt-norm"),
@@ -282,6 +283,7 @@ CASES = [
     ("prove-timeout-0", {}, PROVE + ["--timeout", "0"], "--timeout"),
     ("prove-timeout-nan", {}, PROVE + ["--timeout", "nan"], "--timeout"),
     ("prove-timeout-inf", {}, PROVE + ["--timeout", "inf"], "--timeout"),
+    ("prove-timeout-1e7", {}, PROVE + ["--timeout", "1e7"], "--timeout"),
     ("prove-save-model-yaml", {}, PROVE + ["--save-model", "m.yaml"], "--save-model"),
     # ---- reproduce
     ("reproduce-only-empty", {}, REPRO + ["--only", ""], "--only"),
@@ -415,3 +417,15 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(name, files, argv
     assert err.startswith("ptverify: error: "), err
     assert field in err, err
     assert _tree(str(tmp_path)) == before, "a file was written on bad input"
+
+
+def test_an_all_null_dataset_is_accepted_not_rejected(tmp_path, capsys, monkeypatch):
+    """Null outputs are allowed (the position is unconstrained); a dataset of nulls only is a
+    vacuous question, answered (memorized), never refused as bad input."""
+    monkeypatch.chdir(tmp_path)
+    _create(str(tmp_path), {"M.json": model(), "D.json": data({"input": [[1, 0], [0, 1]], "output": [None, None]})})
+    with pytest.raises(SystemExit) as info:
+        main(CHECK)
+    cap = capsys.readouterr()
+    assert info.value.code == 0, cap.err
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "memorized"

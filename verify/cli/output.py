@@ -24,7 +24,7 @@ from constructions.model import InputError
 
 __all__ = ["is_tty", "stderr_is_tty", "console", "error", "fail_input", "emit", "check_expect", "say", "wrote",
            "check_output_paths", "check_timeout", "write_json_out", "write_witness", "plumb", "STATE",
-           "TerminalProgress", "stop_progress", "write_result", "OUTPUT_FILES", "OUTPUT_FOLDERS", "INPUT_FILES", "WITNESS_FORMAT"]
+           "TerminalProgress", "stop_progress", "write_result", "OUTPUT_FILES", "OUTPUT_FOLDERS", "INPUT_FILES", "WITNESS_FORMAT", "METAVARS"]
 
 #: option parameters that name a file the command writes (``-`` allowed where noted)
 OUTPUT_FILES = {"json_out": "--json", "save_model": "--save-model", "save_dataset": "--save-dataset",
@@ -100,8 +100,8 @@ def check_timeout(name: str, value) -> None:
     """A time limit: a finite number of seconds > 0 (InputError naming the option otherwise)."""
     if value is None:
         return
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise InputError(name, "a finite number of seconds > 0", str(value))
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 10 ** 6):
+        raise InputError(name, "a finite number of seconds > 0 and at most 10**6", str(value))
 
 
 def _blocking_file(path: str) -> Optional[str]:
@@ -391,10 +391,32 @@ _VERBOSE = inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotati
                                                   help="also print the computation's log lines (standard error)"))
 
 
+#: metavars shown by --help for the common path and time options
+METAVARS = {"json_out": "FILE|-", "witness_out": "FILE|-", "save_model": "FILE", "save_dataset": "FILE",
+            "model": "FILE", "dataset": "FILE", "artifacts": "FOLDER", "out": "FOLDER", "timeout": "SECONDS",
+            "naive_timeout": "SECONDS", "expect": "VERDICT", "prompt_length": "K|any", "tolerance": "NUMBER",
+            "prompt_norm": "NUMBER"}
+
+
+def _metavars(sig: inspect.Signature) -> None:
+    for name, param in sig.parameters.items():
+        info = param.default
+        if name in METAVARS and hasattr(info, "metavar") and getattr(info, "param_decls", None) is not None \
+                and info.metavar is None:
+            info.metavar = METAVARS[name]
+
+
+def _artifacts_written(folder) -> None:
+    if isinstance(folder, str) and os.path.isdir(folder):
+        n = sum(1 for f in os.listdir(folder) if f.endswith(".smt2"))
+        say(f"wrote {n} SMT-LIB2 file{'s' if n != 1 else ''} in {folder}")
+
+
 def _wrap(fn):
     sig = inspect.signature(fn)
     if "quiet" in sig.parameters or getattr(fn, "_plumbed", False):
         return fn
+    _metavars(sig)
     adds_sc = "json_out" in sig.parameters and "self_contained" not in sig.parameters
 
     @functools.wraps(fn)
@@ -416,6 +438,8 @@ def _wrap(fn):
                 devnull = stack.enter_context(open(os.devnull, "w"))
                 stack.enter_context(contextlib.redirect_stdout(devnull))
             stack.enter_context(_reporting())
+            if kwargs.get("artifacts"):
+                stack.callback(_artifacts_written, kwargs["artifacts"])
             return fn(*args, **kwargs)
 
     run.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + ([_SELF_CONTAINED] if adds_sc else [])

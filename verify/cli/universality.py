@@ -70,7 +70,7 @@ def _check_numbers(lipschitz: str, p: str, eps: str, temperature: Optional[str],
     if temperature is not None:
         v.rational(temperature, "--softmax-temperature", Fraction(0), big, lo_open=True)
     if delta is not None:
-        v.rational(delta, "--delta", Fraction(0), Fraction(1, 2), what="1/K with an integer K >= 2, such as 1/4")
+        v.rational(delta, "--delta", Fraction(0), Fraction(1, 2), lo_open=True, what="1/K with an integer K >= 2, such as 1/4")
     if 2 * (L + 1) / e > MAX_CELLS:
         flag = "--lipschitz" if do_sweep else "--eps"
         raise InputError(flag, f"a size with at most {MAX_CELLS} grid cells K^(dn), where K >= 2 (L + 1) / eps",
