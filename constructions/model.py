@@ -26,7 +26,7 @@ from .arrays import (InputError, IntMatrix, array_to_json, as_float, as_fraction
                      is_float_array, number_to_json, parse_array, shape_str)
 
 __all__ = [
-    "MODEL_FORMAT", "DATASET_FORMAT", "MAX_D", "HEAD_ARRAYS", "MLP_ARRAYS", "Head", "Layer", "Model", "Example", "Dataset",
+    "MODEL_FORMAT", "DATASET_FORMAT", "MAX_D", "MAX_FILE_BYTES", "HEAD_ARRAYS", "MLP_ARRAYS", "Head", "Layer", "Model", "Example", "Dataset",
     "model_from_json", "model_to_json", "load_model", "save_model",
     "dataset_from_json", "dataset_to_json", "load_dataset", "save_dataset",
     "sha256_file", "sha256_json", "atomic_write_text",
