@@ -263,6 +263,22 @@ def _read_json(path: str, flag: str) -> Any:
         raise InputError(flag, "a readable file", f"{type(exc).__name__}: {exc.strerror or exc}") from None
 
 
+def _npy_header_ok(z, key: str, fld: str) -> None:
+    """Refuse a member whose declared shape would not fit, or that holds objects, before reading it."""
+    name = key if key in z.zip.namelist() else key + ".npy"
+    with z.zip.open(name) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+    if dtype.hasobject:
+        raise InputError(fld, "a numeric array stored without pickling", "an object array")
+    size = dtype.itemsize
+    for n in shape:
+        size *= n
+    if size > 4 * MAX_FILE_BYTES:
+        raise InputError(fld, f"an array of at most {4 * MAX_FILE_BYTES >> 20} MiB", f"shape {tuple(shape)} of {dtype}")
+
+
 def _npz_object(path: str) -> dict:
     """A ``.npz`` model as the object :func:`model_from_json` validates (arrays as ndarrays)."""
     _existing_file(path, "--model")
@@ -295,7 +311,10 @@ def _npz_object(path: str) -> dict:
 
     def read(key: str, fld: str) -> np.ndarray:
         try:
+            _npy_header_ok(z, key, fld)
             a = np.asarray(z[key])
+        except InputError:
+            raise
         except Exception as exc:  # noqa: BLE001 - pickled objects, truncated or corrupt members
             raise InputError(fld, "a numeric array stored without pickling", " ".join(str(exc).split())[:100]) from None
         if a.dtype.kind == "f" and a.dtype.itemsize > 8:
