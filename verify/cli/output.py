@@ -34,7 +34,7 @@ OUTPUT_FOLDERS = {"artifacts": "--artifacts", "out": "--out"}
 #: option parameters that name a file the command reads
 INPUT_FILES = {"model": "--model", "dataset": "--dataset", "result_file": "RESULT"}
 #: option parameters holding a time limit in seconds
-TIMEOUTS = {"timeout": "--timeout", "naive_timeout": "--naive-timeout"}
+TIMEOUTS = {"timeout": "--timeout", "naive_timeout": "--naive-timeout", "job_timeout": "--job-timeout"}
 
 WITNESS_FORMAT = "ptverify-witness/1"
 
@@ -394,7 +394,7 @@ _VERBOSE = inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotati
 #: metavars shown by --help for the common path and time options
 METAVARS = {"json_out": "FILE|-", "witness_out": "FILE|-", "save_model": "FILE", "save_dataset": "FILE",
             "model": "FILE", "dataset": "FILE", "artifacts": "FOLDER", "out": "FOLDER", "timeout": "SECONDS",
-            "naive_timeout": "SECONDS", "expect": "VERDICT", "prompt_length": "K|any", "tolerance": "NUMBER",
+            "naive_timeout": "SECONDS", "job_timeout": "SECONDS", "expect": "VERDICT", "prompt_length": "K|any", "tolerance": "NUMBER",
             "prompt_norm": "NUMBER"}
 
 
@@ -450,7 +450,19 @@ def _wrap(fn):
 
 def plumb(apps: dict) -> None:
     """Give every registered command ``-q``/``-v``, the output-path and ``--timeout`` checks,
-    ``--json -`` and the progress reporter (see the module docstring)."""
-    for typer_app in apps.values():
+    ``--json -`` and the progress reporter (see the module docstring); command groups added by
+    feature modules get the same plain help as the rest."""
+    seen: set = set()
+
+    def walk(typer_app) -> None:
+        if id(typer_app) in seen:
+            return
+        seen.add(id(typer_app))
+        typer_app.rich_markup_mode = None
         for info in typer_app.registered_commands:
             info.callback = _wrap(info.callback)
+        for group in typer_app.registered_groups:
+            if group.typer_instance is not None:
+                walk(group.typer_instance)
+    for typer_app in apps.values():
+        walk(typer_app)

@@ -134,16 +134,19 @@ def _multilayer(model: Model, dataset: Dataset, o: _Options, tol: Fraction) -> R
 
 def _start(z3, model: Model, dataset: Dataset, o: _Options, tol: Fraction, clock: Clock, t0: float) -> Check:
     """The envelope, the MLP certificate and the groups (the "build" time)."""
+    clock.progress.stage("inputs")
     res = new_result(model, dataset, o.claim, o.prompt_length, tol, o.side_files, o.inputs_extra)
     clock.res = res
     log: list = LogList(clock.progress)
     res.extra["log"] = log
     lap = _Lap(res, t0)
     lap("inputs")
+    clock.progress.stage("MLP norm bound")
     mlpc = mlp_certificate(model.layers[0])
     lap("mlp_bound")
     res.checks["mlp_injective"] = bool(mlpc["injective"])
     res.extra["assumptions"] = {"mlp_lipschitz_bound": approx(mlpc["k"]), "mlp_bound_methods": mlpc["methods"]}
+    clock.progress.stage("exact layer")
     ex = ExactLayer(model)
     lap("exact_layer")
     groups = build_groups(model, dataset, ex, clock)
@@ -270,6 +273,8 @@ def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None
                      progress=None) -> tuple[Result, Model, Dataset]:
     """Build a random single-layer model meeting the assumptions and the L1 dataset, and prove it."""
     from constructions.datasets import l1_dataset, random_model
+    from verify.progress import ensure
+    ensure(progress).stage("random model and L1 dataset")
     t0 = time.perf_counter()
     model = random_model(d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed, kind=kind)
     ds = l1_dataset(model, seed=seed, margin=margin, examples=examples)
