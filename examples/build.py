@@ -70,6 +70,26 @@ def build_multilayer() -> None:
     _write("causal", encoder_counterexample(causal=False), model_name="model-encoder.json")
 
 
+#: a ptverify batch manifest over the examples (paths relative to its own folder)
+MANIFEST = [
+    {"id": "L1", "command": "check", "model": "../L1/model.json", "dataset": "../L1/dataset.json"},
+    {"id": "E-witness", "command": "check", "model": "../E/model.json", "dataset": "../E/dataset-alpha2.json"},
+    {"id": "planted", "command": "check", "model": "../planted/model.json", "dataset": "../planted/dataset.json",
+     "tolerance": "1e-9"},
+    {"id": "multilayer", "command": "check", "model": "../multilayer/model.json",
+     "dataset": "../multilayer/dataset.json"},
+    {"id": "built", "command": "prove-limitation", "d": 3, "seed": 4},
+]
+
+
+def build_batch() -> None:
+    import json
+    path = os.path.join(OUT, "batch")
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "manifest.jsonl"), "w") as fh:
+        fh.write("".join(json.dumps(job) + "\n" for job in MANIFEST))
+
+
 def _rows(rows):
     import numpy as np
     return np.array(rows, dtype=object)
@@ -80,3 +100,4 @@ if __name__ == "__main__":
         OUT = os.path.abspath(sys.argv[1])
     build_single_layer()
     build_multilayer()
+    build_batch()

@@ -53,6 +53,7 @@ HELP_ONLY = [
     r"^ptverify reproduce --only \S*M2-z3",
     r"^ptverify bounds",
     r"^ptverify bench limitation",
+    r"^ptverify batch ",
     r"^ptverify prove multilayer .*--condition 2",
 ]
 

@@ -130,12 +130,13 @@ def _check_reproduce(ids, seed: int) -> None:
 
 def _claim_started(line: str) -> None:
     """``reproduce``'s line per claim ("claim i of n: ID: title ..."): the outer step of the
-    progress line on a terminal, and a log line with ``-v``."""
+    progress line on a terminal (a log line with ``-v`` when standard error is not a terminal)."""
     from verify.progress import current
     rep = current()
     if hasattr(rep, "outer"):
         rep.outer(": ".join(line.split(": ")[:2]))
-    rep.log(line)
+    else:
+        rep.log(line)
 
 
 def _print_reproduce_table(con, rows: list, quick: bool, out: str) -> None:
