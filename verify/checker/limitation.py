@@ -98,6 +98,26 @@ def _norm_upper(W: Mat) -> Fraction:
     return best
 
 
+def _grid_sums_float(F: np.ndarray) -> tuple[Fraction, Fraction, Fraction]:
+    """:func:`_grid_sums` of a binary64 matrix, on blocks of rows (small temporaries)."""
+    E = int(np.frexp(max(float(F.max()), -float(F.min())))[1])     # max |W| < 2^E
+    t = GRID_BITS - E
+    cols = np.zeros(F.shape[1], dtype=np.int64)
+    row_max, hi, lo = 0, 0, 0
+    step = max(1, LIMB_MIN_SIZE * 256 // max(F.shape[1], 1))
+    for r0 in range(0, F.shape[0], step):
+        A = np.abs(F[r0:r0 + step])
+        c = np.ceil(np.ldexp(A, t))
+        c = np.where(A > 0, np.maximum(c, 1.0), 0.0).astype(np.int64)    # c <= 2^30
+        cols += c.sum(axis=0)
+        row_max = max(row_max, int(c.sum(axis=1).max()))
+        sq = c * c                                                       # < 2^61
+        hi += int((sq >> 30).sum())
+        lo += int((sq & ((1 << 30) - 1)).sum())
+    scale = Fraction(2) ** -t
+    return int(cols.max()) * scale, row_max * scale, ((hi << 30) + lo) * scale * scale
+
+
 #: entries are rounded up to multiples of 2^-t with max |W| 2^t < 2^GRID_BITS
 GRID_BITS = 30
 
@@ -110,11 +130,7 @@ def _grid_sums(W: Mat) -> tuple[Fraction, Fraction, Fraction]:
     and ``ceil`` (exact: scaling by a power of two; a result that underflows is raised to 1), any
     other matrix in Python integers, with the same c."""
     if W.F is not None:
-        A = np.abs(W.F)
-        E = int(np.frexp(A.max())[1])            # max |W| < 2^E
-        t = GRID_BITS - E
-        c = np.ceil(np.ldexp(A, t))
-        c = np.where(A > 0, np.maximum(c, 1.0), 0.0).astype(np.int64)
+        return _grid_sums_float(W.F)
     else:
         Nabs = [[abs(int(v)) for v in row] for row in W.N]
         M = Fraction(max(max(r) for r in Nabs), W.D)
@@ -272,6 +288,19 @@ def _mod_p(M: Mat, p: int) -> np.ndarray:
         pw = np.array([pow(2, s, p) for s in range(int(shift.max(initial=0)) + 1)], dtype=np.int64)
         return (sgn * (((odd % p) * pw[shift]) % p)) % p
     return (M.N % p).astype(np.int64) if M.N.size else np.zeros(M.shape, dtype=np.int64)
+
+
+def _hstack(blocks: list) -> Mat:
+    """[B_1 ... B_h] as one exact Mat (binary64 blocks: their decompositions put over the largest
+    power-of-two denominator, each shift raised by the block's missing factor of two)."""
+    if all(b._parts is not None for b in blocks):
+        D = max(b.D for b in blocks)
+        sh = [b._parts[2].astype(np.int64) + ((D // b.D).bit_length() - 1) for b in blocks]
+        return Mat(None, D, F=np.concatenate([b.F for b in blocks], axis=1),
+                   parts=(np.concatenate([b._parts[0] for b in blocks], axis=1),
+                          np.concatenate([b._parts[1] for b in blocks], axis=1), np.concatenate(sh, axis=1)))
+    D = math.lcm(*[b.D for b in blocks])
+    return Mat(np.concatenate([b.N * (D // b.D) for b in blocks], axis=1), D)
 
 
 def full_column_rank(blocks: list) -> bool:
@@ -446,11 +475,8 @@ def _direct_sum(layer: CLayer, body: dict, members: list, tol: Fraction) -> Bloc
         raise Reject("model: the stacked W_o is not certified to have full column rank (no direct sum)")
     G = matrix(body["gammas"], f"{B}.gammas", rows=len(members), cols=sum(sizes))
     off = [sum(sizes[:o]) for o in range(len(sizes))]
-    for n, (g, m) in enumerate(zip(G, members)):
-        acc = [ZERO] * len(m.c)
-        for w, o, s in zip(Wo, off, sizes):
-            acc = [a + b for a, b in zip(acc, w.mv(g[o:o + s]))]
-        if acc != m.c:
+    for n, (wg, m) in enumerate(zip(_hstack(Wo).mv_many(G), members)):
+        if wg != m.c:
             raise Reject(f"{B}.gammas[{n}]: W_o gamma != z - x")
     h = layer.heads[j]
     return Block(j, h, h["W_v"], [g[off[j]:off[j] + sizes[j]] for g in G], lambda lam_i: ZERO)

@@ -237,25 +237,19 @@ class Mat:
         """Exact value of a binary64 array: each entry is sign * odd * 2^e exactly (``frexp``
         then integers), and with ``emin`` the least e, N = sign * odd * 2^(e - min(emin, 0)),
         D = 2^max(-emin, 0): the least power-of-two denominator."""
-        a = np.array(a, dtype=np.float64)
+        a = np.ascontiguousarray(a, dtype=np.float64)
         if a.ndim == 1:
             a = a.reshape(1, -1)
         if not np.all(np.isfinite(a)):
             raise Reject("non-finite weight in an array")
-        m, e = np.frexp(a)
-        mant = (m * 2.0 ** 53).astype(np.int64)      # exact: |m| < 1
-        e = e.astype(np.int64) - 53
-        nz = mant != 0
+        sgn, odd, ex = _decompose(a)
+        nz = odd != 0
         if not np.any(nz):
             return Mat(np.zeros(a.shape, dtype=np.int64).astype(object), 1)
-        am = np.abs(mant)
-        low = am & -am                                # lowest set bit (0 for zero entries)
-        tz = np.where(nz, np.frexp(low.astype(np.float64))[1].astype(np.int64) - 1, 0)
-        odd = am >> tz
-        e = np.where(nz, e + tz, 0)
-        base = min(int(e[nz].min()), 0)
-        shift = np.where(nz, e - base, 0)
-        return Mat(None, 1 << -base, F=a, parts=(np.sign(mant).astype(np.int8), odd, shift.astype(np.int16)))
+        base = min(int(ex.min(where=nz, initial=1 << 14)), 0)
+        ex -= base                                   # int16: exponents lie in [-1126, 1023]
+        np.putmask(ex, ~nz, 0)
+        return Mat(None, 1 << -base, F=a, parts=(sgn, odd, ex))
 
     def entry(self, i: int, j: int) -> Fraction:
         return Fraction(int(self.N[i, j]), self.D)
@@ -311,6 +305,28 @@ class Mat:
         if self._parts is not None:
             return not np.any(self._parts[1])
         return not any(int(v) for v in self.N.reshape(-1))
+
+
+def _decompose(a: np.ndarray):
+    """Per entry of a finite binary64 array: sign (int8), odd mantissa (int64, 0 for zeros) and
+    the exponent of its lowest bit (int16), with a == sign * odd * 2^exponent exactly.  Works on
+    blocks of 2^20 entries, so its temporaries stay small."""
+    flat = a.reshape(-1)
+    sgn = np.empty(flat.shape, dtype=np.int8)
+    odd = np.empty(flat.shape, dtype=np.int64)
+    ex = np.empty(flat.shape, dtype=np.int16)
+    for i in range(0, flat.size, LIMB_CHUNK):
+        m, e = np.frexp(flat[i:i + LIMB_CHUNK])
+        m *= 2.0 ** 53                                   # exact: |m| < 1, a power-of-two scaling
+        mant = m.astype(np.int64)
+        sgn[i:i + LIMB_CHUNK] = np.sign(mant)
+        np.abs(mant, out=mant)
+        low = (mant & -mant).astype(np.float64)          # the lowest set bit, a power of two (exact)
+        tz = (low.view(np.int64) >> 52) - 1023           # its exponent; -1023 for zero entries
+        np.maximum(tz, 0, out=tz)
+        odd[i:i + LIMB_CHUNK] = mant >> tz
+        ex[i:i + LIMB_CHUNK] = e + tz - 53
+    return sgn.reshape(a.shape), odd.reshape(a.shape), ex.reshape(a.shape)
 
 
 #: matrices read from binary64 with at least this many entries use the int64 limb products

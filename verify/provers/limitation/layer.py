@@ -44,6 +44,17 @@ class ExactLayer:
         xi, L = hit
         return [Fraction(int(t), M.D * L) for t in M._prod(M.N64, None, xi)]
 
+    def int_mv(self, M: IntMatrix, v: list[Fraction]) -> tuple[list[int], int]:
+        """M v as integers over one denominator (no Fraction per entry)."""
+        key = tuple(v)
+        if key not in self._ints:
+            L = 1
+            for t in v:
+                L = L * t.denominator // math.gcd(L, t.denominator)
+            self._ints[key] = ([t.numerator * (L // t.denominator) for t in v], L)
+        xi, L = self._ints[key]
+        return [int(t) for t in M._prod(M.N64, None, xi)], M.D * L
+
     def mlp(self, z: list[Fraction]) -> list[Fraction]:
         """MLP(z) = z + W_2 relu(W_1 z + b_1) + b_2, exactly."""
         pre = self.W1.mv(z)
@@ -53,8 +64,12 @@ class ExactLayer:
 
     def scores(self, j: int, x: list[Fraction], keys: list[list[Fraction]]) -> list[Fraction]:
         """Head j's attention scores (W_k key)^T (W_q x) of the query x at every key, exactly."""
-        q = self.mv(self.heads[j]["W_q"], x)
-        return [dot(self.mv(self.heads[j]["W_k"], k), q) for k in keys]
+        q, qd = self.int_mv(self.heads[j]["W_q"], x)
+        out = []
+        for k in keys:
+            kv, kd = self.int_mv(self.heads[j]["W_k"], k)
+            out.append(Fraction(sum(a * b for a, b in zip(q, kv)), qd * kd))
+        return out
 
 
 class LazyRows:
@@ -112,25 +127,59 @@ def dyadic(v: float, k: int) -> Fraction:
 def rational_candidates(vf: np.ndarray, ok, limit: int = 3):
     """Rational vectors near the float vector vf, simplest first: dyadic roundings 2^-k (cheap
     exact arithmetic), then continued-fraction roundings (small vectors only), then vf itself.
-    ``ok`` is a float pre-test; at most ``limit`` candidates are yielded."""
-    n = 0
-    seen = set()
+    ``ok`` is a float pre-test, run on a candidate's float values before its rationals are built
+    (a dyadic rounding's float values are exactly its rationals); each distinct candidate is
+    tried once, and at most ``limit`` candidates are yielded."""
     if not np.all(np.isfinite(vf)):
         return
-    gens = [[dyadic(float(v), k) for v in vf] for k in range(4, 62, 2)]
-    if len(vf) <= 64:
-        gens += [[Fraction(float(v)).limit_denominator(1 << k) for v in vf] for k in (6, 10, 16, 24, 32)]
-    gens.append([Fraction(float(v)) for v in vf])
-    for z in gens:
-        key = tuple(z)
+    n, seen = 0, set()
+    for make in _candidate_makers(vf):
+        fl, key, exact = make()
         if key in seen:
             continue
         seen.add(key)
-        if ok(np.array([float(v) for v in z])):
-            yield z
-            n += 1
-            if n >= limit:
-                return
+        if not ok(fl):
+            continue
+        yield exact()
+        n += 1
+        if n >= limit:
+            return
+
+
+def _key(fl: np.ndarray, z=None):
+    """Candidates are the same iff their keys are: exact float values by bytes (-0.0 as 0.0),
+    or the rationals themselves when some is not a float."""
+    if z is not None and any(Fraction(float(q)) != q for q in z):
+        return tuple(z)
+    return (np.asarray(fl, dtype=np.float64) + 0.0).tobytes()
+
+
+def _dyadic_maker(vf: np.ndarray, k: int):
+    def make():
+        if np.max(np.abs(vf), initial=0.0) >= 2.0 ** 900:
+            z = [dyadic(float(v), k) for v in vf]
+            fl = np.array([float(q) for q in z])
+            return fl, _key(fl), lambda: z
+        fl = np.round(vf * 2.0 ** k) / 2.0 ** k     # exact: the rationals' own values
+        return fl, _key(fl), lambda: [dyadic(float(v), k) for v in vf]
+    return make
+
+
+def _rational_maker(build):
+    def make():
+        z = build()
+        fl = np.array([float(q) for q in z])
+        return fl, _key(fl, z), lambda: z
+    return make
+
+
+def _candidate_makers(vf: np.ndarray):
+    for k in range(4, 62, 2):
+        yield _dyadic_maker(vf, k)
+    if len(vf) <= 64:
+        for k in (6, 10, 16, 24, 32):
+            yield _rational_maker(lambda k=k: [Fraction(float(v)).limit_denominator(1 << k) for v in vf])
+    yield lambda: (np.asarray(vf, dtype=np.float64), _key(vf), lambda: [Fraction(float(v)) for v in vf])
 
 
 def short(v) -> str:
