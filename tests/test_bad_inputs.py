@@ -274,6 +274,7 @@ CASES = [
     ("prove-head-size-above-d", {}, PROVE + ["--d", "3", "--head-size", "4"], "--head-size"),
     ("prove-mlp-width-0", {}, PROVE + ["--mlp-width", "0"], "--mlp-width"),
     ("prove-mlp-width-huge", {}, PROVE + ["--mlp-width", str(10 ** 9)], "--mlp-width"),
+    ("prove-too-many-weights", {}, PROVE + ["--d", "4096", "--heads", "256", "--head-size", "4096"], "2**28 weights"),
     ("prove-margin-negative", {}, PROVE + ["--margin", "-1"], "--margin"),
     ("prove-margin-nan", {}, PROVE + ["--margin", "nan"], "--margin"),
     ("prove-margin-inf", {}, PROVE + ["--margin", "inf"], "--margin"),

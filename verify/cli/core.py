@@ -91,6 +91,13 @@ def _check_build_options(d, heads, head_size, mlp_width, seed, margin, kind, exp
         v.int_range(head_size, "--head-size", 1, d, "at most d")
     if mlp_width is not None:
         v.int_range(mlp_width, "--mlp-width", 1, v.MAX_MLP_WIDTH)
+    s = head_size if head_size is not None else max(1, d // heads)
+    r = mlp_width if mlp_width is not None else 2 * d
+    att, n = 4 * heads * s * d, 4 * heads * s * d + 2 * r * d + r + d
+    if n > v.MAX_BUILD_PARAMETERS:
+        raise InputError("--heads" if att > 2 * r * d else "--mlp-width",
+                         "a model of at most 2**28 weights (4 h s d + 2 r d + r + d)",
+                         f"{n} weights (d {d}, {heads} heads of size {s}, MLP width {r})")
     v.seed(seed)
     v.positive_float(margin, "--margin", v.MAX_MARGIN)
     if kind not in ("softmax", "hardmax"):

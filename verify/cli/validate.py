@@ -14,7 +14,7 @@ from typing import Optional
 from constructions.model import InputError
 
 __all__ = ["MAX_SEED", "MAX_SECONDS", "MAX_TOLERANCE", "MAX_PROMPT_LENGTH", "MAX_BUILD_D", "MAX_HEADS",
-           "MAX_MLP_WIDTH", "MAX_MARGIN", "MAX_PROMPT_NORM", "MAX_SAMPLES", "MAX_UNIV_D",
+           "MAX_MLP_WIDTH", "MAX_BUILD_PARAMETERS", "MAX_MARGIN", "MAX_PROMPT_NORM", "MAX_SAMPLES", "MAX_UNIV_D",
            "MAX_BOUNDS_SIZE", "MAX_BOUNDS_VERIFY_D", "seed", "int_range", "seconds", "positive_float", "rational",
            "out_dir", "file_suffix", "expect"]
 
@@ -25,6 +25,7 @@ MAX_PROMPT_LENGTH = 2 ** 40     #: --prompt-length K at most 2**40 (or 'any')
 MAX_BUILD_D = 4096              #: d of the models ptverify builds itself (prove limitation, bench)
 MAX_HEADS = 256                 #: heads of a built model
 MAX_MLP_WIDTH = 16384           #: MLP width of a built model
+MAX_BUILD_PARAMETERS = 2 ** 28  #: weights of a built model: 4 h s d + 2 r d + r + d (2 GiB of float64)
 MAX_MARGIN = 10 ** 6            #: --margin in (0, 10**6]
 MAX_PROMPT_NORM = 10 ** 6       #: --prompt-norm R in (0, 10**6]
 MAX_SAMPLES = 10 ** 7           #: universality --samples
