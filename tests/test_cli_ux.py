@@ -235,6 +235,19 @@ def test_a_timeout_names_its_stage(argv, tmp_path, capsys):
     assert f"stage '{info['stage']}'" in out.splitlines()[0] and "timeout" in out.splitlines()[0]
 
 
+def test_bounds_rows_that_ran_out_of_time_make_a_timeout():
+    from verify.provers.bounds import _timed_out
+    from verify.result import Result, Status
+    res = Result(claim="L4L5", status=Status.UNKNOWN, method="m", message="rows not verified: L1")
+    info = {"L1": {"prompt": {"status": "timeout", "message": "ran out of time in stage 'MLP preimages'"}}}
+    _timed_out(res, info, ["L1"], 0.001)
+    assert res.status == Status.TIMEOUT and res.extra["stage"] == "row L1, prompt check: MLP preimages"
+    assert res.extra["log"] and res.extra["stage"] in res.message
+    res2 = Result(claim="L4L5", status=Status.UNKNOWN, method="m")
+    _timed_out(res2, {"L1": {"prompt": {"status": "unknown"}}}, ["L1"], 1.0)
+    assert res2.status == Status.UNKNOWN
+
+
 # --------------------------------------------------------------------------- progress
 
 class Recorder:

@@ -311,7 +311,10 @@ class TerminalProgress:
         self._con = None
 
     def start(self) -> None:
+        import time
+
         from rich.console import Console
+        self._t0 = time.perf_counter()
         self._con = Console(stderr=True, highlight=False, soft_wrap=True)
         if not self.live:
             return
@@ -327,6 +330,11 @@ class TerminalProgress:
             self._bar = None
 
     def _show(self) -> None:
+        if self._bar is None and self.verbose and self._con is not None and self._step == "":
+            import time
+            text = " > ".join(x for x in (self.prefix, self._stage) if x)
+            if text:       # no live line (standard error is not a terminal): stages as log lines
+                self._con.print(f"[{time.perf_counter() - self._t0:7.2f} s] {text}", markup=False, highlight=False)
         if self._bar is not None:
             text = " > ".join(x for x in (self.prefix, self._stage) if x) + (f" - {self._step}" if self._step else "")
             self._bar.update(self._task, description=text.replace("[", "\\["))

@@ -346,6 +346,21 @@ def _reported(table: dict, body: dict) -> dict:
     return rep
 
 
+def _timed_out(res: Result, info: dict, failed: list, timeout) -> None:
+    """Status "timeout" (the stage named) when a row failed because its prover ran out of time."""
+    import re
+    for k in failed:
+        prompt = (info.get(k) or {}).get("prompt") or {}
+        if prompt.get("status") == "timeout":
+            found = re.search(r"stage '([^']*)'", prompt.get("message", ""))
+            res.status = Status.TIMEOUT
+            res.extra["stage"] = f"row {k}, prompt check: {found.group(1) if found else 'core prover'}"
+            res.extra.setdefault("log", []).append(f"row {k}: {prompt.get('message', 'timeout')}")
+            res.message = (f"ran out of time (--timeout {timeout:g} s per core-prover call) in stage "
+                           f"'{res.extra['stage']}'; {res.message}; nothing is claimed")
+            return
+
+
 def _verified(res: Result, d, m, N, h, s, r, seed, timeout) -> Result:
     body, info = verify_table(d, m, N, h, s, r, seed, timeout)
     res.extra["rows"] = info
@@ -353,6 +368,7 @@ def _verified(res: Result, d, m, N, h, s, r, seed, timeout) -> Result:
     res.checks.update({f"{k}_verified": k not in failed for k in body})
     if failed:
         res.message = f"rows not verified on their instances: {', '.join(failed)} (see info.rows)"
+        _timed_out(res, info, failed, timeout)
         return res
     res.status = Status.VERIFIED
     res.certificate = certificate("bounds-table", {"L4": body["L4"], "L5": body.get("L5"), "L1": body["L1"],
