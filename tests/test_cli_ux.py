@@ -293,7 +293,7 @@ def test_progress_on_a_terminal_names_stages_and_heads(terminal, capsys):
     assert rep.live and not rep.verbose
     stages = [c[1] for c in rep.calls if c[0] == "stage"]
     assert "MLP preimages" in stages and "relaxation R" in stages
-    assert ("step", 1, 2, "head block") in rep.calls
+    assert ("step", 1, 2, "head") in rep.calls
     assert rep.calls[-1] == ("stop",)
 
 

@@ -110,8 +110,8 @@ def relaxation_proof(c: Check) -> Optional[Proof]:
             return Proof(g, blk, rhos)
         c.clock.check("head blocks")
         blocks = head_blocks(c.model, c.ex, g, c.direct_sum, rhos) if c.softmax else []
-        for bi, blk in enumerate(blocks):
-            c.clock.progress.step(bi + 1, len(blocks), "head block")
+        for blk in blocks:
+            c.clock.progress.step((blk.head or 0) + 1, c.heads, "head")
             lam = _block_farkas(c, g, blk, rhos)
             if lam is not None:
                 return Proof(g, blk, rhos, lam=lam)
