@@ -39,14 +39,21 @@ def _frac_text(q: Fraction) -> str:
 
 def generate_campaign(out: str, n: int, seed: int = 0, max_d: int = 16, timeout: float = 20.0,
                       job_timeout: float = 120.0, classes: Optional[list] = None, artifacts: bool = True,
-                      progress=None) -> dict:
+                      progress=None, start: int = 0) -> dict:
     """Write ``n`` instances (model and dataset files), ``manifest.jsonl`` (one ``check`` job
-    each) and ``answers.jsonl`` (class and known answer) into ``out``."""
+    each) and ``answers.jsonl`` (class and known answer) into ``out``.  With ``start`` > 0 the
+    instances ``start ..`` of the same sequence are added to the files already there (a campaign
+    generated and run in chunks)."""
     from constructions.instances import generate
     inst_dir = os.path.join(out, "instances")
     os.makedirs(inst_dir, exist_ok=True)
     jobs, answers = [], []
-    for k, inst in enumerate(generate(n, seed=seed, classes=classes, max_d=max_d)):
+    if start > 0:
+        jobs = [j for j in _read_jsonl(os.path.join(out, "manifest.jsonl")) if int(j["id"][:5]) < start]
+        answers = [a for a in _read_jsonl(os.path.join(out, "answers.jsonl")) if int(a["id"][:5]) < start]
+        if len(jobs) != start or len(answers) != start:
+            raise ValueError(f"{out} holds {len(jobs)} instances, not the {start} that --start says")
+    for k, inst in enumerate(generate(n, seed=seed, classes=classes, max_d=max_d, start=start)):
         mp = os.path.join("instances", inst.id + ".model.json")
         dp = os.path.join("instances", inst.id + ".dataset.json")
         save_model(inst.model, os.path.join(out, mp))
@@ -65,7 +72,7 @@ def generate_campaign(out: str, n: int, seed: int = 0, max_d: int = 16, timeout:
             progress(f"generated {k + 1} of {n}")
     atomic_write_text(os.path.join(out, "manifest.jsonl"), "".join(json.dumps(j) + "\n" for j in jobs))
     atomic_write_text(os.path.join(out, "answers.jsonl"), "".join(json.dumps(a) + "\n" for a in answers))
-    meta = {"n": n, "seed": seed, "max_d": max_d, "timeout": timeout, "job_timeout": job_timeout}
+    meta = {"n": start + n, "seed": seed, "max_d": max_d, "timeout": timeout, "job_timeout": job_timeout}
     atomic_write_text(os.path.join(out, "campaign-params.json"), json.dumps(meta, indent=1))
     return meta
 
@@ -163,6 +170,7 @@ def main(argv=None) -> int:
     g.add_argument("--max-d", type=int, default=16)
     g.add_argument("--timeout", type=float, default=20.0, help="each check's solver time limit")
     g.add_argument("--job-timeout", type=float, default=120.0)
+    g.add_argument("--start", type=int, default=0, help="add instances start.. to a campaign folder")
     s = sub.add_parser("score", help="compare verdicts with the known answers; write campaign.json")
     s.add_argument("dir")
     s.add_argument("--batch-out", default=None)
@@ -181,7 +189,7 @@ def main(argv=None) -> int:
         if ns.n < 1 or ns.max_d < 1:
             ap.error("--n and --max-d must be positive")
         generate_campaign(ns.out, ns.n, ns.seed, ns.max_d, ns.timeout, ns.job_timeout,
-                          progress=lambda m: print(m, file=sys.stderr))
+                          progress=lambda m: print(m, file=sys.stderr), start=getattr(ns, "start", 0))
         print(f"wrote {ns.n} instances to {ns.out}/manifest.jsonl")
     if ns.cmd == "all":
         from verify.batch.jobs import read_manifest

@@ -111,14 +111,14 @@ def cross_check_tree(root: str, ms: int = 10_000, files: Optional[list] = None, 
                      work: Optional[str] = None) -> dict:
     """Cross-check every ``*.smt2`` under ``root``: counts and the disagreements.  The files are
     solved on the batch runner's local workers (:func:`verify.batch.runner.run_local`), so a solver
-    that ignores its time limit is killed at 2 ms + 10 s and counted as ``killed``."""
+    that ignores its time limit is killed at 1.5 ms + 5 s and counted as ``killed``."""
     import tempfile
 
     from verify.batch.runner import run_local
     paths = files if files is not None else sorted(
         os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if f.endswith(".smt2"))
     jobs = [{"id": f"q{i}", "command": "smt-cross", "file": os.path.abspath(p), "ms": ms,
-             "job_timeout": 2 * ms / 1000 + 10} for i, p in enumerate(paths)]
+             "job_timeout": 1.5 * ms / 1000 + 5} for i, p in enumerate(paths)]
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         recs = {r["id"]: r for r in run_local(jobs, tmp, workers=workers)}
     rows = []
