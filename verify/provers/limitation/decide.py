@@ -231,6 +231,7 @@ def _proved(c: Check, proof: Proof) -> Result:
     res.method = proof_method(proof)
     if "nonlinear_R" in res.solver:
         res.method += f"; Z3 QF_NRA on R with all heads jointly: {res.solver['nonlinear_R']}"
+    c.clock.progress.stage("trusted checker")
     t2 = time.perf_counter()
     vet_proof(res, c.model.layers[0])
     res.seconds["check"] = time.perf_counter() - t2

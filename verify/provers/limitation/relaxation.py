@@ -111,7 +111,6 @@ def relaxation_proof(c: Check) -> Optional[Proof]:
         c.clock.check("head blocks")
         blocks = head_blocks(c.model, c.ex, g, c.direct_sum, rhos) if c.softmax else []
         for blk in blocks:
-            c.clock.progress.step((blk.head or 0) + 1, c.heads, "head")
             lam = _block_farkas(c, g, blk, rhos)
             if lam is not None:
                 return Proof(g, blk, rhos, lam=lam)
@@ -121,6 +120,7 @@ def relaxation_proof(c: Check) -> Optional[Proof]:
 def _block_farkas(c: Check, g: Group, blk: Block, rhos: list[Fraction]) -> Optional[list]:
     """R on one head block; where it is infeasible, a Farkas vector with a positive margin."""
     c.clock.check("relaxation R")
+    c.clock.progress.step((blk.head or 0) + 1, c.heads, "head")
     v_free = v_full_row_rank(blk.V)
     blk.set_shift()
     try:
