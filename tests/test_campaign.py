@@ -2,7 +2,7 @@
 ``ptverify batch``, no wrong verdict, every proved/memorized re-checked by the trusted checker,
 Z3 and cvc5 agreeing on every exported SMT-LIB2 query.
 
-The default run takes a 60-instance sample (every class at least twice); the 300-instance sample
+The default run takes a 40-instance sample (every class twice, d <= 4); the 300-instance sample
 is marked slow.  The full campaign is a documented command with its results in proofs/campaign.md.
 """
 from __future__ import annotations
