@@ -146,6 +146,7 @@ def test_json_onto_an_input_is_refused_before_solving(tmp_path, capsys, no_solve
     (["prove", "limitation", "--save-model", "{tmp}/x.json", "--save-dataset", "{tmp}/x.json"], "--save-dataset"),
     (["prove", "limitation", "--json", "{tmp}/r.json", "--save-model", "{tmp}/r.json"], "--save-model"),
     (["prove", "limitation", "--save-model", "{d}/m.npz"], "--save-model"),
+    (["check", "--model", "{m}", "--dataset", "{d}", "--json", "{tmp}/" + "r" * 300 + ".json"], "--json"),
     (["reproduce", "--out", "{m}/out"], "--out"),
     (["reproduce", "--out", "{m}"], "--out"),
     (["experiment", "prompt-vs-lora", "--out", "{m}/out"], "--out"),

@@ -115,8 +115,19 @@ def _blocking_file(path: str) -> Optional[str]:
     return p if p and os.path.exists(p) and not os.path.isdir(p) else None
 
 
+def _name_problem(path: str) -> Optional[str]:
+    if "\0" in path:
+        return f"{path!r} holds a NUL character"
+    if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in path.split(os.sep)):
+        return f"a name longer than 255 bytes in {path[:80]!r}..."
+    return None
+
+
 def _folder_problem(path: str) -> Optional[str]:
     """Why a folder cannot be created or written at ``path`` (None when it can)."""
+    bad = _name_problem(path)
+    if bad:
+        return bad
     if os.path.exists(path) and not os.path.isdir(path):
         return f"{path!r} is an existing file, not a folder"
     blocker = _blocking_file(os.path.join(path, "x"))
@@ -134,6 +145,9 @@ def _file_problem(path: str) -> Optional[str]:
     """Why a file cannot be written atomically at ``path`` (None when it can)."""
     if path == "" or path.endswith(os.sep):
         return f"{path!r} is not a file name"
+    bad = _name_problem(path)
+    if bad:
+        return bad
     if os.path.isdir(path):
         return f"{path!r} is a folder"
     blocker = _blocking_file(path)
