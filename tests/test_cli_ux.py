@@ -314,6 +314,22 @@ def test_piped_runs_show_no_progress(monkeypatch, capsys):
     assert code == 0 and Recorder.made == [] and err == ""
 
 
+def test_multilayer_reports_layers_and_training_reports_steps(terminal, capsys):
+    code, out, _ = run(["prove", "multilayer", "--layers", "3", "--d", "4"], capsys)
+    assert code == 0
+    (rep,) = terminal.made
+    assert ("step", 3, 3, "layer") in rep.calls and any("spectral norm" in c[1] for c in rep.calls if c[0] == "stage")
+    import torch
+
+    from verify.experiments.prompt_vs_lora import _adam
+    from verify.progress import use
+    rec = Recorder(True, False)
+    p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    with use(rec):
+        _adam([p], lambda: ((p - 1) ** 2).sum().reshape(1), 20, 0.1, [0])
+    assert ("step", 1, 20, "Adam step") in rec.calls and ("step", 11, 20, "Adam step") in rec.calls
+
+
 def test_reproduce_reports_claim_i_of_n(terminal):
     from verify.cli import _claim_started
     from verify.progress import use
