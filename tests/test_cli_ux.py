@@ -314,20 +314,11 @@ def test_piped_runs_show_no_progress(monkeypatch, capsys):
     assert code == 0 and Recorder.made == [] and err == ""
 
 
-def test_multilayer_reports_layers_and_training_reports_steps(terminal, capsys):
+def test_multilayer_reports_layer_i_of_l(terminal, capsys):
     code, out, _ = run(["prove", "multilayer", "--layers", "3", "--d", "4"], capsys)
     assert code == 0
     (rep,) = terminal.made
     assert ("step", 3, 3, "layer") in rep.calls and any("spectral norm" in c[1] for c in rep.calls if c[0] == "stage")
-    import torch
-
-    from verify.experiments.prompt_vs_lora import _adam
-    from verify.progress import use
-    rec = Recorder(True, False)
-    p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    with use(rec):
-        _adam([p], lambda: ((p - 1) ** 2).sum().reshape(1), 20, 0.1, [0])
-    assert ("step", 1, 20, "Adam step") in rec.calls and ("step", 11, 20, "Adam step") in rec.calls
 
 
 def test_reproduce_reports_claim_i_of_n(terminal):
@@ -368,10 +359,11 @@ def test_terminal_reporter_draws_on_stderr_only(capsys):
 @pytest.mark.skipif(shutil.which("script") is None or sys.platform != "linux", reason="needs util-linux script")
 def test_a_real_terminal_sees_progress_and_a_pipe_does_not(tmp_path):
     exe = shutil.which("ptverify") or f"{sys.executable} -m verify"
-    cmd = f"{exe} prove limitation --d 3 --heads 2 --head-size 2 --mlp-width 6 --timeout 1"
+    cmd = f"{exe} prove limitation --d 4 --heads 2"
     tty = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path)
-    assert "nonlinear R" in tty.stdout or "relaxation R" in tty.stdout
+    stages = ("MLP preimages", "relaxation R", "Farkas dual", "trusted checker", "head 1 of 2")
+    assert tty.returncode == 0 and any(s in tty.stdout for s in stages), tty.stdout[-2000:]
     piped = subprocess.run(cmd.split(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert piped.stderr == "" and "L1:" in piped.stdout
 
