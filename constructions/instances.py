@@ -31,7 +31,7 @@ from .forward import forward_exact, forward_rational, mlp_exact
 from .model import Dataset, Example, Head, Layer, Model
 from .multilayer import collision_dataset, condition1_model
 
-__all__ = ["Instance", "ANSWERS", "ARGUMENTS", "CLASSES", "build", "generate", "class_names"]
+__all__ = ["Instance", "ANSWERS", "ARGUMENTS", "CLASSES", "SOFTMAX_TOLERANCE", "build", "generate", "class_names", "within_tolerance"]
 
 #: the three answers an instance can carry
 ANSWERS = ("memorizable", "unmemorizable", "unknown")
@@ -164,7 +164,7 @@ def _exact_outputs(model: Model, X: np.ndarray, prompt: np.ndarray) -> Optional[
         return None
 
 
-def _within(model: Model, ds: Dataset, prompt: np.ndarray, tol: Fraction) -> bool:
+def within_tolerance(model: Model, ds: Dataset, prompt: np.ndarray, tol: Fraction) -> bool:
     """True when a rigorous enclosure of the prompt's outputs lies within ``tol`` of every
     constrained target (so the prompt memorizes the dataset within ``tol``)."""
     for ex in ds.examples:
@@ -215,7 +215,7 @@ def _planted_exact(model: Model, p: dict, examples: int = 2):
     return ds, prompt, exact
 
 
-def b_planted_zero(rng, p):
+def _b_planted_zero(rng, p):
     m = _model(p, zero_scores=True)
     ds, prompt, exact = _planted_exact(m, p)
     return ("memorizable" if exact else "unknown"), m, ds, {"prompt": prompt}
@@ -230,28 +230,28 @@ def _small(p: dict) -> dict:
     return dict(p, d=d, head_size=min(p["head_size"], d))
 
 
-def b_planted_hardmax(rng, p):
+def _b_planted_hardmax(rng, p):
     p = _small(p)
     m = _model(p, kind="hardmax")
     ds, prompt, exact = _planted_exact(m, p)
     if exact:
         return "memorizable", m, ds, {"prompt": prompt}
-    ok = _within(m, ds, prompt, SOFTMAX_TOLERANCE)
+    ok = within_tolerance(m, ds, prompt, SOFTMAX_TOLERANCE)
     return ("memorizable" if ok else "unknown"), m, ds, {"prompt": prompt, "tolerance": SOFTMAX_TOLERANCE}
 
 
-def b_planted_equal(rng, p):
+def _b_planted_equal(rng, p):
     hs = max(2, p["head_size"])
     m = condition1_model(p["d"], heads=p["heads"], layers=1, seed=p["seed"], head_size=hs, causal=p["causal"])
     ds, prompt, exact = _planted_exact(m, p)
     return ("memorizable" if exact else "unknown"), m, ds, {"prompt": prompt}
 
 
-def b_planted_softmax(rng, p):
+def _b_planted_softmax(rng, p):
     p = _small(p)
     m = _model(p)
     ds, prompt = planted_dataset(m, seed=p["seed"], examples=2, prompt_length=p.get("plen", 1), exact=False)
-    ok = _within(m, ds, prompt, SOFTMAX_TOLERANCE)
+    ok = within_tolerance(m, ds, prompt, SOFTMAX_TOLERANCE)
     return ("memorizable" if ok else "unknown"), m, ds, {"prompt": prompt, "tolerance": SOFTMAX_TOLERANCE}
 
 
@@ -266,19 +266,19 @@ def _prop_e(p: dict, alpha: Fraction):
     return m, ds, separated
 
 
-def b_prop_e_integer(rng, p):
+def _b_prop_e_integer(rng, p):
     alpha = int(rng.integers(1, 4))
     m, ds, _ = _prop_e(p, Fraction(alpha))
     return "memorizable", m, ds, {"note": f"alpha={alpha}"}
 
 
-def b_fixed_length_match(rng, p):
+def _b_fixed_length_match(rng, p):
     alpha = int(rng.integers(1, 4))
     m, ds, _ = _prop_e(p, Fraction(alpha))
     return "memorizable", m, ds, {"prompt_length": alpha, "note": f"alpha={alpha}"}
 
 
-def b_prop_e_fraction(rng, p):
+def _b_prop_e_fraction(rng, p):
     den = int(rng.integers(2, 5))
     num = int(rng.integers(1, 4 * den))
     if num % den == 0:
@@ -288,7 +288,7 @@ def b_prop_e_fraction(rng, p):
     return ("unmemorizable" if sep else "unknown"), m, ds, {"note": f"alpha={alpha}"}
 
 
-def b_fixed_length_mismatch(rng, p):
+def _b_fixed_length_mismatch(rng, p):
     alpha = int(rng.integers(1, 4))
     K = int(rng.integers(1, 5))
     if K == alpha:
@@ -302,7 +302,7 @@ def _direct_sum(m: Model) -> bool:
     return Wo.shape[1] <= m.d and _frac_rank(Wo) == Wo.shape[1]
 
 
-def b_l1_rays(rng, p):
+def _b_l1_rays(rng, p):
     heads = min(p["heads"], p["d"])
     m = random_model(p["d"], heads=heads, head_size=max(1, p["d"] // heads), seed=p["seed"], causal=p["causal"])
     if not _direct_sum(m):
@@ -312,7 +312,7 @@ def b_l1_rays(rng, p):
     return "unmemorizable", m, ds, {}
 
 
-def b_l1_overlap(rng, p):
+def _b_l1_overlap(rng, p):
     d = max(2, p["d"])
     heads = max(2, p["heads"])
     s = d // heads + 1
@@ -321,7 +321,7 @@ def b_l1_overlap(rng, p):
     return "unknown", m, ds, {}
 
 
-def b_l3(rng, p):
+def _b_l3(rng, p):
     """The construction of :func:`constructions.datasets.l3_dataset`, done here so that the needed
     attention output c = z - x is at hand and its leaving V is checked exactly."""
     d = max(2, p["d"])
@@ -347,7 +347,7 @@ def b_l3(rng, p):
     return ("unmemorizable" if off else "unknown"), m, ds, {}
 
 
-def b_degenerate_head(rng, p):
+def _b_degenerate_head(rng, p):
     m = _zero_values(_model(p))
     X = random_tokens(rng, 2, p["d"])
     c = np.array([Fraction(int(rng.integers(1, 64)), 64) * (1 if rng.random() < 0.5 else -1)
@@ -356,7 +356,7 @@ def b_degenerate_head(rng, p):
     return "unmemorizable", m, Dataset([Example(input=X, output=[None, y])]), {}
 
 
-def b_degenerate_trivial(rng, p):
+def _b_degenerate_trivial(rng, p):
     m = _zero_values(_model(p))
     X = random_tokens(rng, 2, p["d"])
     ys = [mlp_exact(m.layers[0], as_fraction(x)) for x in X]
@@ -364,13 +364,13 @@ def b_degenerate_trivial(rng, p):
     return "memorizable", m, Dataset([Example(input=X, output=out)]), {}
 
 
-def b_zero_mlp_planted(rng, p):
+def _b_zero_mlp_planted(rng, p):
     m = _zero_mlp(_model(p, zero_scores=True))
     ds, prompt, exact = _planted_exact(m, p)
     return ("memorizable" if exact else "unknown"), m, ds, {"prompt": prompt}
 
 
-def b_zero_mlp_l1(rng, p):
+def _b_zero_mlp_l1(rng, p):
     heads = min(p["heads"], p["d"])
     m = _zero_mlp(random_model(p["d"], heads=heads, head_size=max(1, p["d"] // heads), seed=p["seed"],
                                causal=p["causal"]))
@@ -378,7 +378,7 @@ def b_zero_mlp_l1(rng, p):
     return ("unmemorizable" if _direct_sum(m) else "unknown"), m, ds, {}
 
 
-def b_limit(rng, p):
+def _b_limit(rng, p):
     m = random_model(p["d"], heads=1, seed=p["seed"], causal=p["causal"], zero_scores=True)
     h = m.layers[0].heads[0]
     M = as_fraction(np.asarray(h.W_o)).dot(as_fraction(np.asarray(h.W_v)))
@@ -392,7 +392,7 @@ def b_limit(rng, p):
     return ("unmemorizable" if sep else "unknown"), m, ds, {}
 
 
-def b_boundary_at(rng, p):
+def _b_boundary_at(rng, p):
     m = _model(p, zero_scores=True)
     ds, prompt, exact = _planted_exact(m, p)
     delta = Fraction(1, 1 << int(rng.integers(4, 20)))
@@ -405,7 +405,7 @@ def b_boundary_at(rng, p):
     return ("memorizable" if exact else "unknown"), m, ds, {"prompt": prompt, "tolerance": delta}
 
 
-def b_boundary_below(rng, p):
+def _b_boundary_below(rng, p):
     m = _zero_values(_model(p))
     X = random_tokens(rng, 2, p["d"])
     delta = Fraction(1, 1 << int(rng.integers(4, 20)))
@@ -439,7 +439,7 @@ def _ml_model(p: dict) -> Model:
                             head_size=max(1, p["head_size"]), causal=True)
 
 
-def b_ml_collision(rng, p):
+def _b_ml_collision(rng, p):
     m = _ml_model(p)
     ds, _ = collision_dataset(m, seed=p["seed"], prompt_length=p.get("plen", 1))
     x1, x2 = ds.examples[0].input[0], ds.examples[1].input[0]
@@ -447,7 +447,7 @@ def b_ml_collision(rng, p):
     return ("unmemorizable" if ok else "unknown"), m, ds, {}
 
 
-def b_ml_planted(rng, p):
+def _b_ml_planted(rng, p):
     m = _ml_model(p)
     ds, prompt, exact = _planted_exact(m, dict(p, shared=False))
     return ("memorizable" if exact else "unknown"), m, ds, {"prompt": prompt}
@@ -455,26 +455,26 @@ def b_ml_planted(rng, p):
 
 #: class name -> (builder, sampling weight, multi-layer?)
 CLASSES: dict[str, tuple[Callable, int, bool]] = {
-    "planted-zero": (b_planted_zero, 3, False),
-    "planted-hardmax": (b_planted_hardmax, 3, False),
-    "planted-equal": (b_planted_equal, 2, False),
-    "planted-softmax": (b_planted_softmax, 3, False),
-    "prop-e-integer": (b_prop_e_integer, 2, False),
-    "fixed-length-match": (b_fixed_length_match, 1, False),
-    "degenerate-head-trivial": (b_degenerate_trivial, 1, False),
-    "zero-mlp-planted": (b_zero_mlp_planted, 1, False),
-    "boundary-tolerance-at": (b_boundary_at, 2, False),
-    "multilayer-planted": (b_ml_planted, 1, True),
-    "l1-rays": (b_l1_rays, 4, False),
-    "l1-overlap": (b_l1_overlap, 1, False),
-    "l3-off-subspace": (b_l3, 3, False),
-    "prop-e-fraction": (b_prop_e_fraction, 2, False),
-    "fixed-length-mismatch": (b_fixed_length_mismatch, 2, False),
-    "degenerate-head": (b_degenerate_head, 1, False),
-    "zero-mlp-l1": (b_zero_mlp_l1, 1, False),
-    "limit-not-attained": (b_limit, 2, False),
-    "boundary-tolerance-below": (b_boundary_below, 1, False),
-    "multilayer-collision": (b_ml_collision, 2, True),
+    "planted-zero": (_b_planted_zero, 3, False),
+    "planted-hardmax": (_b_planted_hardmax, 3, False),
+    "planted-equal": (_b_planted_equal, 2, False),
+    "planted-softmax": (_b_planted_softmax, 3, False),
+    "prop-e-integer": (_b_prop_e_integer, 2, False),
+    "fixed-length-match": (_b_fixed_length_match, 1, False),
+    "degenerate-head-trivial": (_b_degenerate_trivial, 1, False),
+    "zero-mlp-planted": (_b_zero_mlp_planted, 1, False),
+    "boundary-tolerance-at": (_b_boundary_at, 2, False),
+    "multilayer-planted": (_b_ml_planted, 1, True),
+    "l1-rays": (_b_l1_rays, 4, False),
+    "l1-overlap": (_b_l1_overlap, 1, False),
+    "l3-off-subspace": (_b_l3, 3, False),
+    "prop-e-fraction": (_b_prop_e_fraction, 2, False),
+    "fixed-length-mismatch": (_b_fixed_length_mismatch, 2, False),
+    "degenerate-head": (_b_degenerate_head, 1, False),
+    "zero-mlp-l1": (_b_zero_mlp_l1, 1, False),
+    "limit-not-attained": (_b_limit, 2, False),
+    "boundary-tolerance-below": (_b_boundary_below, 1, False),
+    "multilayer-collision": (_b_ml_collision, 2, True),
 }
 
 

@@ -24,7 +24,7 @@ UNKNOWN_BY_DESIGN = {"l1-overlap"}
 
 
 def _within(inst) -> bool:
-    from constructions.instances import _within as within
+    from constructions.instances import within_tolerance as within
     return within(inst.model, inst.dataset, inst.prompt, inst.tolerance)
 
 
