@@ -138,6 +138,11 @@ def _folder_problem(path: str) -> Optional[str]:
         p = os.path.dirname(p)
     if not os.access(p, os.W_OK | os.X_OK):
         return f"the folder {p!r} is not writable"
+    try:                  # os.access says yes to root everywhere (/proc, read-only mounts): probe
+        import tempfile
+        os.rmdir(tempfile.mkdtemp(prefix=".ptverify-probe-", dir=p))
+    except OSError as exc:
+        return f"the folder {p!r} is not writable ({exc.strerror or exc})"
     return None
 
 
