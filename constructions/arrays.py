@@ -18,7 +18,7 @@ import numpy as np
 __all__ = [
     "InputError", "MAX_RATIONAL_CHARS", "MAX_DECIMAL_EXPONENT", "parse_number", "parse_array",
     "shape_str", "is_float_array", "as_float", "as_fraction", "as_scaled_int", "dyadic_int64", "IntMatrix",
-    "number_to_json", "array_to_json",
+    "number_to_json", "array_to_json", "blas_threads",
 ]
 
 
@@ -322,3 +322,55 @@ def array_to_json(a: np.ndarray):
     if a.dtype == np.float64:
         return a.tolist()
     return np.vectorize(number_to_json, otypes=[object])(a).tolist() if a.size else a.tolist()
+
+
+# --------------------------------------------------------------------------- BLAS threads
+
+def _openblas_controls():
+    """(get, set) of the OpenBLAS bundled with numpy, or None (another BLAS, not found)."""
+    import ctypes
+    import glob
+    import os
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "*openblas*.so*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, put in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                         ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                         ("openblas_get_num_threads", "openblas_set_num_threads")):
+            if hasattr(lib, get) and hasattr(lib, put):
+                g, s = getattr(lib, get), getattr(lib, put)
+                g.restype, s.argtypes = ctypes.c_int, [ctypes.c_int]
+                return g, s
+    return None
+
+
+class blas_threads:
+    """``with blas_threads(1):`` runs numpy's float linear algebra on that many BLAS threads.
+
+    The solves and factorizations here are of size d (a few hundred to a few thousand): a
+    threaded LU on a 2-core machine whose other core is busy waits for it and runs about ten
+    times slower than one thread.  Best effort: without a bundled OpenBLAS it does nothing."""
+
+    def __init__(self, n: int = 1):
+        self.n, self.old, self.ctl = n, None, None
+
+    def __enter__(self):
+        try:
+            self.ctl = _openblas_controls()
+            if self.ctl is not None:
+                self.old = self.ctl[0]()
+                self.ctl[1](self.n)
+        except Exception:   # a BLAS control that misbehaves only costs speed
+            self.ctl = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctl is not None and self.old:
+            try:
+                self.ctl[1](self.old)
+            except Exception:
+                pass
+        return False

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
 
+from constructions.arrays import blas_threads
 from constructions.model import Dataset, InputError, Model
 from verify.provers.exact import EXP_ARG_LIMIT, ExpRangeError, approx
 from verify.provers.limitation.attention_free import attention_free, attention_free_decided
@@ -76,7 +77,8 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     opts = _Options(prompt_length, tolerance, timeout, artifacts, claim, search_witness, inputs_extra, side_files,
                     nonlinear)
     try:
-        return _decide(model, dataset, opts, clock)
+        with blas_threads(1):
+            return _decide(model, dataset, opts, clock)
     except OutOfTime as exc:
         res = clock.res
         res.status, res.certificate, res.reported = Status.TIMEOUT, None, {}
@@ -277,8 +279,9 @@ def prove_limitation(d: int = 3, heads: int = 1, head_size: Optional[int] = None
     from verify.progress import ensure
     ensure(progress).stage("random model and L1 dataset")
     t0 = time.perf_counter()
-    model = random_model(d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed, kind=kind)
-    ds = l1_dataset(model, seed=seed, margin=margin, examples=examples)
+    with blas_threads(1):
+        model = random_model(d, heads=heads, head_size=head_size, mlp_width=mlp_width, seed=seed, kind=kind)
+        ds = l1_dataset(model, seed=seed, margin=margin, examples=examples)
     tb = time.perf_counter() - t0
     extra = {"seed": seed, "builder": {"d": d, "heads": heads, "head_size": model.meta["head_size"],
                                        "mlp_width": model.meta["mlp_width"], "kind": kind, "margin": margin}}

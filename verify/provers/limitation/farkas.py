@@ -119,15 +119,18 @@ def _kappa(block: Block, lam_i: list[Fraction]) -> Fraction:
 def dual_block(z3, block: Block, members: list[Member], clock: Clock, v_free: bool,
                alpha_lo: Fraction = Fraction(0), alpha_hi: Optional[Fraction] = None,
                ineq: Optional[EntropyIneq] = None, rhos: Optional[list] = None,
-               stage: str = "Farkas dual") -> Optional[Dual]:
+               stage: str = "Farkas dual", rows: Optional[list[int]] = None) -> Optional[Dual]:
     """Exact Farkas vector for an infeasible block via Z3 (LRA), or None.
 
     ``ineq`` adds the entropy inequalities (then mu_lo, mu_hi may be nonzero).  With radii
-    ``rhos`` (annihilator form) the multipliers must also beat the slack of inexact targets."""
+    ``rhos`` (annihilator form) the multipliers must also beat the slack of inexact targets.
+    ``rows`` restricts the multipliers to those rows of V (the others are 0): a much smaller LP
+    whose solutions are Farkas vectors of the whole block as well."""
     q = len(block.V)
     K = len(members)
     s = z3.SolverFor("QF_LRA")
-    lam = [[z3.Real(f"l{i}_{r}") for r in range(q)] for i in range(K)]
+    keep = set(range(q)) if rows is None else set(rows)
+    lam = [[z3.Real(f"l{i}_{r}") if r in keep else None for r in range(q)] for i in range(K)]
     mus = _entropy_multipliers(z3, s, ineq)
     _stationarity(z3, s, block, lam, mus, ineq, v_free)
     g_alpha = _alpha_coefficient(z3, block, lam, mus, ineq)
@@ -161,17 +164,18 @@ def _stationarity(z3, s, block: Block, lam, mus, ineq: Optional[EntropyIneq], v_
     if ineq is not None:
         gv = ineq.g
         for c in range(d):
-            terms = [lam[i][r] * z3q(z3, block.V[r][c]) for i in range(K) for r in range(q) if block.V[r][c]]
+            terms = [lam[i][r] * z3q(z3, block.V[r][c]) for i in range(K) for r in range(q) if lam[i][r] is not None and block.V[r][c]]
             if gv[c]:
                 terms.append((mus[1] - mus[0]) * z3q(z3, gv[c]))
             if terms:
                 s.add(z3.Sum(terms) == 0)
     elif v_free:
         for r in range(q):
-            s.add(z3.Sum([lam[i][r] for i in range(K)]) == 0)
+            if lam[0][r] is not None:
+                s.add(z3.Sum([lam[i][r] for i in range(K)]) == 0)
     else:
         for c in range(d):
-            terms = [lam[i][r] * z3q(z3, block.V[r][c]) for i in range(K) for r in range(q) if block.V[r][c]]
+            terms = [lam[i][r] * z3q(z3, block.V[r][c]) for i in range(K) for r in range(q) if lam[i][r] is not None and block.V[r][c]]
             if terms:
                 s.add(z3.Sum(terms) == 0)
 
@@ -179,7 +183,7 @@ def _stationarity(z3, s, block: Block, lam, mus, ineq: Optional[EntropyIneq], v_
 def _alpha_coefficient(z3, block: Block, lam, mus, ineq: Optional[EntropyIneq]):
     """The combination's coefficient of alpha: -sum_i lambda_i^T tau_i (+ the entropy terms)."""
     q, K = len(block.V), len(lam)
-    g_alpha = -z3.Sum([lam[i][r] * z3q(z3, block.taus[i][r]) for i in range(K) for r in range(q) if block.taus[i][r]] or [z3.RealVal(0)])
+    g_alpha = -z3.Sum([lam[i][r] * z3q(z3, block.taus[i][r]) for i in range(K) for r in range(q) if lam[i][r] is not None and block.taus[i][r]] or [z3.RealVal(0)])
     if ineq is not None:
         if ineq.c_lo is not None:
             g_alpha = g_alpha + mus[0] * z3q(z3, ineq.c_lo)
@@ -195,7 +199,7 @@ def _slack_weights(z3, s, block: Block, lam, rhos) -> list:
     for i in range(len(lam)):
         ts = []
         for c in range(d):
-            v = z3.Sum([lam[i][r] * z3q(z3, block.Phi[r][c]) for r in range(q) if block.Phi[r][c]] or [z3.RealVal(0)])
+            v = z3.Sum([lam[i][r] * z3q(z3, block.Phi[r][c]) for r in range(q) if lam[i][r] is not None and block.Phi[r][c]] or [z3.RealVal(0)])
             t = z3.Real(f"t{i}_{c}")
             s.add(t >= v, t >= -v)
             ts.append(t)
@@ -222,7 +226,7 @@ def _score_terms(z3, s, block: Block, members: list[Member], lam, ws) -> list:
         for t, key in enumerate(m.keys):
             vx = block.VX[i][t]
             coefs = [a - b for a, b in zip(vx, block.taus[i])]
-            term = z3.Sum([lam[i][r] * z3q(z3, coefs[r]) for r in range(q) if coefs[r]] or [z3.RealVal(0)])
+            term = z3.Sum([lam[i][r] * z3q(z3, coefs[r]) for r in range(q) if lam[i][r] is not None and coefs[r]] or [z3.RealVal(0)])
             sc = block.scores[i][t]
             g[sc] = g[sc] + term if sc in g else term
     ms = []
@@ -239,7 +243,7 @@ def _score_terms(z3, s, block: Block, members: list[Member], lam, ws) -> list:
 def _read_dual(mdl, lam, mus) -> Dual:
     """The model's multipliers; a positive multiple of a Farkas vector is one, so the largest
     entry is scaled to 1 (short numbers)."""
-    out = [[model_value(mdl, v) for v in row] for row in lam]
+    out = [[model_value(mdl, v) if v is not None else Fraction(0) for v in row] for row in lam]
     mu = [model_value(mdl, mus[0]), model_value(mdl, mus[1])]
     top = max([abs(v) for row in out for v in row] + [abs(v) for v in mu])
     if top:

@@ -136,14 +136,34 @@ def _block_farkas(c: Check, g: Group, blk: Block, rhos: list[Fraction]) -> Optio
         _write_smt2(c.artifacts, f"R_group{c.groups.index(g)}_head{blk.head}.smt2", solver)
     if ans != "unsat":
         return None
-    dual = dual_block(c.z3, blk, g.members, c.clock, v_free, rhos=rhos)
-    if dual is None:
-        c.log.append("  no Farkas vector found")
-        return None
-    if farkas_margin(blk, g.members, dual.lam, rhos) is None:
-        c.log.append("  Farkas vector does not survive the tolerance slack")
-        return None
-    return dual.lam
+    # first the dual restricted to one row of V (a tiny LP; any of its solutions is a Farkas
+    # vector of the whole block), rows where the members' targets differ most first; then the
+    # whole dual
+    for rows in _row_supports(blk) + [None]:
+        dual = dual_block(c.z3, blk, g.members, c.clock, v_free, rhos=rhos, rows=rows)
+        if dual is None:
+            if rows is None:
+                c.log.append("  no Farkas vector found")
+            continue
+        if farkas_margin(blk, g.members, dual.lam, rhos) is None:
+            if rows is None:
+                c.log.append("  Farkas vector does not survive the tolerance slack")
+            continue
+        return dual.lam
+    return None
+
+
+_ROW_TRIES = 4
+
+
+def _row_supports(blk) -> list:
+    """Up to _ROW_TRIES single rows of V, by decreasing spread of the members' tau entries."""
+    q = len(blk.V)
+    if q <= 1 or len(blk.taus) < 2:
+        return []
+    spread = [max(float(t[r]) for t in blk.taus) - min(float(t[r]) for t in blk.taus) for r in range(q)]
+    order = sorted(range(q), key=lambda r: -spread[r])
+    return [[r] for r in order[:_ROW_TRIES] if spread[r] > 0]
 
 
 def _write_smt2(folder: str, name: str, solver) -> None:
