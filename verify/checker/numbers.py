@@ -292,7 +292,7 @@ class Mat:
         if n == 0:
             rows = [[0] * (self.shape[1] if transpose else self.shape[0]) for _ in xs]
         elif self._parts is not None and self.F.size >= LIMB_MIN_SIZE:
-            rows = _limb_product(self._parts, ints, transpose)
+            rows = _limb_product(self._parts, ints, transpose, self.F, self.D)
         else:
             X = np.empty((n, len(xs)), dtype=object)
             for c, xi in enumerate(ints):
@@ -368,7 +368,24 @@ def _mat_limb(parts, k: int, b: int) -> np.ndarray:
     return sgn * limb.astype(np.int64)
 
 
-def _limb_product(parts, ints: list[list[int]], transpose: bool) -> list[list[int]]:
+def _float_limbs(G: np.ndarray, sgn: np.ndarray, b: int, K: int):
+    """Limbs 0..K-1 of |N| (given exactly as the float array G of integers, each < 2^(b K)) with
+    N's sign, as int64.  With F_k = floor(G / 2^(b k)) (exact: a power-of-two scaling, then floor
+    of a float), limb k = F_k - 2^b F_(k+1), a difference of two floats within a factor of two of
+    each other or with F_(k+1) = 0, hence exact (Sterbenz), and in [0, 2^b)."""
+    two = float(1 << b)
+    cur = G.copy()
+    nxt = np.empty_like(G)
+    for k in range(K):
+        np.multiply(G, 2.0 ** (-b * (k + 1)), out=nxt)   # exact unless below 2^-1022 (then < 1)
+        np.floor(nxt, out=nxt)
+        cur -= two * nxt
+        yield sgn * cur.astype(np.int64)
+        cur, nxt = nxt, cur
+
+
+def _limb_product(parts, ints: list[list[int]], transpose: bool, F: np.ndarray | None = None,
+                  D: int = 0) -> list[list[int]]:
     """N x for integer vectors x (columns of ``ints``), exactly: N and x split into b-bit signed
     limbs, every limb product a matrix product in int64 whose sums stay below 2^62 (n terms each
     below 2^(2b)), then recombined in Python integers.  Falls back to object arithmetic when the
@@ -389,10 +406,19 @@ def _limb_product(parts, ints: list[list[int]], transpose: bool) -> list[list[in
     Xl = np.concatenate(cols, axis=1)                    # n x sum L_c
     acc = np.zeros((odd.shape[0], Xl.shape[1]), dtype=object)
     step = max(1, LIMB_CHUNK // max(n, 1))               # rows at a time: bounded temporaries
+    # |N| = |F| D exactly as floats when every |N| < 2^1000 (then each limb comes from floats)
+    use_float = F is not None and D > 0 and 53 + int(shift.max(initial=0)) < 1000
+    if use_float:
+        F = F.T if transpose else F
     for r0 in range(0, odd.shape[0], step):
         part = (sgn[r0:r0 + step], odd[r0:r0 + step], shift[r0:r0 + step])
-        for k in range(K):
-            P = _mat_limb(part, k, b) @ Xl                 # |entries| < n 2^(2b) <= 2^62
+        if use_float:
+            G = np.abs(F[r0:r0 + step]) * float(D)      # exact: a power-of-two scaling, no overflow
+            limbs = _float_limbs(G, part[0].astype(np.int64), b, K)
+        else:
+            limbs = (_mat_limb(part, k, b) for k in range(K))
+        for k, limb in enumerate(limbs):
+            P = limb @ Xl                                   # |entries| < n 2^(2b) <= 2^62
             acc[r0:r0 + step] += P.astype(object) * (1 << (b * k))
     out, off = [], 0
     for C in cols:
