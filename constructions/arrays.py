@@ -53,6 +53,8 @@ def _parse_rational_string(v: str, fld: str) -> Fraction:
     if len(t) > MAX_RATIONAL_CHARS:
         raise InputError(fld, f"a rational string of at most {MAX_RATIONAL_CHARS} characters",
                          f"{len(t)} characters")
+    if not t.isascii() or "_" in t:      # Fraction() also takes "1_000" and non-ASCII digits
+        raise InputError(fld, _RATIONAL_HELP, repr(v[:40]))
     if "e" in t:
         mant, _, ex = t.partition("e")
         try:

@@ -119,9 +119,26 @@ def _matrix(parent: dict, name: str, fld: str, shape) -> np.ndarray:
     return parse_array(parent[name], fld, shape)
 
 
+def _known_fields(obj: dict, where: str, allowed) -> None:
+    """Refuse a field the format does not define (the trusted checker's reader refuses it too),
+    so that a misspelt field is not silently ignored."""
+    for k in obj:
+        if k not in allowed:
+            raise InputError(f"{where}.{k}" if where else str(k), "no field of that name (the format defines "
+                             + ", ".join(sorted(allowed)) + ")", repr(k)[:60])
+
+
+def _meta(obj: dict) -> dict:
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise InputError("meta", "a JSON object", f"{type(meta).__name__} {meta!r}"[:60])
+    return dict(meta)
+
+
 def _head_from_json(ho: Any, hf: str, d: int) -> Head:
     if not isinstance(ho, dict):
         raise InputError(hf, "an object with W_q, W_k, W_v, W_o", type(ho).__name__)
+    _known_fields(ho, hf, ("W_q", "W_k", "W_v", "W_o"))
     W_q = _matrix(ho, "W_q", f"{hf}.W_q", (None, d))
     s = W_q.shape[0]
     if s < 1:
@@ -135,6 +152,7 @@ def _head_from_json(ho: Any, hf: str, d: int) -> Head:
 def _mlp_from_json(mlp: Any, mf: str, d: int) -> tuple:
     if not isinstance(mlp, dict):
         raise InputError(mf, "an object with W_1, b_1, W_2, b_2", repr(mlp)[:60])
+    _known_fields(mlp, mf, ("W_1", "b_1", "W_2", "b_2"))
     W_1 = _matrix(mlp, "W_1", f"{mf}.W_1", (None, d))
     r = W_1.shape[0]
     if r < 1 or W_1.shape != (r, d):
@@ -149,9 +167,11 @@ def _mlp_from_json(mlp: Any, mf: str, d: int) -> tuple:
 def _layer_from_json(lo: Any, lf: str, d: int) -> Layer:
     if not isinstance(lo, dict):
         raise InputError(lf, "an object with \"attention\" and \"mlp\"", type(lo).__name__)
+    _known_fields(lo, lf, ("attention", "mlp"))
     att = lo.get("attention")
     if not isinstance(att, dict):
         raise InputError(f"{lf}.attention", "an object", repr(att)[:60])
+    _known_fields(att, f"{lf}.attention", ("kind", "heads"))
     kind = att.get("kind", "softmax")
     if kind not in ("softmax", "hardmax"):
         raise InputError(f"{lf}.attention.kind", "\"softmax\" or \"hardmax\"", repr(kind))
@@ -170,6 +190,7 @@ def model_from_json(obj: Any) -> Model:
     fmt = obj.get("format")
     if fmt != MODEL_FORMAT:
         raise InputError("format", f"\"{MODEL_FORMAT}\"", repr(fmt))
+    _known_fields(obj, "", ("format", "d", "causal", "layers", "meta"))
     d = obj.get("d")
     if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= MAX_D:
         raise InputError("d", f"a positive integer of at most {MAX_D}", repr(d)[:40])
@@ -180,13 +201,13 @@ def model_from_json(obj: Any) -> Model:
     if not isinstance(layers_obj, list) or not layers_obj:
         raise InputError("layers", "a non-empty list of layers", repr(layers_obj)[:60])
     layers = [_layer_from_json(lo, f"layers[{li}]", d) for li, lo in enumerate(layers_obj)]
-    meta = obj.get("meta", {})
-    return Model(d=d, layers=layers, causal=causal, meta=dict(meta) if isinstance(meta, dict) else {})
+    return Model(d=d, layers=layers, causal=causal, meta=_meta(obj))
 
 
 def _example_from_json(ex: Any, ef: str, d: Optional[int]) -> Example:
     if not isinstance(ex, dict):
         raise InputError(ef, "an object with \"input\" and \"output\"", type(ex).__name__)
+    _known_fields(ex, ef, ("input", "output"))
     X = parse_array(ex.get("input"), f"{ef}.input", (None, d))
     if X.shape[0] < 1:
         raise InputError(f"{ef}.input", "at least one token", "none")
@@ -205,6 +226,7 @@ def dataset_from_json(obj: Any, d: Optional[int] = None) -> Dataset:
         raise InputError("dataset", "a JSON object", type(obj).__name__)
     if obj.get("format") != DATASET_FORMAT:
         raise InputError("format", f"\"{DATASET_FORMAT}\"", repr(obj.get("format")))
+    _known_fields(obj, "", ("format", "examples", "meta"))
     exs = obj.get("examples")
     if not isinstance(exs, list) or not exs:
         raise InputError("examples", "a non-empty list", repr(exs)[:60])
@@ -212,8 +234,7 @@ def dataset_from_json(obj: Any, d: Optional[int] = None) -> Dataset:
     for i, ex in enumerate(exs):
         out.append(_example_from_json(ex, f"examples[{i}]", d))
         d = out[-1].input.shape[1]
-    meta = obj.get("meta", {})
-    return Dataset(out, meta if isinstance(meta, dict) else {})
+    return Dataset(out, _meta(obj))
 
 
 # --------------------------------------------------------------------------- reading files
