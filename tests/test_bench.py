@@ -188,3 +188,16 @@ def test_blocked_rank_mod_p_agrees_with_plain_elimination():
         A = A.astype(np.int64) % p
         for b in (1, 3, 64):
             assert _full_rank_mod_p(A, p, b) == plain(A)
+
+
+def test_matmul_mod_exact_at_full_range():
+    """The float products behind the blocked rank test equal Python-integer products mod p for
+    entries up to p - 1 and the largest inner size (64)."""
+    import numpy as np
+    from verify.checker.limitation import PRIMES, _matmul_mod
+    rng = np.random.default_rng(8)
+    for p in PRIMES:
+        X, Y = rng.integers(0, p, (20, 64)), rng.integers(0, p, (64, 15))
+        X[0, :], Y[:, 0] = p - 1, p - 1
+        ref = [[sum(int(X[i, k]) * int(Y[k, j]) for k in range(64)) % p for j in range(15)] for i in range(20)]
+        assert _matmul_mod(X, Y, p).tolist() == ref

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .inputs import load_input, load_json_strict
-from .numbers import Reject, fields, rat
+from .numbers import Reject, fields, one_blas_thread, rat
 from .questions import DECIDED_STATUSES, QUESTIONS, STATUSES, parse_question
 
 __all__ = ["RESULT_FORMAT", "CERTIFICATE_FORMAT", "STATUS_KINDS", "Context", "Outcome", "check_result",
@@ -146,7 +146,8 @@ def _check(res: Any, base_dir: str) -> tuple[bool, str]:
 def check_result(res: Any, base_dir: str = ".") -> tuple[bool, str]:
     """Re-check a parsed result.  Returns (holds, one-line message); never raises."""
     try:
-        return _check(res, base_dir)
+        with one_blas_thread():
+            return _check(res, base_dir)
     except Reject as exc:
         return False, str(exc)
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, ArithmeticError,

@@ -255,12 +255,13 @@ def _exp_score(s: Fraction) -> tuple[Fraction, Fraction]:
 
 def _full_rank_mod_p(A: np.ndarray, p: int, b: int = 64) -> bool:
     """Does A (entries in [0, p), int64, p < 2^27) have a pivot in every column modulo p?
-    Blocked LU with row pivoting: each panel of b columns is eliminated column by column, its
-    rows to the right are solved with the panel's unit lower triangle, and the trailing block is
-    updated by one int64 matrix product, every entry a sum of b products below p^2, so below
-    b p^2 < 2^60 (exact).  A column without a pivot means the columns so far are dependent."""
+    Blocked LU with row pivoting: each panel of b <= 64 columns is eliminated column by column,
+    its rows to the right are solved with the panel's unit lower triangle (its inverse applied by
+    one product) and the trailing block is updated by one product, both by :func:`_matmul_mod`.
+    A column without a pivot means the columns so far are dependent."""
     A = A.copy()
     m, n = A.shape
+    b = max(1, min(b, 64))
     for k0 in range(0, n, b):
         k1 = min(k0 + b, n)
         for c in range(k0, k1):
@@ -273,12 +274,30 @@ def _full_rank_mod_p(A: np.ndarray, p: int, b: int = 64) -> bool:
             f = (A[c + 1:, c] * pow(int(A[c, c]), p - 2, p)) % p
             A[c + 1:, c] = f
             if c + 1 < k1:
-                A[c + 1:, c + 1:k1] = (A[c + 1:, c + 1:k1] - (f[:, None] * A[c, c + 1:k1]) % p) % p
+                # products below p^2 < 2^54, differences above -2^54: exact in int64, and numpy's
+                # % of a negative integer by p > 0 lies in [0, p)
+                A[c + 1:, c + 1:k1] = (A[c + 1:, c + 1:k1] - f[:, None] * A[c, c + 1:k1]) % p
         if k1 < n:
-            for c in range(k0, k1 - 1):
-                A[c + 1:k1, k1:] = (A[c + 1:k1, k1:] - (A[c + 1:k1, c][:, None] * A[c, k1:]) % p) % p
-            A[k1:, k1:] = (A[k1:, k1:] - (A[k1:, k0:k1] @ A[k0:k1, k1:]) % p) % p
+            w = k1 - k0
+            Linv = np.eye(w, dtype=np.int64)     # the panel's row operations, applied to I
+            for c in range(w - 1):
+                Linv[c + 1:] = (Linv[c + 1:] - A[k0 + c + 1:k1, k0 + c][:, None] * Linv[c]) % p
+            A[k0:k1, k1:] = _matmul_mod(Linv, A[k0:k1, k1:], p)
+            A[k1:, k1:] = (A[k1:, k1:] - _matmul_mod(A[k1:, k0:k1], A[k0:k1, k1:], p)) % p
     return True
+
+
+def _matmul_mod(X: np.ndarray, Y: np.ndarray, p: int) -> np.ndarray:
+    """(X Y) mod p for int64 X (m x k), Y (k x n) with entries in [0, p), k <= 64, p < 2^27.
+    X = X_hi 2^20 + X_lo with X_lo < 2^20, X_hi < 2^7; each float64 product X_lo Y, X_hi Y has
+    entries that are sums of k <= 2^6 products of integers below 2^20 and 2^27, every partial sum
+    an integer below 2^53 in magnitude, hence computed exactly (binary64, any summation order)."""
+    if X.shape[1] > 64 or p >= 1 << 27:
+        raise ValueError("_matmul_mod: k <= 64 and p < 2^27 required")
+    Yf = Y.astype(np.float64)
+    lo = (np.bitwise_and(X, (1 << 20) - 1).astype(np.float64) @ Yf).astype(np.int64) % p
+    hi = (np.right_shift(X, 20).astype(np.float64) @ Yf).astype(np.int64) % p
+    return (hi * (1 << 20) + lo) % p
 
 
 def _mod_p(M: Mat, p: int) -> np.ndarray:

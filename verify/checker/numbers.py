@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["Reject", "rat", "nonneg", "positive", "integer", "vector", "matrix", "sqrt_up", "sqrt_down",
            "exp_bounds", "log_upper_ok", "log_lower_ok", "Mat", "norm_bound_holds", "det_mod_p_nonzero",
-           "is_prime", "dot", "EXP_ARG_LIMIT", "fields", "fmt", "LIMB_MIN_SIZE"]
+           "is_prime", "dot", "EXP_ARG_LIMIT", "fields", "fmt", "LIMB_MIN_SIZE", "one_blas_thread"]
 
 #: |s| above which exp(s) is not enclosed (the check is refused, never guessed)
 EXP_ARG_LIMIT = 1 << 16
@@ -498,3 +498,44 @@ def is_prime(p: int) -> bool:
         else:
             return False
     return True
+
+
+# --------------------------------------------------------------------------- BLAS threads
+
+class one_blas_thread:
+    """``with one_blas_thread():`` runs numpy's float products on one OpenBLAS thread (a threaded
+    product of this size on a 2-core machine with a busy core waits for it, several times slower).
+    Only speed depends on it; without a bundled OpenBLAS it does nothing."""
+
+    def __init__(self):
+        self.ctl, self.old = None, 0
+
+    def __enter__(self):
+        try:
+            import ctypes
+            import glob
+            import os
+            libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+            for path in glob.glob(os.path.join(libs, "*openblas*.so*")):
+                lib = ctypes.CDLL(path)
+                for get, put in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                                 ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                                 ("openblas_get_num_threads", "openblas_set_num_threads")):
+                    if hasattr(lib, get) and hasattr(lib, put):
+                        g, st = getattr(lib, get), getattr(lib, put)
+                        g.restype, st.argtypes = ctypes.c_int, [ctypes.c_int]
+                        self.old = g()
+                        st(1)
+                        self.ctl = st
+                        return self
+        except Exception:   # noqa: BLE001 - a thread control that misbehaves only costs speed
+            self.ctl = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctl is not None and self.old > 0:
+            try:
+                self.ctl(self.old)
+            except Exception:   # noqa: BLE001
+                pass
+        return False
