@@ -346,6 +346,13 @@ def _npz_object(path: str) -> dict:
 
     def present(prefix: str, fprefix: str, names) -> dict:
         return {n: read(prefix + n, fprefix + n) for n in names if prefix + n in files}
+    _known_fields(hdr, "__header__", ("format", "d", "causal", "kinds", "heads"))
+    expected = {"__header__"} | {f"layers.{li}.mlp.{n}" for li in range(len(kinds)) for n in MLP_ARRAYS} | {
+        f"layers.{li}.attention.heads.{hj}.{n}" for li, nh in enumerate(heads) for hj in range(nh) for n in HEAD_ARRAYS}
+    extra = sorted(files - expected)
+    if extra:
+        raise InputError(extra[0], "no array of that name (the header's kinds and heads give the arrays; "
+                         "docs/formats.md, .npz models)", f"{len(extra)} array(s) the header does not call for")
     layers = [{"attention": {"kind": kind, "heads": [present(f"layers.{li}.attention.heads.{hj}.",
                                                              f"layers[{li}].attention.heads[{hj}].", HEAD_ARRAYS)
                                                      for hj in range(nh)]},

@@ -229,6 +229,11 @@ CASES = [
      ["check", "--model", "M.npz", "--dataset", "D.json"], "__header__"),
     ("npz-no-header", {"M.npz": npz(npz_arrays()), "D.json": data()},
      ["check", "--model", "M.npz", "--dataset", "D.json"], "__header__"),
+    ("npz-extra-array", {"M.npz": npz(dict(npz_arrays(), **{"layers.0.mlp.b_3": np.zeros(2)}), NPZ_HEADER),
+                         "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "layers.0.mlp.b_3"),
+    ("npz-header-unknown-field", {"M.npz": npz(npz_arrays(), dict(NPZ_HEADER, casual=True)), "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "__header__.casual"),
     # ---- datasets
     ("dataset-binary", bad_data(b"\x00\x01\x02\x89PNG\r\n"), CHECK, "--dataset"),
     ("dataset-missing", {"M.json": model()}, CHECK, "--dataset"),
