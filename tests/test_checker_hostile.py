@@ -105,6 +105,15 @@ def test_a_number_that_underflows_binary64_is_rejected(tmp_path):
     assert check_file(str(tmp_path / "r.json"))[0]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_is_rejected_not_waited_on(tmp_path):
+    """``python -m verify.checker FIFO`` used to block forever reading a pipe nobody writes."""
+    fifo = tmp_path / "r.json"
+    os.mkfifo(fifo)
+    ok, msg = check_file(str(fifo))
+    assert not ok and "not a regular file" in msg
+
+
 def test_side_file_symlinks_are_rejected(m1, tmp_path):
     model = m1["inputs"]["model"]["embedded"]
     data = json.dumps(model).encode()

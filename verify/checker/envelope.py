@@ -160,6 +160,8 @@ def check_result(res: Any, base_dir: str = ".") -> tuple[bool, str]:
 def load_result_json(path: str) -> Any:
     """Parse a result file strictly (no NaN/Infinity, no number beyond binary64's range, no repeated
     key); raises Reject when unreadable."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise Reject(f"{path}: not a regular file (a pipe or a device would never end)")
     try:
         if os.path.getsize(path) > MAX_RESULT_BYTES:
             raise Reject(f"{path}: larger than {MAX_RESULT_BYTES} bytes")
