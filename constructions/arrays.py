@@ -182,12 +182,31 @@ def as_fraction(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _least_exponent(a: np.ndarray) -> int:
+    """The least e >= 0 making a * 2**e integral (a finite, not all zero)."""
+    m, ex = np.frexp(a)
+    mant = (m * 2.0 ** 53).astype(np.int64)  # exact: |m| < 1
+    nz = mant != 0
+    am = np.abs(mant)
+    tz = np.frexp((am & -am).astype(np.float64))[1] - 1      # trailing zero bits of the mantissa
+    return max(0, int((53 - ex.astype(np.int64) - tz)[nz].max()))
+
+
 def dyadic_int64(a: np.ndarray):
     """(N, E) with a == N / 2**E exactly and N int64 (|N| < 2**62), or None."""
     if a.size == 0:
         return np.zeros(a.shape, dtype=np.int64), 0
-    amax = float(np.max(np.abs(a)))
+    amax = float(max(np.max(a), -np.min(a)))
     top = math.frexp(amax)[1]            # amax < 2**top
+    if amax > 0 and a.size > 8192 and np.isfinite(amax):
+        # fast path: the least exponent of a sample is at most the least exponent of a; if a is
+        # integral at the sample's, that one is the least for a as well
+        flat = a.reshape(-1)
+        e = _least_exponent(flat[:: max(1, flat.size // 4096)]) if np.any(flat[:: max(1, flat.size // 4096)]) else 0
+        if top + e <= 62 and e <= 1000:
+            y = a * (2.0 ** e)           # exact: a power-of-two scaling, |y| < 2**62
+            if np.array_equal(np.floor(y), y):
+                return y.astype(np.int64), e
     m, ex = np.frexp(a)
     mant = (m * 2.0 ** 53).astype(np.int64)  # exact: |m| < 1
     nz = mant != 0
