@@ -31,28 +31,32 @@ class ExactLayer:
         self.b1, self.b2 = frac_vec(as_fraction(layer.b_1)), frac_vec(as_fraction(layer.b_2))
         self.heads = [{n: IntMatrix(getattr(h, n)) for n in ("W_q", "W_k", "W_v", "W_o")} for h in layer.heads]
         self._ints: dict = {}
+        self._by_id: dict = {}
 
-    def mv(self, M: IntMatrix, v: list[Fraction]) -> list[Fraction]:
-        """M v exactly, for a vector used many times (a token): its integer form is remembered."""
+    def _int_form(self, v: list[Fraction]) -> tuple[list[int], int]:
+        """v's integer form (numerators over one denominator), remembered per vector object (the
+        entry keeps the object alive, so its id is not reused) and per value."""
+        hit = self._by_id.get(id(v))
+        if hit is not None and hit[0] is v:
+            return hit[1]
         key = tuple(v)
-        hit = self._ints.get(key)
-        if hit is None:
+        form = self._ints.get(key)
+        if form is None:
             L = 1
             for t in v:
                 L = L * t.denominator // math.gcd(L, t.denominator)
-            hit = self._ints[key] = ([t.numerator * (L // t.denominator) for t in v], L)
-        xi, L = hit
+            form = self._ints[key] = ([t.numerator * (L // t.denominator) for t in v], L)
+        self._by_id[id(v)] = (v, form)
+        return form
+
+    def mv(self, M: IntMatrix, v: list[Fraction]) -> list[Fraction]:
+        """M v exactly, for a vector used many times (a token): its integer form is remembered."""
+        xi, L = self._int_form(v)
         return [Fraction(int(t), M.D * L) for t in M._prod(M.N64, None, xi)]
 
     def int_mv(self, M: IntMatrix, v: list[Fraction]) -> tuple[list[int], int]:
         """M v as integers over one denominator (no Fraction per entry)."""
-        key = tuple(v)
-        if key not in self._ints:
-            L = 1
-            for t in v:
-                L = L * t.denominator // math.gcd(L, t.denominator)
-            self._ints[key] = ([t.numerator * (L // t.denominator) for t in v], L)
-        xi, L = self._ints[key]
+        xi, L = self._int_form(v)
         return [int(t) for t in M._prod(M.N64, None, xi)], M.D * L
 
     def mlp(self, z: list[Fraction]) -> list[Fraction]:
