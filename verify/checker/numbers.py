@@ -370,7 +370,7 @@ def _mat_limb(parts, k: int, b: int) -> np.ndarray:
 
 def _float_limbs(G: np.ndarray, sgn: np.ndarray, b: int, K: int):
     """Limbs 0..K-1 of |N| (given exactly as the float array G of integers, each < 2^(b K)) with
-    N's sign, as int64.  With F_k = floor(G / 2^(b k)) (exact: a power-of-two scaling, then floor
+    N's sign (``sgn``: -1, 0, 1), as float64 integers below 2^b in magnitude.  With F_k = floor(G / 2^(b k)) (exact: a power-of-two scaling, then floor
     of a float), limb k = F_k - 2^b F_(k+1), a difference of two floats within a factor of two of
     each other or with F_(k+1) = 0, hence exact (Sterbenz), and in [0, 2^b)."""
     two = float(1 << b)
@@ -380,19 +380,23 @@ def _float_limbs(G: np.ndarray, sgn: np.ndarray, b: int, K: int):
         np.multiply(G, 2.0 ** (-b * (k + 1)), out=nxt)   # exact unless below 2^-1022 (then < 1)
         np.floor(nxt, out=nxt)
         cur -= two * nxt
-        yield sgn * cur.astype(np.int64)
+        yield sgn * cur
         cur, nxt = nxt, cur
 
 
 def _limb_product(parts, ints: list[list[int]], transpose: bool, F: np.ndarray | None = None,
                   D: int = 0) -> list[list[int]]:
     """N x for integer vectors x (columns of ``ints``), exactly: N and x split into b-bit signed
-    limbs, every limb product a matrix product in int64 whose sums stay below 2^62 (n terms each
-    below 2^(2b)), then recombined in Python integers.  Falls back to object arithmetic when the
+    limbs, every limb product a matrix product whose sums stay exact (int64: below 2^62; binary64
+    from the matrix's float values: below 2^53), then recombined in Python integers.  Falls back to object arithmetic when the
     numbers need more than :data:`MAX_LIMBS` limbs."""
     sgn, odd, shift = (p.T if transpose else p for p in parts)
     n = odd.shape[1]
-    b = _limb_bits(n)
+    # |N| = |F| D exactly as floats when every |N| < 2^1000: then the limbs come from the floats
+    # and the limb products run in binary64 with b <= (53 - bitlength(n)) / 2, so that every
+    # partial sum is an integer below n 2^(2b) <= 2^53 in magnitude (exact in any order)
+    use_float = F is not None and D > 0 and 53 + int(shift.max(initial=0)) < 1000 and n.bit_length() <= 37
+    b = min(_limb_bits(n), (53 - n.bit_length()) // 2) if use_float else _limb_bits(n)
     K = -(-(53 + int(shift.max(initial=0))) // b)
     flat = [v for xi in ints for v in xi]
     nb = max((abs(v).bit_length() for v in flat), default=0)
@@ -406,19 +410,19 @@ def _limb_product(parts, ints: list[list[int]], transpose: bool, F: np.ndarray |
     Xl = np.concatenate(cols, axis=1)                    # n x sum L_c
     acc = np.zeros((odd.shape[0], Xl.shape[1]), dtype=object)
     step = max(1, LIMB_CHUNK // max(n, 1))               # rows at a time: bounded temporaries
-    # |N| = |F| D exactly as floats when every |N| < 2^1000 (then each limb comes from floats)
-    use_float = F is not None and D > 0 and 53 + int(shift.max(initial=0)) < 1000
     if use_float:
         F = F.T if transpose else F
+        Xf = Xl.astype(np.float64)                       # |limbs| < 2^b: exact
     for r0 in range(0, odd.shape[0], step):
         part = (sgn[r0:r0 + step], odd[r0:r0 + step], shift[r0:r0 + step])
         if use_float:
             G = np.abs(F[r0:r0 + step]) * float(D)      # exact: a power-of-two scaling, no overflow
-            limbs = _float_limbs(G, part[0].astype(np.int64), b, K)
-        else:
-            limbs = (_mat_limb(part, k, b) for k in range(K))
-        for k, limb in enumerate(limbs):
-            P = limb @ Xl                                   # |entries| < n 2^(2b) <= 2^62
+            for k, limb in enumerate(_float_limbs(G, part[0].astype(np.float64), b, K)):
+                P = (limb @ Xf).astype(np.int64)            # |partial sums| < n 2^(2b) <= 2^53: exact
+                acc[r0:r0 + step] += P.astype(object) * (1 << (b * k))
+            continue
+        for k in range(K):
+            P = _mat_limb(part, k, b) @ Xl                  # |entries| < n 2^(2b) <= 2^62
             acc[r0:r0 + step] += P.astype(object) * (1 << (b * k))
     out, off = [], 0
     for C in cols:
