@@ -154,12 +154,15 @@ def _block_farkas(c: Check, g: Group, blk: Block, rhos: list[Fraction]) -> Optio
 
 
 _ROW_TRIES = 4
+_ROW_MIN_MULTIPLIERS = 64     # smaller duals are solved whole (fast enough)
 
 
 def _row_supports(blk) -> list:
-    """Up to _ROW_TRIES single rows of V, by decreasing spread of the members' tau entries."""
+    """Up to _ROW_TRIES single rows of V, by decreasing spread of the members' tau entries (only
+    for duals with more than _ROW_MIN_MULTIPLIERS multipliers).  A one-row Farkas vector is often
+    valid for other heads' blocks as well (then it proves the same verdict there too)."""
     q = len(blk.V)
-    if q <= 1 or len(blk.taus) < 2:
+    if q <= 1 or len(blk.taus) < 2 or q * len(blk.taus) <= _ROW_MIN_MULTIPLIERS:
         return []
     spread = [max(float(t[r]) for t in blk.taus) - min(float(t[r]) for t in blk.taus) for r in range(q)]
     order = sorted(range(q), key=lambda r: -spread[r])
