@@ -133,6 +133,11 @@ def head_parts_float(model: Model, layer_index: int = 0):
     return out
 
 
+def _head_parts(model: Model, layer_index: int = 0):
+    """Per head: (W_q, W_k, W_v, W_o) as float arrays (no product)."""
+    return [tuple(as_float(w) for w in (h.W_q, h.W_k, h.W_v, h.W_o)) for h in model.layers[layer_index].heads]
+
+
 def _rational_vector(v: np.ndarray, den: int) -> np.ndarray:
     return np.array([Fraction(round(float(x) * den), den) for x in v], dtype=object)
 
@@ -188,12 +193,18 @@ def l1_dataset(model: Model, seed: int = 0, margin: float = 0.5, examples: Optio
         examples = required_examples(model)
     toks = random_tokens(rng, examples + 1, d)
     x0, xs = toks[0], toks[1:]
-    c = [np.zeros(d, dtype=object) for _ in range(examples)]
-    for hj, parts in enumerate(head_parts_float(model)):
-        gq = [_rational_vector(gi, grid) for gi in _l1_head_targets(parts, xs, x0, examples, margin, rng)]
-        Wo_int = IntMatrix(layer.heads[hj].W_o)  # exact
-        for i in range(examples):
-            c[i] = c[i] + np.array(Wo_int.mv(list(gq[i])), dtype=object)
+    gqs = [[_rational_vector(gi, grid) for gi in _l1_head_targets(parts, xs, x0, examples, margin, rng)]
+           for parts in _head_parts(model)]
+    if all(h.W_o.dtype == np.float64 for h in layer.heads):
+        # c_i = sum_j W_o^j gamma_i^j = [W_o^1 ... W_o^h] [gamma_i^1; ...; gamma_i^h], exactly
+        Wo_all = IntMatrix(np.concatenate([h.W_o for h in layer.heads], axis=1))
+        c = [np.array(Wo_all.mv([v for gq in gqs for v in gq[i]]), dtype=object) for i in range(examples)]
+    else:
+        c = [np.zeros(d, dtype=object) for _ in range(examples)]
+        for hj, gq in enumerate(gqs):
+            Wo_int = IntMatrix(layer.heads[hj].W_o)  # exact
+            for i in range(examples):
+                c[i] = c[i] + np.array(Wo_int.mv(list(gq[i])), dtype=object)
     x0q = as_fraction(x0)
     scaled = (IntMatrix(layer.W_1), IntMatrix(layer.W_2))
     exs = [Example(input=np.stack([xs[i], x0]), output=[None, mlp_exact(layer, x0q + c[i], scaled)])
@@ -204,7 +215,7 @@ def l1_dataset(model: Model, seed: int = 0, margin: float = 0.5, examples: Optio
 def required_examples(model: Model) -> int:
     """K for the L1 dataset: 2 when the head output spaces form a direct sum, else the least K
     with K d > sum_j (rank(W_o^j W_v^j) + 1)."""
-    parts = head_parts_float(model)
+    parts = _head_parts(model)
     Wo_all = np.concatenate([p[3] for p in parts], axis=1)
     d = model.d
     if Wo_all.shape[1] == d:
@@ -213,7 +224,7 @@ def required_examples(model: Model) -> int:
             return 2
     if Wo_all.shape[1] < d and np.linalg.matrix_rank(Wo_all) == Wo_all.shape[1]:
         return 2
-    unknowns = sum(int(np.linalg.matrix_rank(p[4])) + 1 for p in parts)
+    unknowns = sum(int(np.linalg.matrix_rank(p[3] @ p[2])) + 1 for p in parts)
     return int(max(2, unknowns // d + 1))
 
 
