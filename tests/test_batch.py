@@ -78,6 +78,8 @@ def test_local_batch_records_summary_crash_hang_and_rerun(tmp_path, selftest):
     ('{"id": "x", "command": "check", "timeout": [1]}', "timeout"),
     ('{"id": "x", "command": "check", "job_timeout": -1}', "job_timeout"),
     ('{"id": "x", "command": "selftest-crash"}', "command"),
+    ('{"id": "x", "command": "check", "args": ["--json", "elsewhere.json"]}', "args"),
+    ('{"id": "x", "command": "check", "args": ["--artifacts=q"]}', "args"),
 ])
 def test_bad_manifest_lines_name_the_field(tmp_path, monkeypatch, line, field):
     monkeypatch.delenv("PTVERIFY_BATCH_SELFTEST", raising=False)

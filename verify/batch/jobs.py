@@ -81,6 +81,10 @@ def read_manifest(path: str) -> list[dict]:
                 raise InputError(f"{where}: command", " or ".join(allowed), repr(cmd)[:60])
             if "args" in job and not (isinstance(job["args"], list) and all(isinstance(a, str) for a in job["args"])):
                 raise InputError(f"{where}: args", "a list of strings", repr(job["args"])[:60])
+            own = [a for a in job.get("args", []) if a.split("=", 1)[0] in ("--json", "--artifacts")]
+            if own:                       # the runner sets them; a second --json would win and write elsewhere
+                raise InputError(f"{where}: args", "options other than --json and --artifacts (the runner writes "
+                                 "OUT/results/ID.json; use \"artifacts\": true)", repr(own[0])[:60])
             if "job_timeout" in job:
                 jt = job["job_timeout"]
                 if isinstance(jt, bool) or not isinstance(jt, (int, float)) or not (0 < jt < 1e7):
