@@ -344,6 +344,8 @@ CASES = [
     ("univ-seed-negative", {}, UNIV + ["--seed", "-1"], "--seed"),
     ("univ-expect-provd", {}, UNIV + ["--expect", "provd"], "--expect"),
     ("univ-sweep-out-under-a-file", {"f": "x"}, ["universality", "--sweep", "--out", "f/sub"], "--out"),
+    ("univ-sweep-with-json", {}, ["universality", "--sweep", "--out", "o", "--json", "r.json"], "--json"),
+    ("univ-sweep-with-expect", {}, ["universality", "--sweep", "--out", "o", "--expect", "verified"], "--expect"),
     # ---- bounds
     ("bounds-d-0", {}, BOUNDS + ["--d", "0"], "--d"),
     ("bounds-m-0", {}, BOUNDS + ["--m", "0"], "--m"),

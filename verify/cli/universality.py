@@ -105,6 +105,11 @@ def register(apps) -> None:
         try:
             _check_options(d, samples, seed, expect)
             _check_numbers(lipschitz, p, eps, softmax_temperature, delta, do_sweep)
+            if do_sweep and (json_out is not None or expect is not None):
+                flag = "--json" if json_out is not None else "--expect"
+                raise InputError(flag, "no --json or --expect with --sweep (a sweep has no single verdict; "
+                                 "it writes OUT/universality_sweep.json)", repr(json_out if json_out is not None
+                                                                                else expect))
             if do_sweep:
                 _print_sweep(sweep(out, d, n, lipschitz, p, target, seed=seed, temperature=softmax_temperature,
                                    samples=samples), out)
