@@ -398,3 +398,27 @@ def test_claims_prints_every_promised_column(capsys):
         for label, value in (("statement", c.statement), ("expected", c.expected.value), ("command", c.command),
                              ("proof", c.proof), ("test", c.test)):
             assert f"{label}:" in block and (value or "-") in block, (c.id, label)
+
+
+def test_a_closed_standard_output_is_not_exit_1(monkeypatch):
+    """``ptverify claims | head -1``: the reader closes the pipe.  click turns a broken pipe into
+    exit 1, which is reserved for an unmet --expect; ptverify exits as SIGPIPE would (141)."""
+    import io
+    import sys
+
+    from verify.cli import main
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise io.UnsupportedOperation("no file descriptor")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    with pytest.raises(SystemExit) as exc:
+        main(["claims", "--markdown"])
+    assert exc.value.code == 141

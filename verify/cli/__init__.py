@@ -187,8 +187,11 @@ def _usage_error(exc: Exception) -> int:
 def main(argv=None) -> None:
     """Console entry point.  Bad input anywhere is exit 2 with the field named; an internal error
     is exit 3 with one line naming the file that holds the traceback; never a raw traceback."""
+    guard = _StdoutGuard.install()
     try:
         rc = app(args=argv, prog_name="ptverify", standalone_mode=False)
+    except StdoutClosed:
+        sys.exit(_stdout_closed())
     except InputError as exc:
         error(str(exc))
         sys.exit(2)
@@ -206,7 +209,61 @@ def main(argv=None) -> None:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):    # click's own exceptions
             sys.exit(_usage_error(exc))
         sys.exit(_internal_error(exc))
+    finally:
+        guard.uninstall()
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, StdoutClosed):
+        sys.exit(_stdout_closed())
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+class StdoutClosed(Exception):
+    """Standard output was closed by its reader (``ptverify ... | head -1``).  Not an OSError, so
+    that click does not turn it into exit 1, the code for an unmet ``--expect``."""
+
+
+class _StdoutGuard:
+    """Wraps ``sys.stdout`` so that a broken pipe raises :class:`StdoutClosed`."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    @classmethod
+    def install(cls) -> "_StdoutGuard":
+        guard = cls(sys.stdout)
+        sys.stdout = guard
+        return guard
+
+    def uninstall(self) -> None:
+        if sys.stdout is self:
+            sys.stdout = self._inner
+
+    def write(self, text):
+        try:
+            return self._inner.write(text)
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+
+    def flush(self):
+        try:
+            return self._inner.flush()
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _stdout_closed() -> int:
+    """Exit quietly as a program killed by SIGPIPE would (128 + 13), never 1; stdout goes to
+    /dev/null so that the interpreter's final flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
 
 
 def _internal_error(exc: BaseException) -> int:
