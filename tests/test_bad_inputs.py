@@ -302,6 +302,8 @@ CASES = [
     ("prove-timeout-inf", {}, PROVE + ["--timeout", "inf"], "--timeout"),
     ("prove-timeout-1e7", {}, PROVE + ["--timeout", "1e7"], "--timeout"),
     ("prove-save-model-yaml", {}, PROVE + ["--save-model", "m.yaml"], "--save-model"),
+    ("prove-quiet-and-verbose", {}, PROVE + ["-q", "-v"], "-q/-v"),
+    ("prove-self-contained-without-json", {}, ["prove", "limitation", "--self-contained"], "--self-contained"),
     # a folder that even root cannot write in (os.access says yes there)
     ("prove-json-under-proc", {}, ["prove", "limitation", "--json", "/proc/ptverify-x/r.json"], "--json"),
     ("reproduce-out-under-proc", {}, ["reproduce", "--quick", "--only", "L4L5", "--out", "/proc/ptverify-x"], "--out"),

@@ -452,6 +452,11 @@ def _wrap(fn):
         STATE.quiet, STATE.verbose, STATE.stdout = quiet, verbose and not quiet, None
         STATE.self_contained = bool(kwargs.pop("self_contained", False) if adds_sc else kwargs.get("self_contained"))
         try:
+            if quiet and verbose:
+                raise InputError("-q/-v", "at most one of --quiet and --verbose", "both")
+            if STATE.self_contained and "json_out" in kwargs and not kwargs.get("json_out"):
+                raise InputError("--self-contained", "--json FILE as well (it says how the result file is written)",
+                                 "no --json")
             check_output_paths(kwargs)
             for key, name in TIMEOUTS.items():
                 check_timeout(name, kwargs.get(key))
