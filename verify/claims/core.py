@@ -84,7 +84,7 @@ CLAIMS = [
           Status.PROVED, _run_l1,
           default={"d": 768, "heads": 12, "mlp_width": 3072},
           quick={"d": 3, "heads": 1, "mlp_width": 6},
-          command="ptverify prove limitation --d 768 --heads 12 --mlp-width 3072 --seed 0 --json r.json",
+          command="ptverify prove limitation --d 768 --heads 12 --mlp-width 3072 --seed 0 --json out/r.json",
           proof="proofs/L1.md", test="tests/test_prover.py::test_constructed_l1_always_proved"),
     Claim("L1-multihead", "Theorem L1 when head output spaces overlap (no direct sum)",
           "With h s > d the heads do not decouple; K d > sum_j (rank(W_o^j W_v^j) + 1) examples sharing x_0 "

@@ -39,7 +39,7 @@ CLAIMS = [
           "each input token for every prompt: no prompt of any length memorizes {(x, y), (x', y)}",
           Status.PROVED, _run_prove, default={"layers": 4, "d": 16, "heads": 2, "condition": 1},
           quick={"layers": 2, "d": 4, "heads": 2, "condition": 1},
-          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 1 --seed 0 --json r.json && ptverify replay r.json",
+          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 1 --seed 0 --json out/r.json && ptverify replay out/r.json",
           proof=_PROOF, test=f"{_TESTS}::test_prove_condition1_replays"),
     Claim("M2", "Theorem M, condition 2 (bounded prompts, Lipschitz attention)",
           "with prompt tokens of norm <= 1, a causal softmax model whose per-layer attention Lipschitz bound "
@@ -47,7 +47,7 @@ CLAIMS = [
           Status.PROVED, _run_prove,
           default={"layers": 4, "d": 16, "heads": 2, "condition": 2, "prompt_norm": 1},
           quick={"layers": 2, "d": 4, "heads": 2, "condition": 2, "prompt_norm": 1},
-          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 2 --prompt-norm 1 --seed 0 --json r.json",
+          command=f"{_CMD} --layers 4 --d 16 --heads 2 --condition 2 --prompt-norm 1 --seed 0 --json out/r.json",
           proof=_PROOF, test=f"{_TESTS}::test_prove_condition2_replays"),
     Claim("M1-z3", "Theorem M, condition 1, cross-checked by Z3 (2 layers, d = 2, prompt lengths 1..3)",
           "the injectivity certificate holds, and Z3, encoding the prompted network exactly, answers unsat on "
