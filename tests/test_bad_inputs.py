@@ -387,6 +387,11 @@ CASES = [
     ("bench-prompt-length-0", {}, BENCH + ["--prompt-length", "0"], "--prompt-length"),
     ("bench-mlp-ratio-0", {}, BENCH + ["--mlp-ratio", "0"], "--mlp-ratio"),
     ("bench-seed-negative", {}, BENCH + ["--seed", "-1"], "--seed"),
+    # ---- batch
+    ("batch-manifest-empty", {"m.jsonl": b""}, ["batch", "m.jsonl", "--out", "o"], "MANIFEST"),
+    ("batch-manifest-comments-only", {"m.jsonl": b"# nothing\n\n"}, ["batch", "m.jsonl", "--out", "o"], "MANIFEST"),
+    ("batch-manifest-binary", {"m.jsonl": b"\xff\xfe\x00\x89PNG"}, ["batch", "m.jsonl", "--out", "o"], "MANIFEST"),
+    ("batch-manifest-not-an-object", {"m.jsonl": b"[1, 2]\n"}, ["batch", "m.jsonl", "--out", "o"], "MANIFEST line 1"),
 ]
 
 

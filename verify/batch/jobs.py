@@ -56,51 +56,59 @@ def read_manifest(path: str) -> list[dict]:
         raise InputError("MANIFEST", "a JSON-lines file", repr(path))
     base = os.path.dirname(os.path.abspath(path))
     jobs, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("MANIFEST", "a UTF-8 JSON-lines file", f"undecodable bytes at offset {exc.start}") from None
+    except OSError as exc:
+        raise InputError("MANIFEST", "a readable JSON-lines file", exc.strerror or str(exc)) from None
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        where = f"MANIFEST line {n}"
+        try:
+            job = json.loads(s)
+        except json.JSONDecodeError as exc:
+            raise InputError(where, "one JSON object", f"invalid JSON ({exc.msg})") from None
+        if not isinstance(job, dict):
+            raise InputError(where, "one JSON object", type(job).__name__)
+        jid = job.get("id")
+        if not isinstance(jid, str) or not _ID.match(jid):
+            raise InputError(f"{where}: id", "a string of letters, digits, '.', '_', '-' (at most 128)",
+                             repr(jid)[:60])
+        if jid in seen:
+            raise InputError(f"{where}: id", "an id used once", f"{jid!r} again")
+        seen.add(jid)
+        cmd = job.get("command")
+        allowed = list(COMMANDS) + (list(_SELFTEST) if _selftest_enabled() else [])
+        if cmd not in allowed:
+            raise InputError(f"{where}: command", " or ".join(allowed), repr(cmd)[:60])
+        if "args" in job and not (isinstance(job["args"], list) and all(isinstance(a, str) for a in job["args"])):
+            raise InputError(f"{where}: args", "a list of strings", repr(job["args"])[:60])
+        own = [a for a in job.get("args", []) if a.split("=", 1)[0] in ("--json", "--artifacts")]
+        if own:                       # the runner sets them; a second --json would win and write elsewhere
+            raise InputError(f"{where}: args", "options other than --json and --artifacts (the runner writes "
+                             "OUT/results/ID.json; use \"artifacts\": true)", repr(own[0])[:60])
+        if "job_timeout" in job:
+            jt = job["job_timeout"]
+            if isinstance(jt, bool) or not isinstance(jt, (int, float)) or not (0 < jt < 1e7):
+                raise InputError(f"{where}: job_timeout", "a number of seconds > 0", repr(jt)[:40])
+        for k, v in job.items():
+            if k in _RESERVED:
                 continue
-            where = f"MANIFEST line {n}"
-            try:
-                job = json.loads(s)
-            except json.JSONDecodeError as exc:
-                raise InputError(where, "one JSON object", f"invalid JSON ({exc.msg})") from None
-            if not isinstance(job, dict):
-                raise InputError(where, "one JSON object", type(job).__name__)
-            jid = job.get("id")
-            if not isinstance(jid, str) or not _ID.match(jid):
-                raise InputError(f"{where}: id", "a string of letters, digits, '.', '_', '-' (at most 128)",
-                                 repr(jid)[:60])
-            if jid in seen:
-                raise InputError(f"{where}: id", "an id used once", f"{jid!r} again")
-            seen.add(jid)
-            cmd = job.get("command")
-            allowed = list(COMMANDS) + (list(_SELFTEST) if _selftest_enabled() else [])
-            if cmd not in allowed:
-                raise InputError(f"{where}: command", " or ".join(allowed), repr(cmd)[:60])
-            if "args" in job and not (isinstance(job["args"], list) and all(isinstance(a, str) for a in job["args"])):
-                raise InputError(f"{where}: args", "a list of strings", repr(job["args"])[:60])
-            own = [a for a in job.get("args", []) if a.split("=", 1)[0] in ("--json", "--artifacts")]
-            if own:                       # the runner sets them; a second --json would win and write elsewhere
-                raise InputError(f"{where}: args", "options other than --json and --artifacts (the runner writes "
-                                 "OUT/results/ID.json; use \"artifacts\": true)", repr(own[0])[:60])
-            if "job_timeout" in job:
-                jt = job["job_timeout"]
-                if isinstance(jt, bool) or not isinstance(jt, (int, float)) or not (0 < jt < 1e7):
-                    raise InputError(f"{where}: job_timeout", "a number of seconds > 0", repr(jt)[:40])
-            for k, v in job.items():
-                if k in _RESERVED:
-                    continue
-                if not re.match(r"^[a-z][a-z0-9_]*$", k):
-                    raise InputError(f"{where}: {k}", "an option name such as prompt_length", repr(k)[:40])
-                if isinstance(v, (dict, list)) or v is None:
-                    raise InputError(f"{where}: {k}", "a string, number or true", repr(v)[:40])
-            for k in _PATH_KEYS:
-                if isinstance(job.get(k), str) and not os.path.isabs(job[k]):
-                    job[k] = os.path.join(base, job[k])
-            job["_line"] = n
-            jobs.append(job)
+            if not re.match(r"^[a-z][a-z0-9_]*$", k):
+                raise InputError(f"{where}: {k}", "an option name such as prompt_length", repr(k)[:40])
+            if isinstance(v, (dict, list)) or v is None:
+                raise InputError(f"{where}: {k}", "a string, number or true", repr(v)[:40])
+        for k in _PATH_KEYS:
+            if isinstance(job.get(k), str) and not os.path.isabs(job[k]):
+                job[k] = os.path.join(base, job[k])
+        job["_line"] = n
+        jobs.append(job)
+    if not jobs:
+        raise InputError("MANIFEST", "at least one job (one JSON object a line)", "none")
     return jobs
 
 
