@@ -62,6 +62,21 @@ def side_result():
     return res
 
 
+def test_side_files_are_staged_outside_the_results_folder_until_written(tmp_path, monkeypatch):
+    """An interrupted run must leave nothing beside its --json path: side files are staged in a
+    private temporary folder and copied next to the result only when it is written."""
+    from verify.provers import limitation
+    from verify.provers.limitation import check_memorization
+    monkeypatch.setattr(limitation, "_INLINE_LIMIT", 0)
+    m = load_model(os.path.join(EX, "L2", "model.json"))
+    path = str(tmp_path / "r.json")
+    res = check_memorization(m, load_dataset(os.path.join(EX, "L2", "dataset.json"), m.d),
+                             claim="check", search_witness=False, side_files=path)
+    assert res.status == Status.PROVED and os.listdir(tmp_path) == []
+    files = res.write(path)
+    assert len(files) == 3 and sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in files)
+
+
 def test_write_lists_every_file_and_names_side_files_by_hash(side_result, tmp_path):
     path = str(tmp_path / "r.json")
     files = side_result.write(path)

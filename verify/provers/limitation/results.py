@@ -61,8 +61,11 @@ def new_result(model: Model, dataset: Dataset, claim: str, prompt_length, tol, s
                extra: Optional[dict]) -> Result:
     """An "unknown" result with its question and inputs; ``res._base_dir`` is the folder of its
     side files (the result file must be written there)."""
-    base = os.path.dirname(os.path.abspath(side_files)) if side_files else None
-    inputs, base = _inputs(model, dataset, base)
+    # side files are written to a private temporary folder while the solve runs and copied next to
+    # the result only when it is written (Result.write): an interrupted run leaves nothing in the
+    # user's folder.  ``side_files`` (the result's path) is kept for callers; it no longer decides
+    # where they are staged.
+    inputs, base = _inputs(model, dataset, None)
     res = Result(claim=claim, status=Status.UNKNOWN, question=memorization_question(prompt_length, fmt(tol)),
                  inputs=inputs, solver=solver_info())
     res.extra.update(extra or {})
@@ -89,8 +92,11 @@ def _inputs(model: Model, dataset: Dataset, base: Optional[str]) -> tuple[dict, 
     small_model = model.n_parameters() <= limit
     small_data = sum(e.input.size for e in dataset.examples) * 2 <= limit
     if not (small_model and small_data) and base is None:
+        import atexit
+        import shutil
         import tempfile
         base = tempfile.mkdtemp(prefix="ptverify-")
+        atexit.register(shutil.rmtree, base, True)
     dj = dataset_to_json(dataset)
     refs = {"model": embed(model_to_json(model)) if small_model else _write_side_model(model, base),
             "dataset": embed(dj) if small_data else _write_side_json(dj, base)}
