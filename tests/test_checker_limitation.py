@@ -51,6 +51,7 @@ def results(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(prover, "_INLINE_LIMIT", 0)
         r, _, _ = prover.prove_limitation(d=50, heads=2, seed=0, side_files=base + "/r", nonlinear=False)
+    r.write(base + "/r.json")                   # copies the side files next to the result
     out["direct-sum"] = (_proved(r), base)
     forms = {k: v[0]["certificate"]["body"] for k, v in out.items()}
     assert forms["direct-sum"]["form"] == "direct-sum" and "file" in out["direct-sum"][0]["inputs"]["model"]
