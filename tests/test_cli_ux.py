@@ -4,6 +4,7 @@ output, --timeout, progress on a terminal (silent when piped, -q, -v), --witness
 from __future__ import annotations
 
 import json
+import re
 import os
 import pathlib
 import shutil
@@ -67,6 +68,8 @@ def test_h_is_help_and_help_is_readable(path, capsys):
     code2, out2, _ = run(path + ["--help"], capsys)
     assert code2 == 0 and out2 == out
     assert "<bool>" not in out and "[OPTIONS]" in out
+    options = [line for line in out.splitlines() if line.lstrip().startswith("-")]
+    assert not [line for line in options if re.search(r"<(int|str|float)>", line)], out    # INTEGER, TEXT, NUMBER
 
 
 @pytest.mark.parametrize("path,cmd", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])

@@ -425,12 +425,27 @@ METAVARS = {"json_out": "FILE|-", "witness_out": "FILE|-", "save_model": "FILE",
             "prompt_norm": "NUMBER"}
 
 
+#: the metavar of any other option, by its type (click would print ``<int>``-style names otherwise)
+TYPE_METAVARS = {"int": "INTEGER", "float": "NUMBER", "str": "TEXT"}
+
+
+def _type_name(annotation) -> str:
+    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    name = name.replace("typing.", "")
+    if name.startswith("Optional[") and name.endswith("]"):
+        name = name[len("Optional["):-1]
+    return name
+
+
 def _metavars(sig: inspect.Signature) -> None:
     for name, param in sig.parameters.items():
         info = param.default
-        if name in METAVARS and hasattr(info, "metavar") and getattr(info, "param_decls", None) is not None \
-                and info.metavar is None:
+        if not (hasattr(info, "metavar") and getattr(info, "param_decls", None) is not None and info.metavar is None):
+            continue
+        if name in METAVARS:
             info.metavar = METAVARS[name]
+        elif _type_name(param.annotation) in TYPE_METAVARS:
+            info.metavar = TYPE_METAVARS[_type_name(param.annotation)]
 
 
 def _artifacts_written(folder) -> None:
