@@ -8,13 +8,12 @@ function, so the two cannot disagree.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from constructions.model import InputError, atomic_write_text
+from constructions.model import InputError, atomic_write_text, sha256_file
 from verify.checker import CERTIFICATE_FORMAT, RESULT_FORMAT, canonical_sha256, statement
 
 __all__ = ["Status", "Result", "RESULT_FORMAT", "DECIDED", "UNDECIDED", "NEGATIVE", "load_result",
@@ -54,11 +53,7 @@ def embed(obj: Any) -> dict:
 
 def side_file(path: str) -> dict:
     """An input reference to a file that will sit next to the result (by its base name)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return {"sha256": h.hexdigest(), "file": os.path.basename(path)}
+    return {"sha256": sha256_file(path), "file": os.path.basename(path)}
 
 
 def _map_refs(obj: Any, fn, under_inputs: bool = False) -> Any:
@@ -85,20 +80,12 @@ def side_refs(obj: Any) -> list[tuple[str, dict]]:
     return found
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _side_source(ref: dict, src: str, dest: str) -> str:
     """Where a side file is now: the producer's folder, else the result's; its hash is checked."""
     name = os.path.basename(ref["file"])
     for folder in (src, dest):
         path = os.path.join(folder, name)
-        if os.path.isfile(path) and _sha256_file(path) == ref["sha256"]:
+        if os.path.isfile(path) and sha256_file(path) == ref["sha256"]:
             return path
     raise FileNotFoundError(f"side file {name!r} with sha256 {ref['sha256'][:16]}... is in neither {src} nor {dest}")
 
@@ -109,7 +96,7 @@ def _copy_side(source: str, target: str, sha: str) -> None:
     import tempfile
     if os.path.abspath(source) == os.path.abspath(target):
         return
-    if os.path.isfile(target) and not os.path.islink(target) and _sha256_file(target) == sha:
+    if os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == sha:
         return
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=os.path.splitext(target)[1])
     os.close(fd)

@@ -8,7 +8,6 @@ the folder holds.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -19,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from constructions.model import InputError, atomic_write_text
+from constructions.model import InputError, atomic_write_text, sha256_file
 
 from verify.claims import Claim, all_claims
 from verify.result import Result, Status
@@ -204,14 +203,6 @@ def _snapshot(out: str) -> dict:
     return snap
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _inside(out: str, rel) -> Optional[str]:
     """``out/rel`` when ``rel`` is a plain relative path that stays inside ``out``."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel):
@@ -243,7 +234,7 @@ def _clear_previous(out: str) -> FolderReport:
         path = _inside(out, entry.get("path") if isinstance(entry, dict) else None)
         if path is None or not os.path.isfile(path) or os.path.islink(path):
             continue
-        if _sha256(path) == entry.get("sha256"):
+        if sha256_file(path) == entry.get("sha256"):
             os.unlink(path)
             rep.removed.append(entry["path"])
         else:
@@ -272,7 +263,7 @@ def _write_manifest(out: str, before: dict, before_dirs: set, explicit: set) -> 
     plots); a file that existed before and changed is recorded only when written by name, so a
     file someone else edits meanwhile is never claimed.  And the folders it created."""
     after = _snapshot(out)
-    files = [{"path": p, "sha256": _sha256(os.path.join(out, p))}
+    files = [{"path": p, "sha256": sha256_file(os.path.join(out, p))}
              for p in sorted(after) if p != MANIFEST and (p in explicit or p not in before)]
     dirs = sorted(_folders(out) - before_dirs)
     atomic_write_text(os.path.join(out, MANIFEST),
