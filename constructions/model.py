@@ -29,7 +29,7 @@ __all__ = [
     "MODEL_FORMAT", "DATASET_FORMAT", "MAX_D", "MAX_FILE_BYTES", "HEAD_ARRAYS", "MLP_ARRAYS", "Head", "Layer", "Model", "Example", "Dataset",
     "model_from_json", "model_to_json", "load_model", "save_model",
     "dataset_from_json", "dataset_to_json", "load_dataset", "save_dataset",
-    "sha256_file", "sha256_json", "atomic_write_text",
+    "sha256_file", "sha256_json", "atomic_write", "atomic_write_text",
     # the numbers and arrays the types hold (defined in constructions.arrays)
     "InputError", "IntMatrix", "as_float", "as_fraction", "as_scaled_int", "is_float_array",
     "number_to_json",
@@ -408,7 +408,7 @@ def _umask() -> int:
     return m
 
 
-def _atomic_write(path: str, suffix: str, write) -> None:
+def atomic_write(path: str, suffix: str, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
     d = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(d, exist_ok=True)
@@ -429,7 +429,7 @@ def atomic_write_text(path: str, text: str) -> None:
     def write(tmp):
         with open(tmp, "w") as fh:
             fh.write(text)
-    _atomic_write(path, os.path.basename(path), write)
+    atomic_write(path, os.path.basename(path), write)
 
 
 def _npz_arrays(model: Model) -> dict:
@@ -452,7 +452,7 @@ def save_model(model: Model, path: str) -> None:
     """Write ``.json`` (exact: rationals as strings) or ``.npz`` (float64 only)."""
     if path.endswith(".npz"):
         arrays = _npz_arrays(model)
-        _atomic_write(path, ".npz", lambda tmp: np.savez(tmp, **arrays))
+        atomic_write(path, ".npz", lambda tmp: np.savez(tmp, **arrays))
         return
     atomic_write_text(path, json.dumps(model_to_json(model)))
 

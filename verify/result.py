@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from constructions.model import InputError, atomic_write_text, sha256_file
+from constructions.model import InputError, atomic_write, atomic_write_text, sha256_file
 from verify.checker import CERTIFICATE_FORMAT, RESULT_FORMAT, canonical_sha256, statement
 
 __all__ = ["Status", "Result", "RESULT_FORMAT", "DECIDED", "UNDECIDED", "NEGATIVE", "load_result",
@@ -93,21 +93,11 @@ def _side_source(ref: dict, src: str, dest: str) -> str:
 def _copy_side(source: str, target: str, sha: str) -> None:
     """Copy a side file to ``target`` atomically, unless the same content is already there."""
     import shutil
-    import tempfile
     if os.path.abspath(source) == os.path.abspath(target):
         return
     if os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == sha:
         return
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=os.path.splitext(target)[1])
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, os.path.splitext(target)[1], lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _embedded(name: str, path: str) -> dict:
