@@ -26,7 +26,7 @@ from .arrays import (InputError, IntMatrix, array_to_json, as_float, as_fraction
                      is_float_array, number_to_json, parse_array, shape_str)
 
 __all__ = [
-    "MODEL_FORMAT", "DATASET_FORMAT", "MAX_D", "MAX_FILE_BYTES", "HEAD_ARRAYS", "MLP_ARRAYS", "Head", "Layer", "Model", "Example", "Dataset",
+    "MODEL_FORMAT", "MODEL_FORMAT_2", "DATASET_FORMAT", "LayerNorm", "TARGET_SITES", "INV_SQRT_HEAD_SIZE", "ACTIVATIONS", "NORM_PLACEMENTS", "MAX_D", "MAX_FILE_BYTES", "HEAD_ARRAYS", "MLP_ARRAYS", "Head", "Layer", "Model", "Example", "Dataset",
     "model_from_json", "model_to_json", "load_model", "save_model",
     "dataset_from_json", "dataset_to_json", "load_dataset", "save_dataset",
     "sha256_file", "sha256_json", "atomic_write", "atomic_write_text",
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 MODEL_FORMAT = "ptverify-model/1"
+MODEL_FORMAT_2 = "ptverify-model/2"
 DATASET_FORMAT = "ptverify-dataset/1"
 MAX_D = 1 << 20
 HEAD_ARRAYS = ("W_q", "W_k", "W_v", "W_o")
@@ -50,24 +51,73 @@ class Head:
     W_k: np.ndarray  # (s, d)
     W_v: np.ndarray  # (s, d)
     W_o: np.ndarray  # (d, s)
+    # ptverify-model/2: optional biases of the query, key and value projections, each (s,)
+    b_q: Optional[np.ndarray] = None
+    b_k: Optional[np.ndarray] = None
+    b_v: Optional[np.ndarray] = None
 
     @property
     def s(self) -> int:
         return self.W_q.shape[0]
 
+    @property
+    def has_bias(self) -> bool:
+        return any(b is not None for b in (self.b_q, self.b_k, self.b_v))
+
+
+#: ``Layer.scale`` value meaning 1 / sqrt(head size), as in BERT and GPT-2
+INV_SQRT_HEAD_SIZE = "1/sqrt(head_size)"
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+NORM_PLACEMENTS = ("pre", "post")
+
+
+@dataclass
+class LayerNorm:
+    """``LN(u) = gamma * (u - mean(u)) / sqrt(var(u) + eps) + beta`` (biased variance, over the
+    d entries of one token)."""
+    gamma: np.ndarray          # (d,)
+    beta: np.ndarray           # (d,)
+    eps: Any                   # a number > 0 (float or Fraction)
+
 
 @dataclass
 class Layer:
+    """One layer.  ``ptverify-model/1`` layers use only the first six fields:
+    ``z = x + Att(X)``, ``y = z + W_2 relu(W_1 z + b_1) + b_2``.  The ``ptverify-model/2`` fields
+    (all optional, defaults meaning "absent") make real layers:
+
+    * ``b_o`` (d,): the attention output bias, ``Att(X)_a = b_o + sum_j W_o^j sum_b w_ab^j
+      (W_v^j s_b + b_v^j)``, scores ``scale * (W_q^j s_a + b_q^j) . (W_k^j s_b + b_k^j)``;
+    * ``scale``: 1 (default), a positive number, or :data:`INV_SQRT_HEAD_SIZE`;
+    * ``activation``: ``"relu"`` (default), ``"gelu"`` (erf form), ``"gelu_tanh"``;
+    * ``norm``: None, ``"post"`` (BERT: ``h = LN1(x + Att(X))``, ``y = LN2(h + W_2 act(W_1 h +
+      b_1) + b_2)``) or ``"pre"`` (GPT-2: ``z = x + Att(LN1(X))``, ``y = z + W_2 act(W_1 LN2(z) +
+      b_1) + b_2``; the attention reads LN1 of every token, prompt tokens included), with
+      ``ln1`` and ``ln2`` its two :class:`LayerNorm`.
+    """
     kind: str                 # "softmax" | "hardmax"
     heads: list[Head]
     W_1: np.ndarray           # (r, d)
     b_1: np.ndarray           # (r,)
     W_2: np.ndarray           # (d, r)
     b_2: np.ndarray           # (d,)
+    b_o: Optional[np.ndarray] = None
+    scale: Any = 1
+    activation: str = "relu"
+    norm: Optional[str] = None
+    ln1: Optional[LayerNorm] = None
+    ln2: Optional[LayerNorm] = None
 
     @property
     def r(self) -> int:
         return self.W_1.shape[0]
+
+    @property
+    def is_plain(self) -> bool:
+        """True for a ``ptverify-model/1`` layer: no attention biases, score scale 1, ReLU, no
+        LayerNorm.  Provers and checker kinds written for the textbook layer refuse other layers."""
+        return (self.b_o is None and not any(h.has_bias for h in self.heads) and self.activation == "relu"
+                and self.norm is None and (not isinstance(self.scale, str) and self.scale == 1))
 
 
 @dataclass
@@ -76,6 +126,11 @@ class Model:
     layers: list[Layer]
     causal: bool = False
     meta: dict = field(default_factory=dict)
+
+    @property
+    def is_plain(self) -> bool:
+        """True when every layer is a ``ptverify-model/1`` layer (:attr:`Layer.is_plain`)."""
+        return all(layer.is_plain for layer in self.layers)
 
     @property
     def is_exact(self) -> bool:
@@ -101,10 +156,16 @@ class Example:
     output: list                           # m entries: array (d,) or None
 
 
+#: where a dataset's targets are taken: the layer's output (default), or the attention block's
+#: output (post-LN: ``LN1(x + Att(X))``; pre-LN and no norm: the residual ``x + Att(...)``)
+TARGET_SITES = ("output", "attention")
+
+
 @dataclass
 class Dataset:
     examples: list[Example]
     meta: dict = field(default_factory=dict)
+    at: str = "output"        # one of TARGET_SITES (the dataset field "at"; "output" when absent)
 
     @property
     def d(self) -> int:

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from constructions.model import Dataset, Example, InputError
 from constructions.multilayer import (collision_dataset, condition1_model, condition2_model, forward_float,
@@ -317,11 +317,18 @@ def test_z3_relaxation_contains_the_true_execution(seed, relax, m_p):
     y = forward_float(m, X, P0)[0]
     one = Dataset([Example(X, [np.array([Fraction(float(v)) for v in y], dtype=object)])])
     solver, P = _z3_encode(m, one, m_p, R, Fraction(1, 10**6), relax=relax)
+    assert R is not None  # with a prompt norm the encoding is linear: solve it as z3_crosscheck does
+    linear = z3.Then("simplify", "propagate-values", "solve-eqs", "elim-uncnstr", "simplify", "qflra").solver()
+    linear.add(solver.assertions())
     for row, vals in zip(P, P0):
         for v, q in zip(row, vals):
-            solver.add(v == z3.RealVal(str(Fraction(float(q)))))
-    solver.set("timeout", 60000)
-    assert solver.check() == z3.sat
+            linear.add(v == z3.RealVal(str(Fraction(float(q)))))
+    linear.set("timeout", 30000)
+    answer = linear.check()
+    # "unsat" would exclude the true execution: an unsound encoding.  "unknown" (the solver ran
+    # out of time on a loaded machine) is no evidence either way, so that example is discarded.
+    assert answer != z3.unsat
+    assume(answer == z3.sat)
 
 
 def test_prover_module_imports_no_cli_and_no_claims():
