@@ -23,10 +23,10 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from .arrays import (InputError, IntMatrix, array_to_json, as_float, as_fraction, as_scaled_int,
-                     is_float_array, number_to_json, parse_array, shape_str)
+                     is_float_array, number_to_json, parse_array, parse_number, shape_str)
 
 __all__ = [
-    "MODEL_FORMAT", "MODEL_FORMAT_2", "DATASET_FORMAT", "LayerNorm", "TARGET_SITES", "INV_SQRT_HEAD_SIZE", "ACTIVATIONS", "NORM_PLACEMENTS", "MAX_D", "MAX_FILE_BYTES", "HEAD_ARRAYS", "MLP_ARRAYS", "Head", "Layer", "Model", "Example", "Dataset",
+    "MODEL_FORMAT", "MODEL_FORMAT_2", "DATASET_FORMAT", "LayerNorm", "TARGET_SITES", "INV_SQRT_HEAD_SIZE", "ACTIVATIONS", "NORM_PLACEMENTS", "MAX_D", "MAX_FILE_BYTES", "HEAD_ARRAYS", "HEAD_BIASES", "MLP_ARRAYS", "Head", "Layer", "Model", "Example", "Dataset",
     "model_from_json", "model_to_json", "load_model", "save_model",
     "dataset_from_json", "dataset_to_json", "load_dataset", "save_dataset",
     "sha256_file", "sha256_json", "atomic_write", "atomic_write_text",
@@ -41,6 +41,7 @@ DATASET_FORMAT = "ptverify-dataset/1"
 MAX_D = 1 << 20
 HEAD_ARRAYS = ("W_q", "W_k", "W_v", "W_o")
 MLP_ARRAYS = ("W_1", "b_1", "W_2", "b_2")
+HEAD_BIASES = ("b_q", "b_k", "b_v")
 
 
 # --------------------------------------------------------------------------- the types
@@ -139,12 +140,23 @@ class Model:
         return all(layer.kind == "hardmax" for layer in self.layers)
 
     def arrays(self) -> Iterable[tuple[str, np.ndarray]]:
+        """Every weight array with its ``.npz`` member name (the ``ptverify-model/2`` arrays only
+        where present: biases, ``b_o``, the LayerNorms' gamma and beta)."""
         for li, layer in enumerate(self.layers):
             for hj, h in enumerate(layer.heads):
-                for name in HEAD_ARRAYS:
-                    yield f"layers.{li}.attention.heads.{hj}.{name}", getattr(h, name)
+                for name in HEAD_ARRAYS + HEAD_BIASES:
+                    if getattr(h, name) is not None:
+                        yield f"layers.{li}.attention.heads.{hj}.{name}", getattr(h, name)
+            if layer.b_o is not None:
+                yield f"layers.{li}.attention.b_o", layer.b_o
             for name in MLP_ARRAYS:
                 yield f"layers.{li}.mlp.{name}", getattr(layer, name)
+            if layer.norm is not None:
+                for ln_name in ("ln1", "ln2"):
+                    ln = getattr(layer, ln_name)
+                    if ln is not None:
+                        yield f"layers.{li}.norm.{ln_name}.gamma", ln.gamma
+                        yield f"layers.{li}.norm.{ln_name}.beta", ln.beta
 
     def n_parameters(self) -> int:
         return sum(a.size for _, a in self.arrays())
@@ -196,10 +208,10 @@ def _meta(obj: dict) -> dict:
     return dict(meta)
 
 
-def _head_from_json(ho: Any, hf: str, d: int) -> Head:
+def _head_from_json(ho: Any, hf: str, d: int, v2: bool = False) -> Head:
     if not isinstance(ho, dict):
         raise InputError(hf, "an object with W_q, W_k, W_v, W_o", type(ho).__name__)
-    _known_fields(ho, hf, ("W_q", "W_k", "W_v", "W_o"))
+    _known_fields(ho, hf, HEAD_ARRAYS + (HEAD_BIASES if v2 else ()))
     W_q = _matrix(ho, "W_q", f"{hf}.W_q", (None, d))
     s = W_q.shape[0]
     if s < 1:
@@ -207,13 +219,48 @@ def _head_from_json(ho: Any, hf: str, d: int) -> Head:
     W_k = _matrix(ho, "W_k", f"{hf}.W_k", (s, d))
     W_v = _matrix(ho, "W_v", f"{hf}.W_v", (s, d))
     W_o = _matrix(ho, "W_o", f"{hf}.W_o", (d, s))
-    return Head(W_q, W_k, W_v, W_o)
+    biases = {n: _matrix(ho, n, f"{hf}.{n}", (s,)) for n in HEAD_BIASES if ho.get(n) is not None}
+    return Head(W_q, W_k, W_v, W_o, **biases)
 
 
-def _mlp_from_json(mlp: Any, mf: str, d: int) -> tuple:
+def _positive(v: Any, fld: str, expected: str):
+    """A number > 0 (a float, or a Fraction when not a binary64 value)."""
+    try:
+        x = parse_number(v, fld)
+    except InputError:
+        raise InputError(fld, expected, repr(v)[:60]) from None
+    if not x > 0:
+        raise InputError(fld, expected, repr(v)[:60])
+    return x
+
+
+def _choice(v: Any, fld: str, allowed) -> str:
+    if not isinstance(v, str) or v not in allowed:
+        raise InputError(fld, " or ".join(f"\"{a}\"" for a in allowed), repr(v)[:60])
+    return v
+
+
+def _scale_from_json(v: Any, fld: str):
+    if isinstance(v, str) and v == INV_SQRT_HEAD_SIZE:
+        return INV_SQRT_HEAD_SIZE
+    return _positive(v, fld, f"a number > 0 or \"{INV_SQRT_HEAD_SIZE}\"")
+
+
+def _layer_norm_from_json(o: Any, fld: str, d: int) -> LayerNorm:
+    if not isinstance(o, dict):
+        raise InputError(fld, "an object with gamma, beta, eps", repr(o)[:60])
+    _known_fields(o, fld, ("gamma", "beta", "eps"))
+    gamma = _matrix(o, "gamma", f"{fld}.gamma", (d,))
+    beta = _matrix(o, "beta", f"{fld}.beta", (d,))
+    if "eps" not in o:
+        raise InputError(f"{fld}.eps", "a number > 0", "nothing (missing)")
+    return LayerNorm(gamma, beta, _positive(o["eps"], f"{fld}.eps", "a number > 0"))
+
+
+def _mlp_from_json(mlp: Any, mf: str, d: int, v2: bool = False) -> tuple:
     if not isinstance(mlp, dict):
         raise InputError(mf, "an object with W_1, b_1, W_2, b_2", repr(mlp)[:60])
-    _known_fields(mlp, mf, ("W_1", "b_1", "W_2", "b_2"))
+    _known_fields(mlp, mf, MLP_ARRAYS + (("activation",) if v2 else ()))
     W_1 = _matrix(mlp, "W_1", f"{mf}.W_1", (None, d))
     r = W_1.shape[0]
     if r < 1 or W_1.shape != (r, d):
@@ -225,32 +272,52 @@ def _mlp_from_json(mlp: Any, mf: str, d: int) -> tuple:
     return W_1, b_1, W_2, b_2
 
 
-def _layer_from_json(lo: Any, lf: str, d: int) -> Layer:
+def _layer_from_json(lo: Any, lf: str, d: int, v2: bool = False) -> Layer:
     if not isinstance(lo, dict):
         raise InputError(lf, "an object with \"attention\" and \"mlp\"", type(lo).__name__)
-    _known_fields(lo, lf, ("attention", "mlp"))
+    _known_fields(lo, lf, ("attention", "mlp") + (("norm",) if v2 else ()))
     att = lo.get("attention")
     if not isinstance(att, dict):
         raise InputError(f"{lf}.attention", "an object", repr(att)[:60])
-    _known_fields(att, f"{lf}.attention", ("kind", "heads"))
+    _known_fields(att, f"{lf}.attention", ("kind", "heads") + (("b_o", "scale") if v2 else ()))
     kind = att.get("kind", "softmax")
     if kind not in ("softmax", "hardmax"):
         raise InputError(f"{lf}.attention.kind", "\"softmax\" or \"hardmax\"", repr(kind))
     heads_obj = att.get("heads")
     if not isinstance(heads_obj, list) or not heads_obj:
         raise InputError(f"{lf}.attention.heads", "a non-empty list of heads", repr(heads_obj)[:60])
-    heads = [_head_from_json(ho, f"{lf}.attention.heads[{hj}]", d) for hj, ho in enumerate(heads_obj)]
-    return Layer(kind, heads, *_mlp_from_json(lo.get("mlp"), f"{lf}.mlp", d))
+    heads = [_head_from_json(ho, f"{lf}.attention.heads[{hj}]", d, v2) for hj, ho in enumerate(heads_obj)]
+    layer = Layer(kind, heads, *_mlp_from_json(lo.get("mlp"), f"{lf}.mlp", d, v2))
+    if not v2:
+        return layer
+    if att.get("b_o") is not None:
+        layer.b_o = _matrix(att, "b_o", f"{lf}.attention.b_o", (d,))
+    if "scale" in att:
+        layer.scale = _scale_from_json(att["scale"], f"{lf}.attention.scale")
+    if "activation" in lo["mlp"]:
+        layer.activation = _choice(lo["mlp"]["activation"], f"{lf}.mlp.activation", ACTIVATIONS)
+    norm = lo.get("norm")
+    if norm is not None:
+        nf = f"{lf}.norm"
+        if not isinstance(norm, dict):
+            raise InputError(nf, "an object with placement, ln1, ln2", repr(norm)[:60])
+        _known_fields(norm, nf, ("placement", "ln1", "ln2"))
+        layer.norm = _choice(norm.get("placement"), f"{nf}.placement", NORM_PLACEMENTS)
+        layer.ln1 = _layer_norm_from_json(norm.get("ln1"), f"{nf}.ln1", d)
+        layer.ln2 = _layer_norm_from_json(norm.get("ln2"), f"{nf}.ln2", d)
+    return layer
 
 
 def model_from_json(obj: Any) -> Model:
-    """Validate a ``ptverify-model/1`` object (parsed JSON; arrays may also be ndarrays) into a
-    :class:`Model`; raises :class:`InputError` naming the first bad field."""
+    """Validate a ``ptverify-model/1`` or ``ptverify-model/2`` object (parsed JSON; arrays may
+    also be ndarrays) into a :class:`Model`; raises :class:`InputError` naming the first bad
+    field.  A ``/1`` object may not hold the ``/2`` fields."""
     if not isinstance(obj, dict):
         raise InputError("model", "a JSON object", type(obj).__name__)
     fmt = obj.get("format")
-    if fmt != MODEL_FORMAT:
-        raise InputError("format", f"\"{MODEL_FORMAT}\"", repr(fmt))
+    if fmt not in (MODEL_FORMAT, MODEL_FORMAT_2):
+        raise InputError("format", f"\"{MODEL_FORMAT}\" or \"{MODEL_FORMAT_2}\"", repr(fmt)[:60])
+    v2 = fmt == MODEL_FORMAT_2
     _known_fields(obj, "", ("format", "d", "causal", "layers", "meta"))
     d = obj.get("d")
     if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= MAX_D:
@@ -261,7 +328,7 @@ def model_from_json(obj: Any) -> Model:
     layers_obj = obj.get("layers")
     if not isinstance(layers_obj, list) or not layers_obj:
         raise InputError("layers", "a non-empty list of layers", repr(layers_obj)[:60])
-    layers = [_layer_from_json(lo, f"layers[{li}]", d) for li, lo in enumerate(layers_obj)]
+    layers = [_layer_from_json(lo, f"layers[{li}]", d, v2) for li, lo in enumerate(layers_obj)]
     return Model(d=d, layers=layers, causal=causal, meta=_meta(obj))
 
 
@@ -287,7 +354,10 @@ def dataset_from_json(obj: Any, d: Optional[int] = None) -> Dataset:
         raise InputError("dataset", "a JSON object", type(obj).__name__)
     if obj.get("format") != DATASET_FORMAT:
         raise InputError("format", f"\"{DATASET_FORMAT}\"", repr(obj.get("format")))
-    _known_fields(obj, "", ("format", "examples", "meta"))
+    _known_fields(obj, "", ("format", "examples", "meta", "at"))
+    at = obj.get("at", "output")
+    if at not in TARGET_SITES:
+        raise InputError("at", " or ".join(f"\"{a}\"" for a in TARGET_SITES), repr(at)[:60])
     exs = obj.get("examples")
     if not isinstance(exs, list) or not exs:
         raise InputError("examples", "a non-empty list", repr(exs)[:60])
@@ -295,7 +365,7 @@ def dataset_from_json(obj: Any, d: Optional[int] = None) -> Dataset:
     for i, ex in enumerate(exs):
         out.append(_example_from_json(ex, f"examples[{i}]", d))
         d = out[-1].input.shape[1]
-    return Dataset(out, _meta(obj))
+    return Dataset(out, _meta(obj), at=at)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -407,23 +477,57 @@ def _npz_object(path: str) -> dict:
 
     def present(prefix: str, fprefix: str, names) -> dict:
         return {n: read(prefix + n, fprefix + n) for n in names if prefix + n in files}
-    _known_fields(hdr, "__header__", ("format", "d", "causal", "kinds", "heads"))
+    v2 = hdr.get("format") == MODEL_FORMAT_2
+    _known_fields(hdr, "__header__", ("format", "d", "causal", "kinds", "heads") + (("layers",) if v2 else ()))
+    extras = hdr.get("layers", [{}] * len(kinds))
+    if not (isinstance(extras, list) and len(extras) == len(kinds) and all(isinstance(e, dict) for e in extras)):
+        raise InputError("__header__.layers", f"a list of {len(kinds)} objects (one per layer: scale, activation, "
+                         "norm)", repr(extras)[:80])
+    for li, e in enumerate(extras):
+        _known_fields(e, f"__header__.layers[{li}]", ("scale", "activation", "norm"))
+    optional = {f"layers.{li}.attention.heads.{hj}.{n}" for li, nh in enumerate(heads) for hj in range(nh)
+                for n in HEAD_BIASES} | {f"layers.{li}.attention.b_o" for li in range(len(kinds))} | {
+                f"layers.{li}.norm.{ln}.{n}" for li in range(len(kinds)) for ln in ("ln1", "ln2")
+                for n in ("gamma", "beta")}
     expected = {"__header__"} | {f"layers.{li}.mlp.{n}" for li in range(len(kinds)) for n in MLP_ARRAYS} | {
         f"layers.{li}.attention.heads.{hj}.{n}" for li, nh in enumerate(heads) for hj in range(nh) for n in HEAD_ARRAYS}
-    extra = sorted(files - expected)
+    extra = sorted(files - expected - (optional if v2 else set()))
     if extra:
-        raise InputError(extra[0], "no array of that name (the header's kinds and heads give the arrays; "
+        raise InputError(extra[0], "no array of that name (the header's format, kinds and heads give the arrays; "
                          "docs/formats.md, .npz models)", f"{len(extra)} array(s) the header does not call for")
-    layers = [{"attention": {"kind": kind, "heads": [present(f"layers.{li}.attention.heads.{hj}.",
-                                                             f"layers[{li}].attention.heads[{hj}].", HEAD_ARRAYS)
-                                                     for hj in range(nh)]},
-               "mlp": present(f"layers.{li}.mlp.", f"layers[{li}].mlp.", MLP_ARRAYS)}
-              for li, (kind, nh) in enumerate(zip(kinds, heads))]
+    layers = []
+    for li, (kind, nh) in enumerate(zip(kinds, heads)):
+        att = {"kind": kind, "heads": [present(f"layers.{li}.attention.heads.{hj}.", f"layers[{li}].attention.heads[{hj}].",
+                                               HEAD_ARRAYS + HEAD_BIASES) for hj in range(nh)]}
+        att.update(present(f"layers.{li}.attention.", f"layers[{li}].attention.", ("b_o",)))
+        mlp = present(f"layers.{li}.mlp.", f"layers[{li}].mlp.", MLP_ARRAYS)
+        lo = {"attention": att, "mlp": mlp}
+        e = extras[li]
+        if "scale" in e:
+            att["scale"] = e["scale"]
+        if "activation" in e:
+            mlp["activation"] = e["activation"]
+        norm_arrays = {ln: present(f"layers.{li}.norm.{ln}.", f"layers[{li}].norm.{ln}.", ("gamma", "beta"))
+                       for ln in ("ln1", "ln2")}
+        if "norm" in e or any(norm_arrays.values()):
+            norm = e.get("norm")
+            if not isinstance(norm, dict):
+                raise InputError(f"__header__.layers[{li}].norm", "an object with placement, ln1: {eps}, ln2: {eps}",
+                                 repr(norm)[:60])
+            _known_fields(norm, f"__header__.layers[{li}].norm", ("placement", "ln1", "ln2"))
+            lo["norm"] = {"placement": norm.get("placement")}
+            for ln in ("ln1", "ln2"):
+                sc = norm.get(ln, {})
+                if not isinstance(sc, dict):
+                    raise InputError(f"__header__.layers[{li}].norm.{ln}", "an object {\"eps\": number}", repr(sc)[:60])
+                _known_fields(sc, f"__header__.layers[{li}].norm.{ln}", ("eps",))
+                lo["norm"][ln] = {**norm_arrays[ln], **sc}
+        layers.append(lo)
     return {"format": hdr.get("format"), "d": hdr.get("d"), "causal": hdr.get("causal", False), "layers": layers}
 
 
 def load_model(path: str) -> Model:
-    """Load and validate a ``ptverify-model/1`` file (``.json`` or ``.npz``)."""
+    """Load and validate a ``ptverify-model/1`` or ``/2`` file (``.json`` or ``.npz``)."""
     _existing_file(path, "--model")
     if path.endswith(".npz"):
         return model_from_json(_npz_object(path))
@@ -439,15 +543,43 @@ def load_dataset(path: str, d: Optional[int] = None) -> Dataset:
 
 # --------------------------------------------------------------------------- writing files
 
+def _layer_norm_to_json(ln: LayerNorm, include_arrays: bool) -> dict:
+    return {"gamma": array_to_json(ln.gamma) if include_arrays else None,
+            "beta": array_to_json(ln.beta) if include_arrays else None, "eps": number_to_json(ln.eps)}
+
+
+def _scale_to_json(scale):
+    return scale if isinstance(scale, str) else number_to_json(scale)
+
+
 def model_to_json(model: Model, include_arrays: bool = True) -> dict:
-    """The ``ptverify-model/1`` object (exact: rationals that are not binary64 as strings)."""
+    """The model's object (exact: rationals that are not binary64 as strings):
+    ``ptverify-model/1`` when every layer is plain (:attr:`Model.is_plain`), else
+    ``ptverify-model/2`` with the real-layer fields that differ from their defaults."""
     def arrays(obj, names) -> dict:
-        return {k: array_to_json(getattr(obj, k)) if include_arrays else None for k in names}
-    out: dict = {"format": MODEL_FORMAT, "d": model.d}
+        return {k: array_to_json(getattr(obj, k)) if include_arrays else None for k in names
+                if getattr(obj, k) is not None}
+    plain = model.is_plain
+    out: dict = {"format": MODEL_FORMAT if plain else MODEL_FORMAT_2, "d": model.d}
     if model.causal:
         out["causal"] = True
-    out["layers"] = [{"attention": {"kind": layer.kind, "heads": [arrays(h, HEAD_ARRAYS) for h in layer.heads]},
-                      "mlp": arrays(layer, MLP_ARRAYS)} for layer in model.layers]
+    layers = []
+    for layer in model.layers:
+        att: dict = {"kind": layer.kind, "heads": [arrays(h, HEAD_ARRAYS + HEAD_BIASES) for h in layer.heads]}
+        mlp = arrays(layer, MLP_ARRAYS)
+        lo: dict = {"attention": att, "mlp": mlp}
+        if not plain:
+            if layer.b_o is not None:
+                att["b_o"] = array_to_json(layer.b_o) if include_arrays else None
+            if isinstance(layer.scale, str) or layer.scale != 1:
+                att["scale"] = _scale_to_json(layer.scale)
+            if layer.activation != "relu":
+                mlp["activation"] = layer.activation
+            if layer.norm is not None:
+                lo["norm"] = {"placement": layer.norm, "ln1": _layer_norm_to_json(layer.ln1, include_arrays),
+                              "ln2": _layer_norm_to_json(layer.ln2, include_arrays)}
+        layers.append(lo)
+    out["layers"] = layers
     if model.meta:
         out["meta"] = model.meta
     return out
@@ -460,6 +592,8 @@ def dataset_to_json(ds: Dataset) -> dict:
                         for ex in ds.examples]}
     if ds.meta:
         out["meta"] = ds.meta
+    if ds.at != "output":
+        out["at"] = ds.at
     return out
 
 
@@ -502,9 +636,23 @@ def _npz_arrays(model: Model) -> dict:
                 raise InputError(key, "binary64 values for .npz", "exact rationals; save as .json")
             a = fa
         arrays[key] = a
-    header = json.dumps({"format": MODEL_FORMAT, "d": model.d, "causal": model.causal,
-                         "kinds": [layer.kind for layer in model.layers],
-                         "heads": [len(layer.heads) for layer in model.layers]})
+    hdr: dict = {"format": MODEL_FORMAT, "d": model.d, "causal": model.causal,
+                 "kinds": [layer.kind for layer in model.layers],
+                 "heads": [len(layer.heads) for layer in model.layers]}
+    if not model.is_plain:      # the scalars and strings of the /2 fields go in the header
+        hdr["format"] = MODEL_FORMAT_2
+        hdr["layers"] = []
+        for layer in model.layers:
+            lo: dict = {}
+            if isinstance(layer.scale, str) or layer.scale != 1:
+                lo["scale"] = _scale_to_json(layer.scale)
+            if layer.activation != "relu":
+                lo["activation"] = layer.activation
+            if layer.norm is not None:
+                lo["norm"] = {"placement": layer.norm, "ln1": {"eps": number_to_json(layer.ln1.eps)},
+                              "ln2": {"eps": number_to_json(layer.ln2.eps)}}
+            hdr["layers"].append(lo)
+    header = json.dumps(hdr)
     arrays["__header__"] = np.frombuffer(header.encode(), dtype=np.uint8)
     return arrays
 

@@ -174,7 +174,7 @@ CASES = [
     ("model-meta-not-object", model(meta=5), CHECK, "meta"),
     # ---- model structure
     ("duplicate-key", bad_model('{"format": "ptverify-model/1", "d": 2, "d": 3, "layers": []}'), CHECK, "d"),
-    ("wrong-format-string", model(format="ptverify-model/2"), CHECK, "format"),
+    ("wrong-format-string", model(format="ptverify-model/3"), CHECK, "format"),
     ("missing-format", {k: v for k, v in model().items() if k != "format"}, CHECK, "format"),
     ("missing-d", {k: v for k, v in model().items() if k != "d"}, CHECK, "d"),
     ("missing-layers", {k: v for k, v in model().items() if k != "layers"}, CHECK, "layers"),

@@ -67,7 +67,7 @@ H0 = ["layers", 0, "attention", "heads", 0]
 MLP = ["layers", 0, "mlp"]
 
 MODEL_CASES = [
-    ("wrong-format", _set(["format"])("ptverify-model/2"), "format"),
+    ("wrong-format", _set(["format"])("ptverify-model/3"), "format"),
     ("missing-format", _delete(["format"]), "format"),
     ("d-zero", _set(["d"])(0), "d"),
     ("d-string", _set(["d"])("2"), "d"),
