@@ -40,6 +40,7 @@ STATUS_KINDS: dict[str, tuple[str, frozenset, str]] = {
     "lora-witness":           ("lora-memorization", frozenset({"memorized"}), "bounds:check_lora"),
     "loss-bound":             ("loss-bound", frozenset({"verified"}), "loss:check_bound"),
     "experiment-consistency": ("experiment", frozenset({"verified"}), "loss:check_experiment"),
+    "limitation-real-pair":   ("memorization", frozenset({"proved"}), "real:check"),
 }
 
 TOP_REQUIRED = frozenset({"format", "claim", "question", "status", "statement", "inputs", "certificate"})
