@@ -11,13 +11,21 @@ hardmax ties, equal-score softmax) are the forward pass's and shared by all of t
 * :class:`SympyAlgebra` -- sympy expressions, exponentials kept symbolic.
 * :class:`Z3Algebra` -- Z3 terms, each exponential a fresh positive real with sound side
   conditions.
+
+Real (``ptverify-model/2``) layers also need ``1/sqrt`` (LayerNorm, the score scale
+1/sqrt(head size)) and GELU: :meth:`Algebra.inv_sqrt`, :meth:`Algebra.activation` and
+:meth:`Algebra.layer_norm`.  Rationals are exact only where the value is rational (else
+:class:`NotExact`); intervals enclose them rigorously; sympy keeps them symbolic; Z3 encodes
+``k = 1/sqrt(x)`` exactly as ``k > 0, k*k*x = 1`` and GELU by a sound relaxation (a fresh
+variable within a proved distance of ReLU; proofs/real_layers_forward.md).
 """
 from __future__ import annotations
 
 from fractions import Fraction
 from typing import Optional, Sequence
 
-from .intervals import Iv, exp_enclosure
+from .arrays import InputError
+from .intervals import Iv, exp_enclosure, iv_gelu, iv_gelu_tanh, iv_inv_sqrt, sqrt_enclosure
 
 __all__ = ["Algebra", "NotExact", "RationalAlgebra", "IntervalAlgebra", "SympyAlgebra", "Z3Algebra"]
 
@@ -41,6 +49,45 @@ class Algebra:
 
     def softmax_weights(self, scores: list) -> list:  # pragma: no cover - interface
         raise NotImplementedError
+
+    # -- real layers (ptverify-model/2)
+    def activation(self, x, name: str):
+        """``relu``, ``gelu`` (erf form) or ``gelu_tanh`` of x."""
+        if name == "relu":
+            return self.relu(x)
+        if name == "gelu":
+            return self.gelu(x)
+        if name == "gelu_tanh":
+            return self.gelu_tanh(x)
+        raise InputError("activation", "\"relu\", \"gelu\" or \"gelu_tanh\"", repr(name)[:40])
+
+    def gelu(self, x):
+        raise InputError("activation", f"relu for the {type(self).__name__} encoding", "gelu (not supported there)")
+
+    def gelu_tanh(self, x):
+        raise InputError("activation", f"relu for the {type(self).__name__} encoding", "gelu_tanh (not supported there)")
+
+    def inv_sqrt(self, x):
+        """``1 / sqrt(x)`` for x > 0 (LayerNorm, the score scale 1/sqrt(head size))."""
+        raise InputError("norm", f"no LayerNorm or 1/sqrt scale for the {type(self).__name__} encoding",
+                         "a 1/sqrt (not supported there)")
+
+    def square(self, x):
+        return x * x
+
+    def layer_norm(self, u: list, gamma: Sequence[Fraction], beta: Sequence[Fraction], eps: Fraction) -> list:
+        """``gamma * (u - mean u) / sqrt(var u + eps) + beta`` (biased variance over the entries)."""
+        n = self.const(Fraction(1, len(u)))
+        total = u[0]
+        for v in u[1:]:
+            total = total + v
+        mean = total * n
+        c = [v - mean for v in u]
+        var = self.square(c[0])
+        for v in c[1:]:
+            var = var + self.square(v)
+        k = self.inv_sqrt(var * n + self.const(Fraction(eps)))
+        return [ci * k * self.const(Fraction(g)) + self.const(Fraction(b)) for ci, g, b in zip(c, gamma, beta)]
 
     def hardmax_weights(self, scores: list) -> list:  # pragma: no cover - interface
         raise NotImplementedError
@@ -84,6 +131,19 @@ class RationalAlgebra(Algebra):
     def hardmax_weights(self, scores):
         return self.exact_hardmax(scores)
 
+    def gelu(self, x):
+        if x == 0:
+            return Fraction(0)
+        raise NotExact("GELU of a nonzero number is not rational; use forward_exact (intervals)")
+
+    gelu_tanh = gelu
+
+    def inv_sqrt(self, x):
+        lo, hi = sqrt_enclosure(x)
+        if lo != hi:
+            raise NotExact(f"1/sqrt({x}) is not rational (LayerNorm or score scale); use forward_exact (intervals)")
+        return 1 / lo
+
 
 class IntervalAlgebra(Algebra):
     """Rigorous :class:`Iv` enclosures; exact points wherever no exponential is needed."""
@@ -124,6 +184,18 @@ class IntervalAlgebra(Algebra):
             raise ValueError("hardmax over interval scores is not supported")
         return w
 
+    def gelu(self, x):
+        return iv_gelu(x)
+
+    def gelu_tanh(self, x):
+        return iv_gelu_tanh(x)
+
+    def inv_sqrt(self, x):
+        return iv_inv_sqrt(x)
+
+    def square(self, x):
+        return x.sqr()
+
 
 class SympyAlgebra(Algebra):
     """Exact sympy expressions; every exponential kept symbolic (``exp(...)``)."""
@@ -155,6 +227,18 @@ class SympyAlgebra(Algebra):
         if w is None:
             raise ValueError("sympy hardmax needs constant scores")
         return w
+
+    def gelu(self, x):
+        sp = self.sp
+        return x / 2 * (1 + sp.erf(x / sp.sqrt(2)))
+
+    def gelu_tanh(self, x):
+        sp = self.sp
+        k = self.const(Fraction("0.044715"))
+        return x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + k * x ** 3)))
+
+    def inv_sqrt(self, x):
+        return 1 / self.sp.sqrt(x)
 
 
 class Z3Algebra(Algebra):
@@ -235,3 +319,44 @@ class Z3Algebra(Algebra):
         for t in ind[1:]:
             cnt = cnt + t
         return [t / cnt for t in ind]
+
+    # -- real layers: LayerNorm's 1/sqrt exactly, GELU by a sound relaxation
+    #: proved bounds on ``relu(x) - gelu(x)`` (erf form: 1/sqrt(2 pi) < 2/5) and on
+    #: ``relu(x) - gelu_tanh(x)`` (1 / (e 2 sqrt(2/pi)) < 1/4); both differences are >= 0
+    GELU_GAP = {"gelu": Fraction(2, 5), "gelu_tanh": Fraction(1, 4)}
+
+    def _fresh(self, name: str):
+        return self.z3.Real(f"{self.prefix}_{name}{len(self.constraints)}")
+
+    def inv_sqrt(self, x):
+        """``k = 1/sqrt(x)`` as a fresh real with ``k > 0, k*k*x = 1`` (exact), and rational
+        bounds on k when x is a known constant (a rational k when x is a square)."""
+        v = self.const_value(x)
+        if v is not None:
+            lo, hi = sqrt_enclosure(v)
+            if lo == hi:
+                return self.const(1 / lo)
+        k = self._fresh("k")
+        self.constraints += [k > 0, k * k * x == 1]
+        if v is not None:
+            self.constraints += [k >= self.const(1 / hi), k <= self.const(1 / lo)]
+        return k
+
+    def _gelu(self, x, form: str):
+        v = self.const_value(x)
+        if v is not None:
+            r = iv_gelu(Iv(v)) if form == "gelu" else iv_gelu_tanh(Iv(v))
+            if r.is_point:
+                return self.const(r.lo)
+        g = self._fresh("g")
+        relu = self.relu(x)
+        self.constraints += [g <= relu, g >= relu - self.const(self.GELU_GAP[form])]
+        if v is not None:
+            self.constraints += [g >= self.const(r.lo), g <= self.const(r.hi)]
+        return g
+
+    def gelu(self, x):
+        return self._gelu(x, "gelu")
+
+    def gelu_tanh(self, x):
+        return self._gelu(x, "gelu_tanh")

@@ -1,4 +1,5 @@
-"""Rigorous interval arithmetic on rationals: :class:`Iv` and enclosures of ``exp``.
+"""Rigorous interval arithmetic on rationals: :class:`Iv` and enclosures of ``exp``, ``sqrt``,
+``tanh`` and ``erf`` (and through them GELU, both forms; proofs/real_layers_forward.md).
 
 Intervals whose ends are equal stay exact rational points under ``+``, ``-``, ``*`` and ``/``;
 other results are rounded outward on a grid of 2**-120 relative, so every enclosure is rigorous.
@@ -8,7 +9,9 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-__all__ = ["Iv", "exp_enclosure", "EXP_LIMIT", "round_down", "round_up"]
+__all__ = ["Iv", "exp_enclosure", "EXP_LIMIT", "round_down", "round_up", "sqrt_enclosure", "tanh_enclosure",
+           "erf_enclosure", "PI_LO", "PI_HI", "iv_sqrt", "iv_inv_sqrt", "iv_exp", "iv_tanh", "iv_erf",
+           "iv_gelu", "iv_gelu_tanh", "GELU_TANH_KAPPA"]
 
 _ROUND_BITS = 120  # outward rounding grid for intervals: 2**-120 relative
 
@@ -100,6 +103,14 @@ class Iv:
     def relu(self) -> "Iv":
         return Iv(max(self.lo, 0), max(self.hi, 0))
 
+    def sqr(self) -> "Iv":
+        """``{x * x : x in self}`` (never below 0, unlike ``self * self``)."""
+        if self.is_point:
+            return Iv(self.lo * self.lo)
+        lo2, hi2 = self.lo * self.lo, self.hi * self.hi
+        lo = 0 if self.lo <= 0 <= self.hi else min(lo2, hi2)
+        return Iv(round_down(Fraction(lo)), round_up(max(lo2, hi2)))
+
     def contains(self, x) -> bool:
         return self.lo <= Fraction(x) <= self.hi
 
@@ -147,3 +158,151 @@ def exp_enclosure(s: Fraction, bits: int = 100) -> tuple[Fraction, Fraction]:
     if lo <= 0:
         lo = Fraction(0)
     return round_down(lo, bits), round_up(hi, bits)
+
+
+# --------------------------------------------------------------------------- sqrt, tanh, erf
+
+#: rigorous rational bounds on pi (its first 60 decimals, truncated, and that plus 10**-60)
+PI_LO = Fraction("3.141592653589793238462643383279502884197169399375105820974944")
+PI_HI = PI_LO + Fraction(1, 10 ** 60)
+
+
+def _is_square(n: int) -> bool:
+    return n >= 0 and math.isqrt(n) ** 2 == n
+
+
+def sqrt_enclosure(q, bits: int = 110) -> tuple[Fraction, Fraction]:
+    """Rational bounds ``lo <= sqrt(q) <= hi`` (q >= 0) from integer square roots; exact when q
+    is the square of a rational."""
+    q = Fraction(q)
+    if q < 0:
+        raise ValueError(f"sqrt of a negative number {float(q):.4g}")
+    if _is_square(q.numerator) and _is_square(q.denominator):
+        r = Fraction(math.isqrt(q.numerator), math.isqrt(q.denominator))
+        return r, r
+    p = bits - (q.numerator.bit_length() - q.denominator.bit_length()) // 2 + 2
+    scale = Fraction(4) ** p
+    lo_int = math.isqrt(math.floor(q * scale))  # lo_int**2 <= q * 4**p
+    hi_int = math.isqrt(math.ceil(q * scale)) + 1  # hi_int**2 > q * 4**p
+    unit = Fraction(2) ** -p
+    return lo_int * unit, hi_int * unit
+
+
+def iv_sqrt(x: Iv) -> Iv:
+    """sqrt over an interval (sqrt is increasing); the interval must not reach below 0."""
+    if x.lo < 0:
+        raise ValueError(f"sqrt of an interval reaching {float(x.lo):.4g} < 0")
+    lo, _ = sqrt_enclosure(x.lo)
+    if x.is_point:
+        return Iv(lo, sqrt_enclosure(x.lo)[1])
+    return Iv(lo, sqrt_enclosure(x.hi)[1])
+
+
+def iv_inv_sqrt(x: Iv) -> Iv:
+    """``1 / sqrt(x)`` over an interval of positive numbers."""
+    return Iv(1) / iv_sqrt(x)
+
+
+def iv_exp(x: Iv) -> Iv:
+    """exp over an interval (increasing)."""
+    lo, hi = exp_enclosure(x.lo)
+    if not x.is_point:
+        hi = exp_enclosure(x.hi)[1]
+    return Iv(lo, hi)
+
+
+#: beyond this argument tanh is enclosed by [tanh(_TANH_CLAMP), 1] and erf by [erf(_ERF_CLAMP), 1]
+_TANH_CLAMP = 64
+_ERF_CLAMP = 8
+
+
+def tanh_enclosure(x, bits: int = 110) -> tuple[Fraction, Fraction]:
+    """Rational bounds on tanh(x): ``tanh x = 1 - 2 / (exp(2x) + 1)`` is increasing in exp(2x),
+    so an enclosure of exp gives one of tanh; tanh is odd and increasing, so arguments beyond
+    ``_TANH_CLAMP`` get ``[tanh(_TANH_CLAMP), 1]``."""
+    x = Fraction(x)
+    if x == 0:
+        return Fraction(0), Fraction(0)
+    if x < 0:
+        lo, hi = tanh_enclosure(-x, bits)
+        return -hi, -lo
+    if x > _TANH_CLAMP:
+        return tanh_enclosure(Fraction(_TANH_CLAMP), bits)[0], Fraction(1)
+    elo, ehi = exp_enclosure(2 * x, bits + 8)
+    return round_down(1 - 2 / (elo + 1), bits), min(Fraction(1), round_up(1 - 2 / (ehi + 1), bits))
+
+
+def _erf_series(y_int: int, p: int) -> tuple[int, int]:
+    """``(S, E)`` with ``|S - 2**p * sum_n (-1)^n y^(2n+1) / (n! (2n+1))| <= E`` for
+    ``y = y_int / 2**p >= 0`` (fixed-point Taylor series of ``erf(y) * sqrt(pi) / 2``).
+
+    ``T_n`` approximates ``2**p * y^(2n+1) / n!`` with error at most ``e_n`` (each floor adds at
+    most 1; ``e_n <= e_(n-1) y^2 / n + 1``); once ``n >= y^2`` the terms decrease, and the series
+    alternates, so the remainder is at most the last term's bound, at most 1 unit at the stop."""
+    yy = y_int * y_int
+    den = 1 << (2 * p)
+    T, e, S, E, n = y_int, 0, y_int, 0, 0
+    while True:
+        n += 1
+        T = T * yy // (n * den)
+        e = -(-e * yy // (n * den)) + 1
+        term = T // (2 * n + 1)
+        S += -term if n % 2 else term
+        E += e // (2 * n + 1) + 2
+        if n * den >= yy and (T + e) // (2 * n + 1) + 1 <= 1:
+            return S, E + 1
+
+
+def erf_enclosure(x, bits: int = 110) -> tuple[Fraction, Fraction]:
+    """Rational bounds on erf(x).  ``x`` is rounded down to a grid of 2**-p (erf is
+    2/sqrt(pi)-Lipschitz: 2 more units cover the rounding), the series of :func:`_erf_series` is
+    summed in integers, and multiplied by an enclosure of 2/sqrt(pi); for x > ``_ERF_CLAMP``,
+    ``1 - erf(x) = erfc(x) < exp(-x^2) / (x sqrt(pi)) < exp(-x^2)``.  erf is odd."""
+    x = Fraction(x)
+    if x == 0:
+        return Fraction(0), Fraction(0)
+    if x < 0:
+        lo, hi = erf_enclosure(-x, bits)
+        return -hi, -lo
+    if x > _ERF_CLAMP:
+        return round_down(1 - exp_enclosure(-x * x, bits + 8)[1], bits), Fraction(1)
+    p = bits + 24 + math.ceil(float(x * x) * 1.4427)  # the series' cancellation: terms up to e^(x^2)
+    y_int = math.floor(x * (1 << p))
+    S, E = _erf_series(y_int, p)
+    E += 0 if Fraction(y_int, 1 << p) == x else 2
+    c = Iv(2) / iv_sqrt(Iv(PI_LO, PI_HI))  # 2 / sqrt(pi)
+    r = c * Iv(Fraction(S - E, 1 << p), Fraction(S + E, 1 << p))
+    return round_down(max(r.lo, Fraction(-1)), bits), round_up(min(r.hi, Fraction(1)), bits)
+
+
+def iv_tanh(x: Iv) -> Iv:
+    """tanh over an interval (increasing)."""
+    lo, hi = tanh_enclosure(x.lo)
+    return Iv(lo, hi if x.is_point else tanh_enclosure(x.hi)[1])
+
+
+def iv_erf(x: Iv) -> Iv:
+    """erf over an interval (increasing)."""
+    lo, hi = erf_enclosure(x.lo)
+    return Iv(lo, hi if x.is_point else erf_enclosure(x.hi)[1])
+
+
+def iv_gelu(x: Iv) -> Iv:
+    """GELU (erf form) ``x/2 * (1 + erf(x / sqrt 2))`` by interval arithmetic: sound by the
+    inclusion property (erf increasing), tight for narrow intervals."""
+    inv_sqrt2 = iv_inv_sqrt(Iv(2))
+    return x * Iv(Fraction(1, 2)) * (Iv(1) + iv_erf(x * inv_sqrt2))
+
+
+#: the cubic coefficient of the tanh form of GELU, exactly the decimal 0.044715
+GELU_TANH_KAPPA = Fraction("0.044715")
+
+
+def iv_gelu_tanh(x: Iv) -> Iv:
+    """GELU (tanh form) ``x/2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` by interval
+    arithmetic; the inner cubic is increasing, so it is evaluated at the two ends."""
+    c = iv_sqrt(Iv(2) / Iv(PI_LO, PI_HI))
+    k = GELU_TANH_KAPPA
+    inner = Iv(x.lo + k * x.lo ** 3, x.hi + k * x.hi ** 3)
+    inner = Iv(round_down(inner.lo), round_up(inner.hi))
+    return x * Iv(Fraction(1, 2)) * (Iv(1) + iv_tanh(c * inner))
