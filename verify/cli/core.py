@@ -161,11 +161,14 @@ def check_cmd(
             raise InputError("--timeout", "a finite number of seconds > 0", str(timeout))
         m = load_model(model)
         ds = load_dataset(dataset, d=m.d)
-        if len(m.layers) > 1:
+        if len(m.layers) > 1 and m.is_plain and ds.at == "output":
             from verify.provers.multilayer import check_multilayer
             res = check_multilayer(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, prompt_norm=pn,
                                    claim="check")
         else:
+            if pn is not None and len(m.layers) > 1:
+                raise InputError("--prompt-norm", "no value for a real (ptverify-model/2) model or targets at the "
+                                 "attention block (Theorem M covers plain layers only)", repr(prompt_norm))
             if pn is not None:
                 raise InputError("--prompt-norm", "no value for a single-layer model (its limitations hold "
                                  "for prompts of every norm)", repr(prompt_norm))

@@ -1,6 +1,7 @@
 """The decision flow of the single-layer prover: a short sequence of stages under one clock.
 
-1. validate the question; multi-layer models go to :mod:`verify.provers.multilayer`;
+1. validate the question; real layers and targets at the attention block go to
+   :mod:`verify.provers.real`; multi-layer models go to :mod:`verify.provers.multilayer`;
 2. the envelope, the MLP's Lipschitz bound k, the groups and their preimages (:mod:`.groups`);
 3. early decisions: nothing constrained, attention that adds nothing (:mod:`.attention_free`),
    an MLP not certified injective (witness search only);
@@ -94,6 +95,8 @@ def _decide(model: Model, dataset: Dataset, o: _Options, clock: Clock) -> Result
     import z3
     t0 = time.perf_counter()
     tol = _validated(model, dataset, o.prompt_length, o.tolerance)
+    if not model.is_plain or dataset.at != "output":
+        return _real(model, dataset, o, tol)
     if len(model.layers) > 1:
         return _multilayer(model, dataset, o, tol)
     c = _start(z3, model, dataset, o, tol, clock, t0)
@@ -132,6 +135,15 @@ def _multilayer(model: Model, dataset: Dataset, o: _Options, tol: Fraction) -> R
     if fn is None:
         return Result(claim=o.claim, status=Status.UNKNOWN, message="multi-layer models are not supported by this build")
     return fn(model, dataset, prompt_length=o.prompt_length, tolerance=tol, timeout=o.timeout)
+
+
+def _real(model: Model, dataset: Dataset, o: _Options, tol: Fraction) -> Result:
+    """Real layers (``ptverify-model/2``) and targets at the attention block: the real-layer pair
+    theorem (proofs/real_layers.md) for "at": "attention"; "unknown" with the reason otherwise
+    (a certificate for the textbook layer says nothing about a real one)."""
+    from verify.provers.real import check_real
+    return check_real(model, dataset, prompt_length=o.prompt_length, tolerance=tol, timeout=o.timeout,
+                      claim=o.claim, side_files=o.side_files, inputs_extra=o.inputs_extra)
 
 
 def _start(z3, model: Model, dataset: Dataset, o: _Options, tol: Fraction, clock: Clock, t0: float) -> Check:

@@ -25,12 +25,12 @@ MAX_PAIRS = 64
 
 def unsupported_reason(model: Model, dataset: Dataset) -> Optional[str]:
     """Why the real-layer pair theorem cannot apply to this question (None when it may)."""
-    if len(model.layers) != 1:
-        return f"the real-layer pair theorem is for a single layer; this model has {len(model.layers)} layers"
     if dataset.at != "attention":
         return ("targets at the layer output of a real layer (LayerNorm, GELU, biases) are not covered: "
                 "no theorem for them is implemented (the textbook L1/L2 need the plain layer); targets at "
                 "the attention block (\"at\": \"attention\") are")
+    if len(model.layers) != 1:
+        return f"the real-layer pair theorem is for a single layer; this model has {len(model.layers)} layers"
     if model.layers[0].kind != "softmax":
         return "the real-layer pair theorem needs a softmax layer (this layer is hardmax)"
     return None

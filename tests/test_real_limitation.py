@@ -1,0 +1,217 @@
+"""The real-layer pair theorem (proofs/real_layers.md): constructed limitations proved and re-checked
+by the trusted checker, planted controls never proved, mutated certificates rejected."""
+from __future__ import annotations
+
+import copy
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from constructions.model import (INV_SQRT_HEAD_SIZE, Dataset, Example, Head, Layer, LayerNorm, Model, dataset_to_json,
+                                 model_to_json)
+from verify.checker import canonical_sha256, check_result
+from verify.provers.real import CERT_KIND, check_real
+from verify.provers.real.forward import FloatLayer, attention_site
+from verify.result import Status
+
+TOL = Fraction(1, 10 ** 9)
+
+
+def real_model(d: int = 8, heads: int = 2, s: int = 3, norm="post", seed: int = 0, causal: bool = False,
+               kind: str = "softmax") -> Model:
+    rng = np.random.default_rng(seed)
+
+    def n(*shape):
+        return rng.normal(size=shape)
+
+    hs = [Head(n(s, d), n(s, d), n(s, d), n(d, s) / np.sqrt(s), 0.1 * n(s), 0.1 * n(s), 0.1 * n(s)) for _ in range(heads)]
+
+    def ln():
+        return LayerNorm(1 + 0.1 * n(d), 0.1 * n(d), 1e-5) if norm else None
+
+    layer = Layer(kind, hs, n(2 * d, d), n(2 * d), n(d, 2 * d), n(d), b_o=0.1 * n(d), scale=INV_SQRT_HEAD_SIZE,
+                  activation="gelu", norm=norm, ln1=ln(), ln2=ln())
+    return Model(d, [layer], causal=causal)
+
+
+def pair_dataset(model: Model, seed: int = 0, same: bool = False, m: int = 3, mp: int = 2) -> Dataset:
+    """Two examples sharing the query token (last position); each target is the attention-block
+    output under its own prompt (the same prompt for both when ``same``: a reachable pair)."""
+    rng = np.random.default_rng(seed + 1000)
+    d = model.d
+    fl = FloatLayer(model.layers[0], d)
+    x = rng.normal(size=d)
+    X1 = np.vstack([rng.normal(size=(m - 1, d)), x])
+    X2 = np.vstack([rng.normal(size=(m - 1, d)), x])
+    P1 = rng.normal(size=(mp, d))
+    P2 = P1 if same else rng.normal(size=(mp, d))
+    h1 = attention_site(fl, X1, P1, model.causal)[-1]
+    h2 = attention_site(fl, X2, P2, model.causal)[-1]
+    return Dataset([Example(X1, [None] * (m - 1) + [h1]), Example(X2, [None] * (m - 1) + [h2])], at="attention")
+
+
+@pytest.fixture(scope="module")
+def proved_post():
+    model = real_model(norm="post", seed=1)
+    ds = pair_dataset(model, seed=1)
+    res = check_real(model, ds, tolerance=TOL)
+    assert res.status == Status.PROVED, res.message
+    return res
+
+
+def _recheck(obj) -> tuple[bool, str]:
+    return check_result(obj, ".")
+
+
+def _rehash(obj) -> dict:
+    for name in ("model", "dataset"):
+        ref = obj["inputs"][name]
+        ref["sha256"] = canonical_sha256(ref["embedded"])
+    return obj
+
+
+@pytest.mark.parametrize("norm,causal", [("post", False), ("pre", False), (None, False), ("pre", True), ("post", True)])
+def test_constructed_pairs_are_proved_and_rechecked(norm, causal):
+    for seed in range(2):
+        model = real_model(norm=norm, seed=seed, causal=causal)
+        res = check_real(model, pair_dataset(model, seed=seed), tolerance=TOL)
+        assert res.status == Status.PROVED, res.message
+        assert res.certificate["kind"] == CERT_KIND
+        ok, msg = _recheck(res.to_json())
+        assert ok, msg
+        assert "no prompt of any length reaches both targets" in msg
+
+
+@pytest.mark.parametrize("norm", ["post", "pre", None])
+def test_planted_control_same_prompt_is_never_proved(norm):
+    for seed in range(4):
+        model = real_model(norm=norm, seed=seed)
+        res = check_real(model, pair_dataset(model, seed=seed, same=True), tolerance=TOL)
+        assert res.status != Status.PROVED, (norm, seed)
+        assert res.certificate is None
+
+
+def test_mutated_z_is_rejected(proved_post):
+    obj = proved_post.to_json()
+    z = obj["certificate"]["body"]["z"]
+    for k in (0, len(z) - 1):
+        bad = copy.deepcopy(obj)
+        bad["certificate"]["body"]["z"][k] = str(int(z[k]) + 1)
+        ok, msg = _recheck(bad)
+        assert not ok
+    bad = copy.deepcopy(obj)
+    bad["certificate"]["body"]["z"] = ["0"] * len(z)
+    assert not _recheck(bad)[0]
+
+
+def test_other_head_is_rejected(proved_post):
+    obj = copy.deepcopy(proved_post.to_json())
+    body = obj["certificate"]["body"]
+    body["head"] = 1 - body["head"]
+    ok, msg = _recheck(obj)
+    assert not ok and "annihilate" in msg
+
+
+def test_swapped_or_moved_target_is_rejected(proved_post):
+    obj = copy.deepcopy(proved_post.to_json())
+    exs = obj["inputs"]["dataset"]["embedded"]["examples"]
+    exs[0]["output"][-1], exs[1]["output"][-1] = exs[1]["output"][-1], exs[0]["output"][-1]
+    ok, msg = _recheck(_rehash(obj))
+    assert not ok and "sign conditions" in msg
+    # a target that moves without a new hash is a hash mismatch, never a pass
+    obj = copy.deepcopy(proved_post.to_json())
+    obj["inputs"]["dataset"]["embedded"]["examples"][0]["output"][-1][0] += 1.0
+    assert not _recheck(obj)[0]
+
+
+def test_mutated_weight_is_rejected(proved_post):
+    obj = copy.deepcopy(proved_post.to_json())
+    j = obj["certificate"]["body"]["head"]
+    other = obj["inputs"]["model"]["embedded"]["layers"][0]["attention"]["heads"][1 - j]
+    other["W_o"][0][0] += 0.5
+    ok, msg = _recheck(_rehash(obj))
+    assert not ok and "annihilate" in msg
+
+
+def test_shared_query_and_distinct_members_required(proved_post):
+    obj = copy.deepcopy(proved_post.to_json())
+    obj["certificate"]["body"]["positions"] = [0, 2]
+    assert not _recheck(obj)[0]          # position 0 is unconstrained and not the shared token
+    obj = copy.deepcopy(proved_post.to_json())
+    obj["certificate"]["body"]["examples"] = [0, 0]
+    assert not _recheck(obj)[0]
+
+
+def test_tolerance_beyond_the_margin_is_never_proved(proved_post):
+    obj = copy.deepcopy(proved_post.to_json())
+    obj["question"]["tolerance"] = "1"
+    from verify.checker.questions import statement
+    obj["statement"] = statement(obj["question"], "proved")
+    ok, msg = _recheck(obj)
+    assert not ok and "sign conditions" in msg
+    model = real_model(norm="post", seed=1)
+    res = check_real(model, pair_dataset(model, seed=1), tolerance=Fraction(1))
+    assert res.status != Status.PROVED
+
+
+def test_tolerance_covers_the_target_box():
+    """A proof under tolerance t stands for every target within t: the targets moved by t/2 are
+    still proved (and the same z is accepted for them)."""
+    model = real_model(norm="pre", seed=3)
+    ds = pair_dataset(model, seed=3)
+    tol = Fraction(1, 10 ** 4)
+    res = check_real(model, ds, tolerance=tol)
+    assert res.status == Status.PROVED, res.message
+    obj = copy.deepcopy(res.to_json())
+    for ex in obj["inputs"]["dataset"]["embedded"]["examples"]:
+        ex["output"][-1] = [v + 0.5e-4 for v in ex["output"][-1]]
+    ok, msg = _recheck(_rehash(obj))
+    assert ok, msg
+
+
+def test_hardmax_output_site_and_missing_pairs_are_unknown():
+    model = real_model(norm="post", seed=0, kind="hardmax")
+    res = check_real(model, pair_dataset(real_model(norm="post", seed=0)), tolerance=TOL)
+    assert res.status == Status.UNKNOWN and "softmax" in res.message
+    model = real_model(norm="post", seed=0)
+    ds = pair_dataset(model, seed=0)
+    ds_out = Dataset(ds.examples, at="output")
+    res = check_real(model, ds_out, tolerance=TOL)
+    assert res.status == Status.UNKNOWN and "not covered" in res.message
+    one = Dataset([ds.examples[0]], at="attention")
+    res = check_real(model, one, tolerance=TOL)
+    assert res.status == Status.UNKNOWN and "share their query token" in res.message
+
+
+def test_check_routes_real_layers():
+    """``ptverify check``'s decision flow: a real layer with attention-block targets goes to the
+    real-layer prover; with layer-output targets it is unknown, naming why (never a v1 proof)."""
+    from verify.provers.limitation import check_memorization
+    model = real_model(norm="post", seed=2)
+    ds = pair_dataset(model, seed=2)
+    res = check_memorization(model, ds, tolerance=TOL, search_witness=False)
+    assert res.status == Status.PROVED and res.certificate["kind"] == CERT_KIND
+    res = check_memorization(model, Dataset(ds.examples, at="output"), tolerance=TOL, search_witness=False)
+    assert res.status == Status.UNKNOWN and res.certificate is None and "not covered" in res.message
+
+
+def test_plain_kind_refuses_this_certificate_on_output_targets(proved_post):
+    obj = copy.deepcopy(proved_post.to_json())
+    obj["inputs"]["dataset"]["embedded"].pop("at", None)
+    ok, msg = _recheck(_rehash(obj))
+    assert not ok and "attention" in msg
+
+
+def test_files_round_trip(tmp_path):
+    """The written result (side files or embedded) is re-checked from disk."""
+    from verify.checker import check_file
+    model = real_model(norm="pre", seed=4, causal=True)
+    res = check_real(model, pair_dataset(model, seed=4), tolerance=TOL)
+    assert res.status == Status.PROVED
+    path = str(tmp_path / "r.json")
+    res.write(path)
+    ok, msg = check_file(path)
+    assert ok, msg
+    assert model_to_json(model)["format"] == "ptverify-model/2"
+    assert dataset_to_json(pair_dataset(model, seed=4))["at"] == "attention"
