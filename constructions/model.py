@@ -192,10 +192,14 @@ def _matrix(parent: dict, name: str, fld: str, shape) -> np.ndarray:
     return parse_array(parent[name], fld, shape)
 
 
-def _known_fields(obj: dict, where: str, allowed) -> None:
+def _known_fields(obj: dict, where: str, allowed, v2_only=()) -> None:
     """Refuse a field the format does not define (the trusted checker's reader refuses it too),
-    so that a misspelt field is not silently ignored."""
+    so that a misspelt field is not silently ignored.  ``v2_only``: fields that a
+    ``ptverify-model/1`` object may not hold but a ``/2`` one may (the message says so)."""
     for k in obj:
+        if k in v2_only:
+            raise InputError(f"{where}.{k}", f"no such field in \"{MODEL_FORMAT}\" (a \"{MODEL_FORMAT_2}\" field: "
+                             f"set \"format\": \"{MODEL_FORMAT_2}\")", repr(k)[:60])
         if k not in allowed:
             raise InputError(f"{where}.{k}" if where else str(k), "no field of that name (the format defines "
                              + ", ".join(sorted(allowed)) + ")", repr(k)[:60])
@@ -211,7 +215,7 @@ def _meta(obj: dict) -> dict:
 def _head_from_json(ho: Any, hf: str, d: int, v2: bool = False) -> Head:
     if not isinstance(ho, dict):
         raise InputError(hf, "an object with W_q, W_k, W_v, W_o", type(ho).__name__)
-    _known_fields(ho, hf, HEAD_ARRAYS + (HEAD_BIASES if v2 else ()))
+    _known_fields(ho, hf, HEAD_ARRAYS + (HEAD_BIASES if v2 else ()), () if v2 else HEAD_BIASES)
     W_q = _matrix(ho, "W_q", f"{hf}.W_q", (None, d))
     s = W_q.shape[0]
     if s < 1:
@@ -260,7 +264,7 @@ def _layer_norm_from_json(o: Any, fld: str, d: int) -> LayerNorm:
 def _mlp_from_json(mlp: Any, mf: str, d: int, v2: bool = False) -> tuple:
     if not isinstance(mlp, dict):
         raise InputError(mf, "an object with W_1, b_1, W_2, b_2", repr(mlp)[:60])
-    _known_fields(mlp, mf, MLP_ARRAYS + (("activation",) if v2 else ()))
+    _known_fields(mlp, mf, MLP_ARRAYS + (("activation",) if v2 else ()), () if v2 else ("activation",))
     W_1 = _matrix(mlp, "W_1", f"{mf}.W_1", (None, d))
     r = W_1.shape[0]
     if r < 1 or W_1.shape != (r, d):
@@ -275,11 +279,12 @@ def _mlp_from_json(mlp: Any, mf: str, d: int, v2: bool = False) -> tuple:
 def _layer_from_json(lo: Any, lf: str, d: int, v2: bool = False) -> Layer:
     if not isinstance(lo, dict):
         raise InputError(lf, "an object with \"attention\" and \"mlp\"", type(lo).__name__)
-    _known_fields(lo, lf, ("attention", "mlp") + (("norm",) if v2 else ()))
+    _known_fields(lo, lf, ("attention", "mlp") + (("norm",) if v2 else ()), () if v2 else ("norm",))
     att = lo.get("attention")
     if not isinstance(att, dict):
         raise InputError(f"{lf}.attention", "an object", repr(att)[:60])
-    _known_fields(att, f"{lf}.attention", ("kind", "heads") + (("b_o", "scale") if v2 else ()))
+    _known_fields(att, f"{lf}.attention", ("kind", "heads") + (("b_o", "scale") if v2 else ()),
+                  () if v2 else ("b_o", "scale"))
     kind = att.get("kind", "softmax")
     if kind not in ("softmax", "hardmax"):
         raise InputError(f"{lf}.attention.kind", "\"softmax\" or \"hardmax\"", repr(kind))
@@ -478,7 +483,8 @@ def _npz_object(path: str) -> dict:
     def present(prefix: str, fprefix: str, names) -> dict:
         return {n: read(prefix + n, fprefix + n) for n in names if prefix + n in files}
     v2 = hdr.get("format") == MODEL_FORMAT_2
-    _known_fields(hdr, "__header__", ("format", "d", "causal", "kinds", "heads") + (("layers",) if v2 else ()))
+    _known_fields(hdr, "__header__", ("format", "d", "causal", "kinds", "heads") + (("layers",) if v2 else ()),
+                  () if v2 else ("layers",))
     extras = hdr.get("layers", [{}] * len(kinds))
     if not (isinstance(extras, list) and len(extras) == len(kinds) and all(isinstance(e, dict) for e in extras)):
         raise InputError("__header__.layers", f"a list of {len(kinds)} objects (one per layer: scale, activation, "

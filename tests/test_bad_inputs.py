@@ -52,6 +52,25 @@ def layer(att=None, mlp_=None) -> dict:
                           "mlp": mlp_ if mlp_ is not None else dict(MLP)}])
 
 
+LN = {"gamma": [1, 1], "beta": [0, 0], "eps": "1e-5"}
+
+
+def v2(head_=None, att=None, mlp_=None, norm=None, fmt="ptverify-model/2") -> dict:
+    """A valid d = 2 ``ptverify-model/2`` layer with the given fields added to its head, attention,
+    MLP, and its ``norm`` (None: absent)."""
+    lo = {"attention": {"kind": "softmax", "heads": [dict(HEAD, **(head_ or {}))], **(att or {})},
+          "mlp": dict(MLP, **(mlp_ or {}))}
+    if norm is not None:
+        lo["norm"] = norm
+    return model(format=fmt, layers=[lo])
+
+
+def ln_norm(placement="post", **over) -> dict:
+    """A ``norm`` object; ``ln1=`` / ``ln2=`` replace a LayerNorm (None deletes it)."""
+    n = {"placement": placement, "ln1": dict(LN), "ln2": dict(LN), **over}
+    return {k: v for k, v in n.items() if v is not None}
+
+
 def data(*examples) -> dict:
     """A dataset; by default one example of two tokens of size 2."""
     exs = examples or ({"input": [[1, 0], [0, 1]], "output": [None, [3, 1]]},)
@@ -77,6 +96,7 @@ def npz(arrays: dict, header=None):
 
 
 NPZ_HEADER = {"format": "ptverify-model/1", "d": 2, "causal": False, "kinds": ["softmax"], "heads": [1]}
+NPZ_HEADER_2 = dict(NPZ_HEADER, format="ptverify-model/2")
 
 
 def npz_arrays(**over) -> dict:
@@ -206,6 +226,78 @@ CASES = [
     ("mlp-W_2-shape", mlp(W_2=[[0.5, 0]]), CHECK, "layers[0].mlp.W_2"),
     ("mlp-b_2-matrix", mlp(b_2=[[0], [0]]), CHECK, "layers[0].mlp.b_2"),
     ("mlp-is-list", layer(mlp_=[1, 2]), CHECK, "layers[0].mlp"),
+    # ---- ptverify-model/2 fields (real layers)
+    ("v2-b_q-wrong-length", v2(head_={"b_q": [0, 0, 0]}), CHECK, "heads[0].b_q"),
+    ("v2-b_k-bad-string", v2(head_={"b_k": ["x", 0]}), CHECK, "heads[0].b_k[0]"),
+    ("v2-b_v-bool", v2(head_={"b_v": [True, 0]}), CHECK, "heads[0].b_v[0]"),
+    ("v2-b_v-matrix", v2(head_={"b_v": [[0, 0]]}), CHECK, "heads[0].b_v"),
+    ("v2-b_o-wrong-length", v2(att={"b_o": [0]}), CHECK, "attention.b_o"),
+    ("v2-b_o-not-a-list", v2(att={"b_o": 0}), CHECK, "attention.b_o"),
+    ("v2-scale-zero", v2(att={"scale": 0}), CHECK, "attention.scale"),
+    ("v2-scale-negative", v2(att={"scale": "-1/2"}), CHECK, "attention.scale"),
+    ("v2-scale-unknown-string", v2(att={"scale": "1/sqrt(d)"}), CHECK, "attention.scale"),
+    ("v2-scale-bool", v2(att={"scale": True}), CHECK, "attention.scale"),
+    ("v2-scale-null", v2(att={"scale": None}), CHECK, "attention.scale"),
+    ("v2-attention-unknown-field", v2(att={"bias": [0, 0]}), CHECK, "attention.bias"),
+    ("v2-activation-unknown", v2(mlp_={"activation": "tanh"}), CHECK, "mlp.activation"),
+    ("v2-activation-number", v2(mlp_={"activation": 1}), CHECK, "mlp.activation"),
+    ("v2-activation-wrong-case", v2(mlp_={"activation": "GELU"}), CHECK, "mlp.activation"),
+    ("v2-norm-not-an-object", v2(norm="post"), CHECK, "layers[0].norm"),
+    ("v2-norm-placement-unknown", v2(norm=ln_norm("middle")), CHECK, "norm.placement"),
+    ("v2-norm-placement-missing", v2(norm=ln_norm(placement=None)), CHECK, "norm.placement"),
+    ("v2-norm-ln2-missing", v2(norm=ln_norm(ln2=None)), CHECK, "norm.ln2"),
+    ("v2-norm-unknown-field", v2(norm=ln_norm(ln3=dict(LN))), CHECK, "norm.ln3"),
+    ("v2-ln-gamma-wrong-length", v2(norm=ln_norm(ln1=dict(LN, gamma=[1, 1, 1]))), CHECK, "norm.ln1.gamma"),
+    ("v2-ln-beta-missing", v2(norm=ln_norm(ln2={"gamma": [1, 1], "eps": 1e-5})), CHECK, "norm.ln2.beta"),
+    ("v2-ln-eps-zero", v2(norm=ln_norm(ln1=dict(LN, eps=0))), CHECK, "norm.ln1.eps"),
+    ("v2-ln-eps-negative", v2(norm=ln_norm("pre", ln2=dict(LN, eps=-1e-5))), CHECK, "norm.ln2.eps"),
+    ("v2-ln-eps-missing", v2(norm=ln_norm(ln2={"gamma": [1, 1], "beta": [0, 0]})), CHECK, "norm.ln2.eps"),
+    ("v2-ln-eps-string", v2(norm=ln_norm(ln1=dict(LN, eps="tiny"))), CHECK, "norm.ln1.eps"),
+    ("v2-ln-unknown-field", v2(norm=ln_norm(ln1=dict(LN, bias=[0, 0]))), CHECK, "norm.ln1.bias"),
+    ("v1-with-head-bias", v2(head_={"b_q": [0, 0]}, fmt="ptverify-model/1"), CHECK, "heads[0].b_q"),
+    ("v1-with-b_o", v2(att={"b_o": [0, 0]}, fmt="ptverify-model/1"), CHECK, "attention.b_o"),
+    ("v1-with-scale", v2(att={"scale": 2}, fmt="ptverify-model/1"), CHECK, "attention.scale"),
+    ("v1-with-activation", v2(mlp_={"activation": "gelu"}, fmt="ptverify-model/1"), CHECK, "mlp.activation"),
+    ("v1-with-norm", v2(norm=ln_norm(), fmt="ptverify-model/1"), CHECK, "layers[0].norm"),
+    ("dataset-at-unknown", bad_data(dict(data(), at="middle")), CHECK, "at"),
+    ("dataset-at-number", bad_data(dict(data(), at=1)), CHECK, "at"),
+    ("dataset-at-null", bad_data(dict(data(), at=None)), CHECK, "at"),
+    ("npz-v2-member-under-v1-header",
+     {"M.npz": npz(dict(npz_arrays(), **{"layers.0.attention.b_o": np.zeros(2)}), NPZ_HEADER), "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "layers.0.attention.b_o"),
+    ("npz-v1-header-with-layers", {"M.npz": npz(npz_arrays(), dict(NPZ_HEADER, layers=[{}])), "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "__header__.layers"),
+    ("npz-v2-header-layers-wrong-length", {"M.npz": npz(npz_arrays(), dict(NPZ_HEADER_2, layers=[{}, {}])),
+                                           "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "__header__.layers"),
+    ("npz-v2-header-unknown-layer-field", {"M.npz": npz(npz_arrays(), dict(NPZ_HEADER_2, layers=[{"gelu": 1}])),
+                                           "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "__header__.layers[0].gelu"),
+    ("npz-v2-bad-scale", {"M.npz": npz(npz_arrays(), dict(NPZ_HEADER_2, layers=[{"scale": -1}])), "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "attention.scale"),
+    ("npz-v2-bad-activation", {"M.npz": npz(npz_arrays(), dict(NPZ_HEADER_2, layers=[{"activation": "elu"}])),
+                               "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "mlp.activation"),
+    ("npz-v2-norm-arrays-without-norm",
+     {"M.npz": npz(dict(npz_arrays(), **{"layers.0.norm.ln1.gamma": np.ones(2), "layers.0.norm.ln1.beta": np.zeros(2)}),
+                   NPZ_HEADER_2), "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "__header__.layers[0].norm"),
+    ("npz-v2-norm-missing-gamma",
+     {"M.npz": npz(dict(npz_arrays(), **{f"layers.0.norm.{ln}.beta": np.zeros(2) for ln in ("ln1", "ln2")},
+                        **{"layers.0.norm.ln2.gamma": np.ones(2)}),
+                   dict(NPZ_HEADER_2, layers=[{"norm": {"placement": "post", "ln1": {"eps": 1e-5},
+                                                        "ln2": {"eps": 1e-5}}}])), "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "norm.ln1.gamma"),
+    ("npz-v2-bias-wrong-shape",
+     {"M.npz": npz(dict(npz_arrays(), **{"layers.0.attention.heads.0.b_k": np.zeros((2, 2))}), NPZ_HEADER_2),
+      "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "heads[0].b_k"),
+    ("npz-v2-eps-zero",
+     {"M.npz": npz(dict(npz_arrays(), **{f"layers.0.norm.{ln}.{n}": np.ones(2) for ln in ("ln1", "ln2")
+                                         for n in ("gamma", "beta")}),
+                   dict(NPZ_HEADER_2, layers=[{"norm": {"placement": "pre", "ln1": {"eps": 1e-5},
+                                                        "ln2": {"eps": 0}}}])), "D.json": data()},
+     ["check", "--model", "M.npz", "--dataset", "D.json"], "norm.ln2.eps"),
     # ---- npz models
     ("npz-pickled-object-array", {"M.npz": pickled_npz, "D.json": data()},
      ["check", "--model", "M.npz", "--dataset", "D.json", "--json", "r.json"], "W_q"),
