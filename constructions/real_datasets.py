@@ -19,14 +19,14 @@ those float64 values (a witness replays them within a small tolerance, never exa
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from .forward import forward_float, layer_norm_float
 from .hf_import import FAMILIES, StateDict, detect_family, find_prefix, open_state_dict, read_config
-from .model import INV_SQRT_HEAD_SIZE, Dataset, Example, InputError, Layer, LayerNorm, Model
+from .model import Dataset, Example, InputError, Layer, LayerNorm, Model
 
 __all__ = ["Embeddings", "embeddings_from_state_dict", "load_embeddings", "layer_norm", "attention_site",
            "l1_pair", "witness_prompts", "DEFAULT_PAIR_TOKENS", "DEFAULT_PROMPT_TOKENS", "parse_pair_tokens",
@@ -117,45 +117,16 @@ def load_embeddings(weights: str, family: Optional[str] = None, config_path: Opt
 
 def layer_norm(U: np.ndarray, ln: LayerNorm) -> np.ndarray:
     """Row-wise ``gamma * (u - mean u) / sqrt(var u + eps) + beta`` (biased variance), float64."""
-    U = np.asarray(U, dtype=np.float64)
-    mu = U.mean(axis=-1, keepdims=True)
-    var = ((U - mu) ** 2).mean(axis=-1, keepdims=True)
-    return (np.asarray(ln.gamma, dtype=np.float64) * (U - mu) / np.sqrt(var + float(ln.eps))
-            + np.asarray(ln.beta, dtype=np.float64))
-
-
-def _f(a) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64)
+    return layer_norm_float(ln, U)
 
 
 def attention_site(layer: Layer, X: np.ndarray, prompt: Optional[np.ndarray] = None, causal: bool = False) -> np.ndarray:
     """The ``"at": "attention"`` values (float64) at the rows of ``X`` when ``prompt`` is prepended:
-    ``LN1(x + Att)`` (post-LN), ``x + Att(LN1(.))`` (pre-LN) or ``x + Att`` (no norm).  Softmax only."""
-    if layer.kind != "softmax":
-        raise InputError("layers[0].attention.kind", "\"softmax\" for a real-layer dataset", repr(layer.kind))
-    X = _f(X)
-    P = np.zeros((0, X.shape[1])) if prompt is None else _f(prompt).reshape(-1, X.shape[1])
-    S = np.vstack([P, X])
-    A = layer_norm(S, layer.ln1) if layer.norm == "pre" else S
-    n = S.shape[0]
-    out = np.zeros_like(S) + (0.0 if layer.b_o is None else _f(layer.b_o))
-    for h in layer.heads:
-        scale = 1.0 / math.sqrt(h.s) if isinstance(layer.scale, str) and layer.scale == INV_SQRT_HEAD_SIZE \
-            else float(layer.scale)
-        Q = A @ _f(h.W_q).T + (0.0 if h.b_q is None else _f(h.b_q))
-        K = A @ _f(h.W_k).T + (0.0 if h.b_k is None else _f(h.b_k))
-        V = A @ _f(h.W_v).T + (0.0 if h.b_v is None else _f(h.b_v))
-        sc = scale * (Q @ K.T)
-        if causal:
-            sc = np.where(np.tril(np.ones((n, n), dtype=bool)), sc, -np.inf)
-        sc = sc - sc.max(axis=1, keepdims=True)
-        w = np.exp(sc)
-        w /= w.sum(axis=1, keepdims=True)
-        out += (w @ V) @ _f(h.W_o).T
-    U = S + out
-    if layer.norm == "post":
-        U = layer_norm(U, layer.ln1)
-    return U[P.shape[0]:]
+    ``LN1(x + Att)`` (post-LN), ``x + Att(LN1(.))`` (pre-LN) or ``x + Att`` (no norm)
+    (:func:`constructions.forward.forward_float` of the one layer)."""
+    X = np.asarray(X, dtype=np.float64)
+    P = None if prompt is None else np.asarray(prompt, dtype=np.float64).reshape(-1, X.shape[1])
+    return forward_float(Model(X.shape[1], [layer], causal=causal), X, P, at="attention")
 
 
 # --------------------------------------------------------------------------- the L1-shaped pair
