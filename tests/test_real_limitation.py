@@ -97,12 +97,17 @@ def test_mutated_z_is_rejected(proved_post):
     z = obj["certificate"]["body"]["z"]
     for k in (0, len(z) - 1):
         bad = copy.deepcopy(obj)
-        bad["certificate"]["body"]["z"][k] = str(int(z[k]) + 1)
+        bad["certificate"]["body"]["z"][k] = hex(int(z[k], 16) + 1)
         ok, msg = _recheck(bad)
         assert not ok
     bad = copy.deepcopy(obj)
     bad["certificate"]["body"]["z"] = ["0"] * len(z)
     assert not _recheck(bad)[0]
+    for junk in ("0x", "0xZZ", "0X1F", "--0x1", "0x" + "f" * (1 << 19)):
+        bad = copy.deepcopy(obj)
+        bad["certificate"]["body"]["z"][0] = junk
+        ok, msg = _recheck(bad)
+        assert not ok and "z[0]" in msg
 
 
 def test_other_head_is_rejected(proved_post):
@@ -215,3 +220,12 @@ def test_files_round_trip(tmp_path):
     assert ok, msg
     assert model_to_json(model)["format"] == "ptverify-model/2"
     assert dataset_to_json(pair_dataset(model, seed=4))["at"] == "attention"
+
+
+def test_generic_mutations_rejected(proved_post):
+    """Every envelope and body mutation of the shared harness (question, status, kind, hashes,
+    re-hashed input edits, every body leaf perturbed or removed) is rejected."""
+    from mutations import assert_all_rejected, body_mutations, envelope_mutations
+    res = proved_post.to_json()
+    tried, rejected = assert_all_rejected(CERT_KIND, res, list(envelope_mutations(res)) + list(body_mutations(res)))
+    assert tried == rejected > 50

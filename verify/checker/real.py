@@ -17,8 +17,9 @@ exact rationals and rigorous enclosures (exp, square roots) only:
    and at least one of the four > 0.
 
 Then no prompt of any length >= 1 (and any norm) reaches both targets.  Body fields:
-``examples`` [e1, e2], ``positions`` [p1, p2], ``head`` j, ``z`` (d exact numbers; integers are
-cheapest, the conditions are invariant under positive scaling).  Nothing is reported.
+``examples`` [e1, e2], ``positions`` [p1, p2], ``head`` j, ``z`` (d exact numbers, integers
+possibly written in hexadecimal ``"-0x1f"``; integers are cheapest, the conditions are invariant
+under positive scaling).  Nothing is reported.
 """
 from __future__ import annotations
 
@@ -93,9 +94,6 @@ class Iv:
 
     def widen(self, r: Fraction) -> "Iv":
         return Iv(self.lo - r, self.hi + r)
-
-    def __repr__(self):  # pragma: no cover - debugging aid
-        return f"[{float(self.lo):.6g}, {float(self.hi):.6g}]"
 
 
 def exp_iv(s: Iv) -> Iv:
@@ -191,7 +189,7 @@ def check(ctx: Context) -> Outcome:
     if (e[0], p[0]) == (e[1], p[1]):
         raise Reject(f"{B}: the two members must differ")
     j = integer(body["head"], f"{B}.head", 0, len(L.heads) - 1)
-    z = vector(body["z"], f"{B}.z", model.d)
+    z = _z(body["z"], model.d)
     targets = [ds.outputs[e[i]][p[i]] for i in range(2)]
     if any(t is None for t in targets):
         raise Reject(f"{B}: a member names an unconstrained output (null target)")
@@ -202,6 +200,29 @@ def check(ctx: Context) -> Outcome:
     sig = check_pair(L, toks[0][p[0]], attended, targets, j, z, q["tolerance"])
     return Outcome(f"real-layer pair theorem: examples {e[0]} and {e[1]} (positions {p[0]}, {p[1]}) share the "
                    f"query token; head {j}, sign {sig:+d}: no prompt of any length reaches both targets")
+
+
+#: longest hexadecimal integer accepted in ``z`` (characters)
+MAX_HEX_CHARS = 1 << 18
+
+
+def _z(raw, d: int) -> list:
+    """``z``: d entries, each an exact number, or an integer in hexadecimal (``"0x1f"``,
+    ``"-0x1f"``; exact kernel vectors have thousands of digits, beyond Python's decimal limit)."""
+    if not isinstance(raw, list) or len(raw) != d:
+        raise Reject(f"{B}.z: expected a list of {d} numbers")
+    out = []
+    for k, v in enumerate(raw):
+        if isinstance(v, str) and v.lstrip("-").startswith("0x"):
+            digits = v[3:] if v.startswith("-") else v[2:]
+            if not digits or len(digits) > MAX_HEX_CHARS or any(c not in "0123456789abcdef" for c in digits):
+                raise Reject(f"{B}.z[{k}]: expected a hexadecimal integer such as \"-0x1f\" (lower case, at most "
+                             f"{MAX_HEX_CHARS} digits), found {v[:40]!r}")
+            n = int(digits, 16)
+            out.append(Fraction(-n if v.startswith("-") else n))
+        else:
+            out.append(vector([v], f"{B}.z[{k}]", 1)[0])
+    return out
 
 
 def check_pair(L: RealLayer, x: list, attended: list, targets: list, j: int, z: list, tol: Fraction) -> int:
@@ -250,7 +271,15 @@ def check_pair(L: RealLayer, x: list, attended: list, targets: list, j: int, z: 
         if all(tm.lo >= 0 for tm in terms) and any(tm.lo > 0 for tm in terms):
             return sig
     raise Reject("the sign conditions of the real-layer pair theorem fail for both signs "
-                 f"(A_1 {A[0]}, A_2 {A[1]}, E_1 - E_2 {E[0] - E[1]}, D {D})")
+                 f"(A_1 {_sign(A[0])}, A_2 {_sign(A[1])}, E_1 - E_2 {_sign(E[0] - E[1])}, D {_sign(D)})")
+
+
+def _sign(iv: Iv) -> str:
+    if iv.lo > 0:
+        return "> 0"
+    if iv.hi < 0:
+        return "< 0"
+    return "= 0" if iv.lo == iv.hi == 0 else "of unknown sign"
 
 
 def _normed(L: RealLayer, toks: list):

@@ -87,7 +87,7 @@ def _search(res: Result, model: Model, dataset: Dataset, tol: Fraction, timeout:
                 continue
             res.seconds["solve"] = time.perf_counter() - t1
             body = {"examples": [m1.example, m2.example], "positions": [m1.position, m2.position],
-                    "head": j, "z": [str(v) for v in Z]}
+                    "head": j, "z": [hex(v) for v in Z]}
             res.certificate = certificate(CERT_KIND, body)
             res.extra["lp_margin"] = margin
             if _vet(res):
