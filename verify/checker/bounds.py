@@ -35,7 +35,7 @@ from fractions import Fraction
 from typing import Optional
 
 from .envelope import Context, Outcome, check_result
-from .inputs import CDataset, CLayer, CModel, load_input
+from .inputs import CDataset, CLayer, CModel, load_input, require_plain
 from .numbers import Reject, dot, fields, fmt, integer, matrix, rat
 from .questions import parse_question
 
@@ -153,6 +153,7 @@ def _factors(body, d: int, r: int, budget: list) -> tuple[list, list, int]:
 def check_lora(ctx: Context) -> Outcome:
     """A LoRA update of W_2 memorizes ``inputs.dataset`` on ``inputs.model`` (exact replay)."""
     q, model, ds = ctx.question, ctx.inputs["model"], ctx.inputs["dataset"]
+    require_plain(model, ds, "lora-witness")
     if q["target"] != "W_2":
         raise Reject(f"question.target: only 'W_2' (Theorem L5's update) can be checked, found {q['target']!r}"[:200])
     if len(model.layers) != 1:
@@ -227,7 +228,9 @@ def _nested(obj, where: str, key: tuple, base_dir: str) -> tuple[dict, CModel, C
         if not isinstance(refs[name], dict) or "embedded" not in refs[name]:
             raise Reject(f"{where}.inputs.{name}: a nested result embeds its inputs")
     model = load_input("model", refs["model"], base_dir)
-    return q, model, load_input("dataset", refs["dataset"], base_dir, model.d)
+    ds = load_input("dataset", refs["dataset"], base_dir, model.d)
+    require_plain(model, ds, f"{where} (a bounds-table row)")
+    return q, model, ds
 
 
 def _shape(model: CModel, where: str, d: int, h: int, s: int, r: int, kind) -> None:

@@ -17,16 +17,23 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .numbers import Mat, Reject, fields, integer, matrix, rat
+from .numbers import Mat, Reject, fields, fmt, integer, matrix, rat
 
-__all__ = ["CModel", "CLayer", "CDataset", "canonical_sha256", "canonical_bytes", "load_input",
-           "model_from_obj", "dataset_from_obj", "MODEL_FORMAT", "DATASET_FORMAT"]
+__all__ = ["CModel", "CLayer", "CLayerNorm", "CDataset", "canonical_sha256", "canonical_bytes", "load_input",
+           "model_from_obj", "dataset_from_obj", "require_plain", "MODEL_FORMAT", "MODEL_FORMAT_2",
+           "DATASET_FORMAT", "INV_SQRT_HEAD_SIZE", "ACTIVATIONS", "NORM_PLACEMENTS", "TARGET_SITES"]
 
 MODEL_FORMAT = "ptverify-model/1"
+MODEL_FORMAT_2 = "ptverify-model/2"
 DATASET_FORMAT = "ptverify-dataset/1"
 MAX_SIDE_FILE_BYTES = 1 << 32
 #: bits of a model matrix's common denominator and of its numerators (binary64 needs < 2200)
 MAX_WEIGHT_BITS = 1 << 13
+#: the score scale meaning 1/sqrt(head size) (BERT, GPT-2)
+INV_SQRT_HEAD_SIZE = "1/sqrt(head_size)"
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+NORM_PLACEMENTS = ("pre", "post")
+TARGET_SITES = ("output", "attention")
 
 
 def canonical_bytes(obj: Any) -> bytes:
@@ -39,13 +46,36 @@ def canonical_sha256(obj: Any) -> str:
 
 
 @dataclass
+class CLayerNorm:
+    """``LN(u) = gamma * (u - mean u) / sqrt(var u + eps) + beta`` (biased variance over d entries)."""
+    gamma: list               # d Fractions
+    beta: list                # d Fractions
+    eps: Fraction             # > 0
+
+
+@dataclass
 class CLayer:
+    """A layer.  ``ptverify-model/1`` layers use the first six fields; the ``ptverify-model/2``
+    fields default to "absent" (a head dict holds ``b_q``, ``b_k``, ``b_v``, each a list of s
+    Fractions, only when the file gives them: read them with ``h.get("b_q")``)."""
     kind: str                 # "softmax" or "hardmax"
-    heads: list               # [{"W_q": Mat, "W_k": Mat, "W_v": Mat, "W_o": Mat}]
+    heads: list               # [{"W_q": Mat, "W_k": Mat, "W_v": Mat, "W_o": Mat[, "b_q", "b_k", "b_v"]}]
     W_1: Mat
     b_1: list
     W_2: Mat
     b_2: list
+    b_o: Optional[list] = None            # d Fractions
+    scale: Any = Fraction(1)              # a Fraction > 0, or INV_SQRT_HEAD_SIZE
+    activation: str = "relu"              # one of ACTIVATIONS
+    norm: Optional[str] = None            # None, "pre" or "post"
+    ln1: Optional[CLayerNorm] = None
+    ln2: Optional[CLayerNorm] = None
+
+    @property
+    def is_plain(self) -> bool:
+        """A ``ptverify-model/1`` layer: no biases in attention, scale 1, ReLU, no LayerNorm."""
+        return (self.b_o is None and self.scale == Fraction(1) and self.activation == "relu" and self.norm is None
+                and all(h.get(b) is None for h in self.heads for b in ("b_q", "b_k", "b_v")))
 
 
 @dataclass
@@ -54,11 +84,43 @@ class CModel:
     causal: bool
     layers: list
 
+    @property
+    def is_plain(self) -> bool:
+        return all(layer.is_plain for layer in self.layers)
+
 
 @dataclass
 class CDataset:
     inputs: list              # per example: list of token vectors (Fractions)
     outputs: list             # per example: list of (vector | None)
+    at: str = "output"        # where the targets are taken: "output" or "attention"
+
+
+def require_plain(model: CModel, dataset: Optional[CDataset] = None, kind: str = "this certificate kind") -> None:
+    """Refuse a model with a ``ptverify-model/2`` layer, or a dataset whose targets are not the
+    layer outputs: the certificate kinds written for the textbook layer say nothing about them."""
+    if model is not None:
+        for li, layer in enumerate(model.layers):
+            if not layer.is_plain:
+                raise Reject(f"model.layers[{li}]: {kind} is for plain (ptverify-model/1) layers; this layer has "
+                             f"{_real_features(layer)}, which its certificate does not cover")
+    if dataset is not None and dataset.at != "output":
+        raise Reject(f"dataset.at: {kind} is for targets at the layer output; found {dataset.at!r}")
+
+
+def _real_features(layer: CLayer) -> str:
+    feats = []
+    if any(h.get(b) is not None for h in layer.heads for b in ("b_q", "b_k", "b_v")):
+        feats.append("query/key/value biases")
+    if layer.b_o is not None:
+        feats.append("an attention output bias")
+    if layer.scale != Fraction(1):
+        feats.append(f"score scale {layer.scale if isinstance(layer.scale, str) else fmt(layer.scale)}")
+    if layer.activation != "relu":
+        feats.append(f"activation {layer.activation}")
+    if layer.norm is not None:
+        feats.append(f"{layer.norm}-LayerNorm")
+    return ", ".join(feats)
 
 
 # --------------------------------------------------------------------------- models
@@ -69,12 +131,20 @@ def _check_shape(M: Mat, rows: int, cols: int, where: str) -> Mat:
     return M
 
 
-def _layer(get, li: int, kind: Any, nheads: int, d: int) -> CLayer:
+def _layer(get, li: int, kind: Any, nheads: int, d: int, has=None, extra: Optional[dict] = None) -> CLayer:
+    """One layer from ``get((part, index, name), where)`` (a Mat; part "attention", "mlp" or
+    "norm").  ``has(key)`` says whether an optional /2 array is present (None: a /1 layer) and
+    ``extra`` holds the /2 scalars and strings: scale, activation, norm {placement, ln1.eps, ln2.eps}."""
     where = f"layers[{li}]"
     if kind not in ("softmax", "hardmax"):
         raise Reject(f"{where}.attention.kind: expected \"softmax\" or \"hardmax\", found {kind!r}")
     if nheads < 1:
         raise Reject(f"{where}.attention.heads: expected at least one head")
+    v2 = has is not None
+
+    def vec(key, n, w):
+        return _check_shape(get(key, w), 1, n, w).rows()[0]
+
     heads = []
     for j in range(nheads):
         hw = f"{where}.attention.heads[{j}]"
@@ -86,6 +156,9 @@ def _layer(get, li: int, kind: Any, nheads: int, d: int) -> CLayer:
              "W_k": _check_shape(get(("attention", j, "W_k"), f"{hw}.W_k"), s, d, f"{hw}.W_k"),
              "W_v": _check_shape(get(("attention", j, "W_v"), f"{hw}.W_v"), s, d, f"{hw}.W_v"),
              "W_o": _check_shape(get(("attention", j, "W_o"), f"{hw}.W_o"), d, s, f"{hw}.W_o")}
+        for b in ("b_q", "b_k", "b_v"):       # a key only when given (plain heads keep their four)
+            if v2 and has(("attention", j, b)):
+                h[b] = vec(("attention", j, b), s, f"{hw}.{b}")
         heads.append(h)
     W1 = get(("mlp", None, "W_1"), f"{where}.mlp.W_1")
     r = W1.shape[0]
@@ -97,14 +170,46 @@ def _layer(get, li: int, kind: Any, nheads: int, d: int) -> CLayer:
     b2 = get(("mlp", None, "b_2"), f"{where}.mlp.b_2")
     _check_shape(b1, 1, r, f"{where}.mlp.b_1")
     _check_shape(b2, 1, d, f"{where}.mlp.b_2")
-    return CLayer(kind, heads, W1, b1.rows()[0], W2, b2.rows()[0])
+    layer = CLayer(kind, heads, W1, b1.rows()[0], W2, b2.rows()[0])
+    if not v2:
+        return layer
+    extra = extra or {}
+    if has(("attention", None, "b_o")):
+        layer.b_o = vec(("attention", None, "b_o"), d, f"{where}.attention.b_o")
+    if "scale" in extra:
+        sc = extra["scale"]
+        if sc != INV_SQRT_HEAD_SIZE:
+            sc = rat(sc, f"model.{where}.attention.scale")
+            if sc <= 0:
+                raise Reject(f"model.{where}.attention.scale: expected a number > 0 or {INV_SQRT_HEAD_SIZE!r}, "
+                             f"found {fmt(sc)[:40]}")
+        layer.scale = sc
+    if "activation" in extra:
+        if extra["activation"] not in ACTIVATIONS:
+            raise Reject(f"model.{where}.mlp.activation: expected one of {list(ACTIVATIONS)}, "
+                         f"found {extra['activation']!r}"[:200])
+        layer.activation = extra["activation"]
+    if "placement" in extra:
+        if extra["placement"] not in NORM_PLACEMENTS:
+            raise Reject(f"model.{where}.norm.placement: expected \"pre\" or \"post\", found {extra['placement']!r}"[:200])
+        layer.norm = extra["placement"]
+        for ln in ("ln1", "ln2"):
+            eps = rat(extra[f"{ln}.eps"], f"model.{where}.norm.{ln}.eps")
+            if eps <= 0:
+                raise Reject(f"model.{where}.norm.{ln}.eps: expected a number > 0, found {fmt(eps)[:40]}")
+            setattr(layer, ln, CLayerNorm(vec(("norm", ln, "gamma"), d, f"{where}.norm.{ln}.gamma"),
+                                          vec(("norm", ln, "beta"), d, f"{where}.norm.{ln}.beta"), eps))
+    elif any(has(("norm", ln, n)) for ln in ("ln1", "ln2") for n in ("gamma", "beta")):
+        raise Reject(f"model.{where}.norm: LayerNorm arrays without a placement")
+    return layer
 
 
 def model_from_obj(obj: Any) -> CModel:
-    """A model from a parsed ``ptverify-model/1`` JSON object."""
+    """A model from a parsed ``ptverify-model/1`` or ``ptverify-model/2`` JSON object."""
     fields(obj, "model", {"format", "d", "layers"}, {"causal", "meta"})
-    if obj["format"] != MODEL_FORMAT:
-        raise Reject(f"model.format: expected {MODEL_FORMAT!r}, found {obj['format']!r}"[:200])
+    if obj["format"] not in (MODEL_FORMAT, MODEL_FORMAT_2):
+        raise Reject(f"model.format: expected {MODEL_FORMAT!r} or {MODEL_FORMAT_2!r}, found {obj['format']!r}"[:200])
+    v2 = obj["format"] == MODEL_FORMAT_2
     d = integer(obj["d"], "model.d", 1, 1 << 20)
     causal = obj.get("causal", False)
     if not isinstance(causal, bool):
@@ -113,24 +218,44 @@ def model_from_obj(obj: Any) -> CModel:
         raise Reject("model.layers: expected a non-empty list")
     layers = []
     for li, lo in enumerate(obj["layers"]):
-        fields(lo, f"model.layers[{li}]", {"attention", "mlp"})
-        att = fields(lo["attention"], f"model.layers[{li}].attention", {"heads"}, {"kind"})
-        mlp = fields(lo["mlp"], f"model.layers[{li}].mlp", {"W_1", "b_1", "W_2", "b_2"})
+        w = f"model.layers[{li}]"
+        fields(lo, w, {"attention", "mlp"}, {"norm"} if v2 else set())
+        att = fields(lo["attention"], f"{w}.attention", {"heads"}, {"kind", "b_o", "scale"} if v2 else {"kind"})
+        mlp = fields(lo["mlp"], f"{w}.mlp", {"W_1", "b_1", "W_2", "b_2"}, {"activation"} if v2 else set())
         if not isinstance(att["heads"], list):
-            raise Reject(f"model.layers[{li}].attention.heads: expected a list")
+            raise Reject(f"{w}.attention.heads: expected a list")
+        heads = [fields(h, f"{w}.attention.heads[{j}]", {"W_q", "W_k", "W_v", "W_o"},
+                        {"b_q", "b_k", "b_v"} if v2 else set()) for j, h in enumerate(att["heads"])]
+        extra: dict = {}
+        norm = None
+        if v2:
+            if "scale" in att:
+                extra["scale"] = att["scale"]
+            if "activation" in mlp:
+                extra["activation"] = mlp["activation"]
+            if lo.get("norm") is not None:
+                norm = fields(lo["norm"], f"{w}.norm", {"placement", "ln1", "ln2"})
+                for ln in ("ln1", "ln2"):
+                    fields(norm[ln], f"{w}.norm.{ln}", {"gamma", "beta", "eps"})
+                extra.update({"placement": norm["placement"], "ln1.eps": norm["ln1"]["eps"],
+                              "ln2.eps": norm["ln2"]["eps"]})
 
-        def get(key, where, _att=att, _mlp=mlp, _li=li):
+        def lookup(key, _att=att, _mlp=mlp, _heads=heads, _norm=norm):
             part, j, name = key
             if part == "attention":
-                h = fields(_att["heads"][j], f"model.layers[{_li}].attention.heads[{j}]", {"W_q", "W_k", "W_v", "W_o"})
-                val = h[name]
-            else:
-                val = _mlp[name]
-            if name.startswith("b_"):
+                return _att.get(name) if j is None else _heads[j].get(name)
+            if part == "norm":
+                return None if _norm is None else _norm[j].get(name)
+            return _mlp[name]
+
+        def get(key, where, _lookup=lookup):
+            val = _lookup(key)
+            if key[2].startswith("b_") or key[0] == "norm":
                 return _weights([[rat(v, f"model.{where}[{i}]") for i, v in enumerate(_list(val, where))]], where)
             return _weights(matrix(val, f"model.{where}"), where)
 
-        layers.append(_layer(get, li, att.get("kind", "softmax"), len(att["heads"]), d))
+        has = (lambda key, _lookup=lookup: _lookup(key) is not None) if v2 else None
+        layers.append(_layer(get, li, att.get("kind", "softmax"), len(heads), d, has, extra))
     return CModel(d, causal, layers)
 
 
@@ -201,9 +326,10 @@ def model_from_npz(path: str) -> CModel:
         hdr = json.loads(bytes(np.asarray(z["__header__"], dtype=np.uint8)).decode(), parse_constant=_no_constant)
     except (UnicodeDecodeError, TypeError, RecursionError) + NPZ_ERRORS:
         raise Reject("model file: unreadable __header__") from None
-    fields(hdr, "model file __header__", {"format", "d", "kinds", "heads"}, {"causal"})
-    if hdr["format"] != MODEL_FORMAT:
-        raise Reject(f"model file __header__.format: expected {MODEL_FORMAT!r}")
+    if not isinstance(hdr, dict) or hdr.get("format") not in (MODEL_FORMAT, MODEL_FORMAT_2):
+        raise Reject(f"model file __header__.format: expected {MODEL_FORMAT!r} or {MODEL_FORMAT_2!r}")
+    v2 = hdr["format"] == MODEL_FORMAT_2
+    fields(hdr, "model file __header__", {"format", "d", "kinds", "heads"}, {"causal", "layers"} if v2 else {"causal"})
     d = integer(hdr["d"], "model file __header__.d", 1, 1 << 20)
     kinds, nh = hdr["kinds"], hdr["heads"]
     if not isinstance(kinds, list) or not isinstance(nh, list) or len(kinds) != len(nh) or not kinds:
@@ -211,34 +337,54 @@ def model_from_npz(path: str) -> CModel:
     causal = hdr.get("causal", False)
     if not isinstance(causal, bool):
         raise Reject("model file __header__.causal: expected true or false")
+    per_layer = hdr.get("layers", [{}] * len(kinds))
+    if not isinstance(per_layer, list) or len(per_layer) != len(kinds):
+        raise Reject("model file __header__.layers: expected one object per layer")
     layers, used = [], set()
     for li, (kind, n) in enumerate(zip(kinds, nh)):
         integer(n, f"model file __header__.heads[{li}]", 1, 1 << 16)
+        hw = f"model file __header__.layers[{li}]"
+        lo = fields(per_layer[li], hw, set(), {"scale", "activation", "norm"})
+        extra = {k: lo[k] for k in ("scale", "activation") if k in lo}
+        if "norm" in lo:
+            norm = fields(lo["norm"], f"{hw}.norm", {"placement", "ln1", "ln2"})
+            extra["placement"] = norm["placement"]
+            for ln in ("ln1", "ln2"):
+                extra[f"{ln}.eps"] = fields(norm[ln], f"{hw}.norm.{ln}", {"eps"})["eps"]
 
-        def get(key, where, _li=li):
+        def name_of(key, _li=li):
             part, j, name = key
-            k = (f"layers.{_li}.attention.heads.{j}.{name}" if part == "attention" else f"layers.{_li}.mlp.{name}")
+            if part == "attention":
+                return f"layers.{_li}.attention.b_o" if j is None else f"layers.{_li}.attention.heads.{j}.{name}"
+            return f"layers.{_li}.norm.{j}.{name}" if part == "norm" else f"layers.{_li}.mlp.{name}"
+
+        def get(key, where, _name_of=name_of):
+            k = _name_of(key)
             if k not in files:
                 raise Reject(f"model file: missing array {k!r}")
             used.add(k)
             a = _npz_array(z, k)
-            if a.ndim != (1 if name.startswith("b_") else 2):
+            if a.ndim != (1 if key[2].startswith("b_") or key[0] == "norm" else 2):
                 raise Reject(f"model file: array {k!r} has {a.ndim} dimensions")
             return Mat.from_float(a)
 
-        layers.append(_layer(get, li, kind, n, d))
-    extra = files - used - {"__header__"}
-    if extra:
-        raise Reject(f"model file: array(s) {sorted(extra)[:3]} are not part of the model its header describes")
+        has = (lambda key, _name_of=name_of: _name_of(key) in files) if v2 else None
+        layers.append(_layer(get, li, kind, n, d, has, extra))
+    extra_files = files - used - {"__header__"}
+    if extra_files:
+        raise Reject(f"model file: array(s) {sorted(extra_files)[:3]} are not part of the model its header describes")
     return CModel(d, causal, layers)
 
 
 # --------------------------------------------------------------------------- datasets
 
 def dataset_from_obj(obj: Any, d: Optional[int] = None) -> CDataset:
-    fields(obj, "dataset", {"format", "examples"}, {"meta"})
+    fields(obj, "dataset", {"format", "examples"}, {"meta", "at"})
     if obj["format"] != DATASET_FORMAT:
         raise Reject(f"dataset.format: expected {DATASET_FORMAT!r}, found {obj['format']!r}"[:200])
+    at = obj.get("at", "output")
+    if not isinstance(at, str) or at not in TARGET_SITES:
+        raise Reject(f"dataset.at: expected \"output\" or \"attention\", found {at!r}"[:200])
     exs = obj["examples"]
     if not isinstance(exs, list) or not exs:
         raise Reject("dataset.examples: expected a non-empty list")
@@ -257,7 +403,7 @@ def dataset_from_obj(obj: Any, d: Optional[int] = None) -> CDataset:
         ys = [None if y is None else _vec(y, f"{w}.output[{t}]", len(X[0])) for t, y in enumerate(Y)]
         ins.append(X)
         outs.append(ys)
-    return CDataset(ins, outs)
+    return CDataset(ins, outs, at)
 
 
 def _vec(v, where, n):

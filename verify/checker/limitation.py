@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .envelope import Context, Outcome
-from .inputs import CDataset, CLayer, CModel, exact_mlp
+from .inputs import CDataset, CLayer, CModel, exact_mlp, require_plain
 from .numbers import (EXP_ARG_LIMIT, LIMB_MIN_SIZE, Mat, Reject, dot, exp_bounds, fields, fmt, integer, matrix, nonneg, norm_bound_holds,
                       rat, sqrt_up, vector)
 
@@ -687,6 +687,7 @@ def _decide(blk: Block, body: dict, q: dict, members: list, x: list, k: Fraction
 def check(ctx: Context) -> Outcome:
     """Check a ``limitation-farkas`` certificate against the question and the inputs."""
     q, model, ds = ctx.question, ctx.inputs["model"], ctx.inputs["dataset"]
+    require_plain(model, ds, "limitation-farkas")
     if q.get("prompt_norm") is not None:
         raise Reject("question.prompt_norm: limitation certificates cover prompts of every norm; expected none")
     if isinstance(ctx.body, dict) and ctx.body.get("form") == "attention-free":

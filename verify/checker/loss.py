@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .envelope import Context, Outcome
-from .inputs import CDataset, CLayer, CModel, exact_mlp
+from .inputs import CDataset, CLayer, CModel, exact_mlp, require_plain
 from .numbers import (EXP_ARG_LIMIT, Reject, dot, exp_bounds, fields, fmt, matrix, nonneg, norm_bound_holds,
                       positive, rat, vector)
 
@@ -451,6 +451,7 @@ def bound_value(model: CModel, ds: CDataset, body, K, where: str = "certificate.
 
 def check_bound(ctx: Context) -> Outcome:
     """``loss-bound``: every prompt of the question's length has loss >= the derived bound > 0."""
+    require_plain(ctx.inputs["model"], ctx.inputs["dataset"], "loss-bound")
     K = ctx.question["prompt_length"]
     B, k, account = bound_value(ctx.inputs["model"], ctx.inputs["dataset"], ctx.body, K)
     length = "every length" if K == "any" else f"length {K}"
@@ -525,8 +526,9 @@ def _check_run(model: CModel, ds: CDataset, run, B: Fraction, where: str) -> Fra
 
 def check_experiment(ctx: Context) -> Outcome:
     """``experiment-consistency``: every recorded prompt run's loss is >= the certified bound."""
-    fields(ctx.body, "certificate.body", {"bound", "runs"})
     model, ds = ctx.inputs["model"], ctx.inputs["dataset"]
+    require_plain(model, ds, "experiment-consistency")
+    fields(ctx.body, "certificate.body", {"bound", "runs"})
     runs = ctx.body["runs"]
     if not isinstance(runs, list) or not runs:
         raise Reject("certificate.body.runs: expected a non-empty list of runs")

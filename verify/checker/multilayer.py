@@ -45,7 +45,7 @@ from typing import Optional
 import numpy as np
 
 from .envelope import Context, Outcome
-from .inputs import CDataset, CModel
+from .inputs import CDataset, CModel, require_plain
 from .numbers import Mat, Reject, fields, fmt, integer
 
 __all__ = ["check", "grid_norm_holds", "layer_matrices", "GRID_BITS"]
@@ -371,8 +371,9 @@ def _conditions(ctx: Context, model: CModel, ds: CDataset, cond: int, norms_obj)
 
 def check(ctx: Context) -> Outcome:
     """Check a ``multilayer-injectivity`` certificate; see the module docstring."""
-    body = fields(ctx.body, "certificate.body", {"condition", "norms", "pair"})
     model, ds = ctx.inputs["model"], ctx.inputs["dataset"]
+    require_plain(model, ds, "multilayer-injectivity")
+    body = fields(ctx.body, "certificate.body", {"condition", "norms", "pair"})
     tol = ctx.question["tolerance"]
     cond = integer(body["condition"], "certificate.body.condition", 0, 2)
     i, i2, t = _pair(body["pair"], ds)

@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from .envelope import Context, Outcome
-from .inputs import canonical_sha256, model_from_obj
+from .inputs import canonical_sha256, model_from_obj, require_plain
 from .numbers import Reject, exp_bounds, fields, fmt, matrix
 
 __all__ = ["check", "Instance", "instance", "target_values", "rpow_up", "rpow_down", "evaluate_cells",
@@ -283,6 +283,7 @@ def _network(obj, inst: Instance):
     if obj["format"] != NETWORK_FORMAT:
         raise Reject(f"inputs.network.format: expected {NETWORK_FORMAT!r}, found {obj['format']!r}"[:200])
     model = model_from_obj(obj["model"])
+    require_plain(model, None, "universality-dp-bound")
     if model.d != inst.d:
         raise Reject(f"inputs.network.model.d: expected the question's d = {inst.d}, found {model.d}")
     if model.causal:

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from .envelope import Context, Outcome
-from .inputs import CLayer, CModel, exact_mlp
+from .inputs import CLayer, CModel, exact_mlp, require_plain
 from .numbers import EXP_ARG_LIMIT, Mat, Reject, exp_bounds, fields, fmt, matrix
 
 __all__ = ["check", "forward", "BITS"]
@@ -225,8 +225,9 @@ def _prompt(raw, d: int, q: dict) -> list:
 
 def check(ctx: Context) -> Outcome:
     """Replay the witness; returns the largest error bound and whether the replay was exact."""
-    body = fields(ctx.body, "certificate.body", {"prompt"})
     model, ds = ctx.inputs["model"], ctx.inputs["dataset"]
+    require_plain(model, ds, "prompt-witness")
+    body = fields(ctx.body, "certificate.body", {"prompt"})
     P = _prompt(body["prompt"], model.d, ctx.question)
     tol = ctx.question["tolerance"]
     worst, exact, count = ZERO, True, 0
