@@ -469,3 +469,51 @@ def test_every_textbook_kind_rejects_targets_at_the_attention_block(genuine, kin
     _rehash(holder, "dataset")
     ok, msg = check_result(res)
     assert not ok and "dataset.at" in msg, (kind, msg)
+
+
+def _npz_with(path, header: dict, extra_arrays: dict) -> str:
+    m = _tiny_plain()
+    m.layers[0].heads[0].W_o = np.array([[0.5], [0.0]])
+    arrays = {k: np.asarray(a, dtype=np.float64) for k, a in m.arrays()}
+    arrays.update(extra_arrays)
+    hdr = {"format": MODEL_FORMAT_2, "d": 2, "causal": False, "kinds": ["softmax"], "heads": [1], **header}
+    arrays["__header__"] = np.frombuffer(json.dumps(hdr).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+LN_ARRAYS = {f"layers.0.norm.{ln}.{n}": np.ones(2) for ln in ("ln1", "ln2") for n in ("gamma", "beta")}
+NORM_HDR = {"placement": "post", "ln1": {"eps": 1e-5}, "ln2": {"eps": "1/100000"}}
+
+#: (name, header fields, extra arrays, what both readers must name)
+BAD_NPZ = [
+    ("scale negative", {"layers": [{"scale": -1}]}, {}, "attention.scale"),
+    ("activation", {"layers": [{"activation": "elu"}]}, {}, "mlp.activation"),
+    ("placement", {"layers": [{"norm": dict(NORM_HDR, placement="mid")}]}, LN_ARRAYS, "norm.placement"),
+    ("eps zero", {"layers": [{"norm": dict(NORM_HDR, ln2={"eps": 0})}]}, LN_ARRAYS, "norm.ln2.eps"),
+    ("gamma missing", {"layers": [{"norm": NORM_HDR}]},
+     {k: v for k, v in LN_ARRAYS.items() if k != "layers.0.norm.ln1.gamma"}, "ln1.gamma"),
+    ("norm arrays, no norm", {}, LN_ARRAYS, "norm"),
+    ("b_o shape", {}, {"layers.0.attention.b_o": np.zeros(3)}, "b_o"),
+    ("/2 array under a /1 header", {"format": MODEL_FORMAT}, {"layers.0.attention.heads.0.b_q": np.zeros(1)}, "b_q"),
+]
+
+
+@pytest.mark.parametrize("name, header, extra, field", BAD_NPZ, ids=[b[0] for b in BAD_NPZ])
+def test_both_readers_refuse_a_bad_v2_npz(tmp_path, name, header, extra, field):
+    path = _npz_with(str(tmp_path / "m.npz"), header, extra)
+    with pytest.raises(InputError) as info:
+        load_model(path)
+    assert field in str(info.value).split(":")[0], (name, str(info.value))
+    with pytest.raises(Reject) as rej:
+        model_from_npz(path)
+    assert field.split(".")[-1] in str(rej.value), (name, str(rej.value))
+
+
+def test_a_good_v2_npz_reads_the_same_in_both_readers(tmp_path):
+    path = _npz_with(str(tmp_path / "m.npz"), {"layers": [{"scale": INV_SQRT_HEAD_SIZE, "activation": "gelu",
+                                                          "norm": NORM_HDR}]},
+                     dict(LN_ARRAYS, **{"layers.0.attention.b_o": np.zeros(2)}))
+    m = load_model(path)
+    assert (m.layers[0].scale, m.layers[0].norm, m.layers[0].ln2.eps) == (INV_SQRT_HEAD_SIZE, "post", Fraction(1, 100000))
+    assert _checker_summary(model_from_npz(path)) == _summary(m)
