@@ -149,7 +149,8 @@ def check_cmd(
 ):
     """Decide whether some prompt memorizes a dataset under a model (files in the documented
     formats): proved (certificate), memorized (replayed witness) or unknown.  Single-layer
-    models use relaxation R, Proposition E and Theorem L3; multi-layer models Theorem M."""
+    models use relaxation R, Proposition E and Theorem L3; multi-layer models Theorem M; a real
+    layer with targets at the attention block the real-layer pair theorem."""
     from constructions.model import load_dataset, load_model
     from verify.cli import emit, fail_input
     from verify.cli.output import check_expect
