@@ -264,3 +264,13 @@ def test_minilm_layers_proved(layer):
             assert max(abs(iv.hi - Fraction(float(t))), abs(Fraction(float(t)) - iv.lo)) <= tol
     res = check_real(model, ds, tolerance=tol, timeout=600)
     assert res.status == Status.PROVED, res.message
+
+
+def test_exact_rational_dataset_pairs_are_found():
+    """Tokens given as exact rationals (object arrays) are matched by value."""
+    from constructions.model import as_fraction
+    model = real_model(norm="post", seed=6)
+    ds = pair_dataset(model, seed=6)
+    exact = Dataset([Example(as_fraction(e.input), e.output) for e in ds.examples], at="attention")
+    res = check_real(model, exact, tolerance=TOL)
+    assert res.status == Status.PROVED, res.message

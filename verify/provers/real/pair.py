@@ -36,9 +36,7 @@ def pairs(dataset, causal: bool) -> Iterator[tuple[Member, Member]]:
         X = np.asarray(ex.input)
         for p, t in enumerate(ex.output):
             if t is not None:
-                by_token.setdefault(np.ascontiguousarray(X[p], dtype=object).tobytes()
-                                    if X.dtype == object else np.asarray(X[p], dtype=np.float64).tobytes(),
-                                    []).append(Member(i, p))
+                by_token.setdefault(tuple(X[p].tolist()), []).append(Member(i, p))  # exact values
     for members in by_token.values():
         for a in range(len(members)):
             for b in range(a + 1, len(members)):
