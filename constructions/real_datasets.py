@@ -30,7 +30,7 @@ from .model import Dataset, Example, InputError, Layer, LayerNorm, Model
 
 __all__ = ["Embeddings", "embeddings_from_state_dict", "load_embeddings", "layer_norm", "attention_site",
            "l1_pair", "witness_prompts", "DEFAULT_PAIR_TOKENS", "DEFAULT_PROMPT_TOKENS", "parse_pair_tokens",
-           "parse_prompt_tokens"]
+           "parse_prompt_tokens", "replay_witnesses", "record_replay"]
 
 #: defaults of :func:`l1_pair` per family: ``(a, b, q)`` and the two prompts (bert-base-uncased /
 #: MiniLM vocabulary: "good", "bad", "movie"; prompts "great" and "terrible")
@@ -192,3 +192,18 @@ def witness_prompts(ds: Dataset) -> list[np.ndarray]:
     if not isinstance(prompts, list) or len(prompts) != len(ds.examples):
         raise InputError("meta.pair.witness_prompts", "one prompt per example", repr(prompts)[:60])
     return [np.asarray(p, dtype=np.float64).reshape(-1, ds.d) for p in prompts]
+
+
+def replay_witnesses(model: Model, ds: Dataset, backend: str = "auto") -> list:
+    """For each example, a rigorous upper bound (a Fraction) on ``max |site - target|`` when its
+    own witness prompt is prepended (:func:`constructions.realforward.replay_bound`, Arb balls
+    when python-flint is installed, exact rationals otherwise)."""
+    from .realforward import replay_bound
+    return [replay_bound(model, ex.input, P, ex.output, at=ds.at, backend=backend)
+            for ex, P in zip(ds.examples, witness_prompts(ds))]
+
+
+def record_replay(ds: Dataset, bounds: Sequence) -> None:
+    """Keep the replay bounds in ``meta.pair.witness_replay_bounds`` (floats rounded up)."""
+    import math
+    ds.meta["pair"]["witness_replay_bounds"] = [math.nextafter(float(b), math.inf) for b in bounds]

@@ -19,9 +19,9 @@ F = torch.nn.functional
 
 from constructions.hf_import import (detect_family, import_model, minilm_paths, model_from_state_dict,  # noqa: E402
                                      open_state_dict, parse_layers)
-from constructions.model import INV_SQRT_HEAD_SIZE, InputError, load_dataset, load_model, save_model  # noqa: E402
+from constructions.model import INV_SQRT_HEAD_SIZE, Dataset, InputError, load_dataset, load_model, save_model  # noqa: E402
 from constructions.real_datasets import (attention_site, l1_pair, load_embeddings, parse_prompt_tokens,  # noqa: E402
-                                         witness_prompts)
+                                         replay_witnesses, witness_prompts)
 from verify.cli import main  # noqa: E402
 
 D, HEADS, R, VOCAB, POS, LAYERS = 8, 2, 12, 20, 7, 2
@@ -317,6 +317,11 @@ def test_pair_targets_come_from_two_different_prompts(tmp_path, family):
         assert np.allclose(ex.output[1], ref, rtol=0, atol=1e-12)
     # ... and the other prompt does not
     assert not np.allclose(attention_site(model.layers[0], e1.input, P2, model.causal)[1], e1.output[1], atol=1e-6)
+    # rigorous replay: each witness within rounding of its target, the swapped prompt far from it
+    bounds = replay_witnesses(model, ds)
+    assert len(bounds) == 2 and all(0 <= b < 1e-12 for b in bounds)
+    swapped = Dataset(ds.examples, meta={"pair": {"witness_prompts": [P2.tolist(), P1.tolist()]}}, at="attention")
+    assert min(replay_witnesses(model, swapped)) > 1e-6
     with pytest.raises(InputError, match="--prompt-tokens"):
         l1_pair(model, emb, (1, 2, 5), ((3,), (3,)))
     with pytest.raises(InputError, match="--layers"):
@@ -342,6 +347,7 @@ def test_cli_imports_and_writes_the_pair(tmp_path, capsys):
     model = load_model(str(tmp_path / "m.npz"))
     ds = load_dataset(str(tmp_path / "d.json"), model.d)
     assert ds.at == "attention" and ds.meta["pair"]["witness_tokens"] == [[4], [5, 6]]
+    assert all(0 <= b < 1e-12 for b in ds.meta["pair"]["witness_replay_bounds"]) and "rigorous" in out
     site = attention_site(model.layers[0], ds.examples[1].input, witness_prompts(ds)[1])
     assert np.array_equal(site[1], ds.examples[1].output[1])
 
@@ -396,6 +402,9 @@ def test_minilm_layer0_pair(tmp_path):
     for ex, P in zip(ds.examples, witness_prompts(ds)):
         S = torch.as_tensor(np.vstack([P, ex.input]))
         assert np.allclose(fields_forward(layer, S, False)[0][-1].numpy(), ex.output[1], rtol=0, atol=1e-12)
+    from constructions.realforward import have_arb
+    if have_arb():          # the pure-rational replay of a d = 384 layer takes minutes
+        assert all(b < 1e-12 for b in replay_witnesses(model, ds))
 
 
 @pytest.mark.slow

@@ -101,6 +101,10 @@ def register(apps) -> None:
             if dataset_out is not None:
                 emb = embeddings_from_state_dict(sd, model.meta["import"]["family"], cfg)
                 ds = l1_pair(model, emb, pair, prompts)
+                from constructions.realforward import have_arb
+                if have_arb() or model.d <= 64:
+                    from constructions.real_datasets import record_replay, replay_witnesses
+                    record_replay(ds, replay_witnesses(model, ds))
         except InputError as exc:
             fail_input(exc)
         from constructions.model import save_dataset, save_model
@@ -119,3 +123,7 @@ def register(apps) -> None:
             toks = ds.meta["pair"]["tokens"]
             say(f"wrote {dataset_out} (examples {toks[0]} and {toks[1]}, targets at the attention block of "
                 f"position 1, witness prompts {ds.meta['pair']['witness_tokens']} in meta.pair)")
+            bounds = ds.meta["pair"].get("witness_replay_bounds")
+            say("each witness prompt replays its own target within " + ", ".join(f"{b:.3g}" for b in bounds)
+                + " (rigorous bounds)" if bounds else "witness prompts not replayed: for d > 64 the replay needs "
+                "python-flint (pip install 'ptverify[exact]')")
