@@ -482,6 +482,13 @@ def _npz_object(path: str) -> dict:
 
     def present(prefix: str, fprefix: str, names) -> dict:
         return {n: read(prefix + n, fprefix + n) for n in names if prefix + n in files}
+    return {"format": hdr.get("format"), "d": hdr.get("d"), "causal": hdr.get("causal", False),
+            "layers": _npz_layers(hdr, kinds, heads, files, present)}
+
+
+def _npz_layers(hdr: dict, kinds: list, heads: list, files: set, present) -> list:
+    """The layer objects of a ``.npz`` model: its arrays (``present(prefix, field prefix, names)``
+    reads those there are) and, for ``/2``, the header's per-layer scalars and strings."""
     v2 = hdr.get("format") == MODEL_FORMAT_2
     _known_fields(hdr, "__header__", ("format", "d", "causal", "kinds", "heads") + (("layers",) if v2 else ()),
                   () if v2 else ("layers",))
@@ -489,8 +496,6 @@ def _npz_object(path: str) -> dict:
     if not (isinstance(extras, list) and len(extras) == len(kinds) and all(isinstance(e, dict) for e in extras)):
         raise InputError("__header__.layers", f"a list of {len(kinds)} objects (one per layer: scale, activation, "
                          "norm)", repr(extras)[:80])
-    for li, e in enumerate(extras):
-        _known_fields(e, f"__header__.layers[{li}]", ("scale", "activation", "norm"))
     optional = {f"layers.{li}.attention.heads.{hj}.{n}" for li, nh in enumerate(heads) for hj in range(nh)
                 for n in HEAD_BIASES} | {f"layers.{li}.attention.b_o" for li in range(len(kinds))} | {
                 f"layers.{li}.norm.{ln}.{n}" for li in range(len(kinds)) for ln in ("ln1", "ln2")
@@ -501,35 +506,36 @@ def _npz_object(path: str) -> dict:
     if extra:
         raise InputError(extra[0], "no array of that name (the header's format, kinds and heads give the arrays; "
                          "docs/formats.md, .npz models)", f"{len(extra)} array(s) the header does not call for")
-    layers = []
-    for li, (kind, nh) in enumerate(zip(kinds, heads)):
-        att = {"kind": kind, "heads": [present(f"layers.{li}.attention.heads.{hj}.", f"layers[{li}].attention.heads[{hj}].",
-                                               HEAD_ARRAYS + HEAD_BIASES) for hj in range(nh)]}
-        att.update(present(f"layers.{li}.attention.", f"layers[{li}].attention.", ("b_o",)))
-        mlp = present(f"layers.{li}.mlp.", f"layers[{li}].mlp.", MLP_ARRAYS)
-        lo = {"attention": att, "mlp": mlp}
-        e = extras[li]
-        if "scale" in e:
-            att["scale"] = e["scale"]
-        if "activation" in e:
-            mlp["activation"] = e["activation"]
-        norm_arrays = {ln: present(f"layers.{li}.norm.{ln}.", f"layers[{li}].norm.{ln}.", ("gamma", "beta"))
-                       for ln in ("ln1", "ln2")}
-        if "norm" in e or any(norm_arrays.values()):
-            norm = e.get("norm")
-            if not isinstance(norm, dict):
-                raise InputError(f"__header__.layers[{li}].norm", "an object with placement, ln1: {eps}, ln2: {eps}",
-                                 repr(norm)[:60])
-            _known_fields(norm, f"__header__.layers[{li}].norm", ("placement", "ln1", "ln2"))
-            lo["norm"] = {"placement": norm.get("placement")}
-            for ln in ("ln1", "ln2"):
-                sc = norm.get(ln, {})
-                if not isinstance(sc, dict):
-                    raise InputError(f"__header__.layers[{li}].norm.{ln}", "an object {\"eps\": number}", repr(sc)[:60])
-                _known_fields(sc, f"__header__.layers[{li}].norm.{ln}", ("eps",))
-                lo["norm"][ln] = {**norm_arrays[ln], **sc}
-        layers.append(lo)
-    return {"format": hdr.get("format"), "d": hdr.get("d"), "causal": hdr.get("causal", False), "layers": layers}
+    return [_npz_layer(li, kind, nh, extras[li], present) for li, (kind, nh) in enumerate(zip(kinds, heads))]
+
+
+def _npz_layer(li: int, kind: Any, nh: int, e: dict, present) -> dict:
+    _known_fields(e, f"__header__.layers[{li}]", ("scale", "activation", "norm"))
+    att = {"kind": kind, "heads": [present(f"layers.{li}.attention.heads.{hj}.", f"layers[{li}].attention.heads[{hj}].",
+                                           HEAD_ARRAYS + HEAD_BIASES) for hj in range(nh)]}
+    att.update(present(f"layers.{li}.attention.", f"layers[{li}].attention.", ("b_o",)))
+    mlp = present(f"layers.{li}.mlp.", f"layers[{li}].mlp.", MLP_ARRAYS)
+    lo = {"attention": att, "mlp": mlp}
+    if "scale" in e:
+        att["scale"] = e["scale"]
+    if "activation" in e:
+        mlp["activation"] = e["activation"]
+    norm_arrays = {ln: present(f"layers.{li}.norm.{ln}.", f"layers[{li}].norm.{ln}.", ("gamma", "beta"))
+                   for ln in ("ln1", "ln2")}
+    if "norm" in e or any(norm_arrays.values()):
+        hf = f"__header__.layers[{li}].norm"
+        norm = e.get("norm")
+        if not isinstance(norm, dict):
+            raise InputError(hf, "an object with placement, ln1: {eps}, ln2: {eps}", repr(norm)[:60])
+        _known_fields(norm, hf, ("placement", "ln1", "ln2"))
+        lo["norm"] = {"placement": norm.get("placement")}
+        for ln in ("ln1", "ln2"):
+            sc = norm.get(ln, {})
+            if not isinstance(sc, dict):
+                raise InputError(f"{hf}.{ln}", "an object {\"eps\": number}", repr(sc)[:60])
+            _known_fields(sc, f"{hf}.{ln}", ("eps",))
+            lo["norm"][ln] = {**norm_arrays[ln], **sc}
+    return lo
 
 
 def load_model(path: str) -> Model:

@@ -171,9 +171,13 @@ def _layer(get, li: int, kind: Any, nheads: int, d: int, has=None, extra: Option
     _check_shape(b1, 1, r, f"{where}.mlp.b_1")
     _check_shape(b2, 1, d, f"{where}.mlp.b_2")
     layer = CLayer(kind, heads, W1, b1.rows()[0], W2, b2.rows()[0])
-    if not v2:
-        return layer
-    extra = extra or {}
+    if v2:
+        _real_fields(layer, vec, has, extra or {}, where, d)
+    return layer
+
+
+def _real_fields(layer: CLayer, vec, has, extra: dict, where: str, d: int) -> None:
+    """Set the ``ptverify-model/2`` fields of ``layer`` (``vec(key, n, where)`` reads a vector)."""
     if has(("attention", None, "b_o")):
         layer.b_o = vec(("attention", None, "b_o"), d, f"{where}.attention.b_o")
     if "scale" in extra:
@@ -201,7 +205,6 @@ def _layer(get, li: int, kind: Any, nheads: int, d: int, has=None, extra: Option
                                           vec(("norm", ln, "beta"), d, f"{where}.norm.{ln}.beta"), eps))
     elif any(has(("norm", ln, n)) for ln in ("ln1", "ln2") for n in ("gamma", "beta")):
         raise Reject(f"model.{where}.norm: LayerNorm arrays without a placement")
-    return layer
 
 
 def model_from_obj(obj: Any) -> CModel:
