@@ -33,7 +33,8 @@ __all__ = ["Embeddings", "embeddings_from_state_dict", "load_embeddings", "layer
            "parse_prompt_tokens", "replay_witnesses", "record_replay"]
 
 #: defaults of :func:`l1_pair` per family: ``(a, b, q)`` and the two prompts (bert-base-uncased /
-#: MiniLM vocabulary: "good", "bad", "movie"; prompts "great" and "terrible")
+#: MiniLM vocabulary: "good", "bad", "movie"; prompts "great" and "terrible"; the GPT-2 ids are meant
+#: as the same words with a leading space in GPT-2's BPE vocabulary, not read from a tokenizer)
 DEFAULT_PAIR_TOKENS = {"bert": (2204, 2919, 3185), "gpt2": (922, 2089, 3807)}
 DEFAULT_PROMPT_TOKENS = {"bert": ((2307,), (6659,)), "gpt2": ((1049,), (7818,))}
 
