@@ -216,10 +216,35 @@ _TANH_CLAMP = 64
 _ERF_CLAMP = 8
 
 
+def _exp_fixed(x: Fraction, p: int) -> tuple[int, int]:
+    """``(L, H)`` with ``L / 2**p <= exp(x) <= H / 2**p`` for ``0 <= x <= 2 * _TANH_CLAMP``, in
+    integers: x = t 2**k with t <= 1/2; exp(t) between the Taylor sums of rounded-down terms
+    (all positive) and of rounded-up terms plus twice the last (the remainder for t <= 1/2); then
+    k squarings rounded outward (squaring is increasing on positive numbers)."""
+    k = max(0, math.ceil(math.log2(float(x))) + 1) if x > 0 else 0
+    t = x / (1 << k)
+    lo_t, hi_t = math.floor(t * (1 << p)), math.ceil(t * (1 << p))
+    one = 1 << p
+    lo_sum, term, n = one, one, 0
+    while term:
+        n += 1
+        term = term * lo_t // (n << p)
+        lo_sum += term
+    hi_sum, term, n = one, one, 0
+    while term > 1 or n < 2:
+        n += 1
+        term = -(-term * hi_t // (n << p))
+        hi_sum += term
+    lo, hi = lo_sum, hi_sum + 2 * term + 1
+    for _ in range(k):
+        lo, hi = lo * lo >> p, -(-(hi * hi) >> p)
+    return lo, hi
+
+
 def tanh_enclosure(x, bits: int = 110) -> tuple[Fraction, Fraction]:
     """Rational bounds on tanh(x): ``tanh x = 1 - 2 / (exp(2x) + 1)`` is increasing in exp(2x),
-    so an enclosure of exp gives one of tanh; tanh is odd and increasing, so arguments beyond
-    ``_TANH_CLAMP`` get ``[tanh(_TANH_CLAMP), 1]``."""
+    so an enclosure of exp (:func:`_exp_fixed`) gives one of tanh; tanh is odd and increasing, so
+    arguments beyond ``_TANH_CLAMP`` get ``[tanh(_TANH_CLAMP), 1]``."""
     x = Fraction(x)
     if x == 0:
         return Fraction(0), Fraction(0)
@@ -228,8 +253,11 @@ def tanh_enclosure(x, bits: int = 110) -> tuple[Fraction, Fraction]:
         return -hi, -lo
     if x > _TANH_CLAMP:
         return tanh_enclosure(Fraction(_TANH_CLAMP), bits)[0], Fraction(1)
-    elo, ehi = exp_enclosure(2 * x, bits + 8)
-    return round_down(1 - 2 / (elo + 1), bits), min(Fraction(1), round_up(1 - 2 / (ehi + 1), bits))
+    p = bits + 24
+    elo, ehi = _exp_fixed(2 * x, p)
+    one = 1 << p
+    return (round_down(1 - Fraction(2 * one, elo + one), bits),
+            min(Fraction(1), round_up(1 - Fraction(2 * one, ehi + one), bits)))
 
 
 def _erf_series(y_int: int, p: int) -> tuple[int, int]:

@@ -218,3 +218,211 @@ def test_plain_layers_are_unchanged_and_zero_extras_change_nothing():
         h.b_q, h.b_k, h.b_v = np.zeros(h.s), np.zeros(h.s), np.zeros(h.s)
     assert not plain.is_plain
     np.testing.assert_allclose(forward_torch(plain, X, P).numpy(), out, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- rigorous forwards
+
+def _mpf(q: Fraction):
+    return mpmath.mpf(q.numerator) / q.denominator
+
+
+def _assert_encloses(G: np.ndarray, ref: list, width: float) -> None:
+    """Every enclosure contains the 60-digit value (up to that value's own error, 1e-45 here, far
+    below the enclosures' widths of about 1e-35) and is narrower than ``width``."""
+    slack = mpmath.mpf("1e-45")
+    with mpmath.workdps(60):
+        for g_row, r_row in zip(G, ref):
+            for g, r in zip(g_row, r_row):
+                assert _mpf(g.lo) - slack <= r <= _mpf(g.hi) + slack, (g, r)
+                assert g.hi - g.lo < width
+
+
+BACKENDS = ["rational"] + (["arb"] if have_arb() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_interval_forward_encloses_a_60_digit_computation_and_the_float_one(backend, case):
+    model, X, P, at = case
+    G = forward_interval(model, X, P, at=at, backend=backend)
+    _assert_encloses(G, reference_mpmath(model, X, P, at), 1e-25)
+    fl = forward_torch(model, X, P, at=at).numpy()
+    lo = np.vectorize(lambda v: float(v.lo))(G)
+    hi = np.vectorize(lambda v: float(v.hi))(G)
+    assert np.all(lo - 1e-9 * (1 + abs(fl)) <= fl) and np.all(fl <= hi + 1e-9 * (1 + abs(fl)))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_both_backends_enclose_the_same_values_on_pre_and_post_ln_layers(norm):
+    model = real_model(11, d=6, s=3, n_heads=2, r=5, norm=norm, activation="gelu", causal=norm == "pre")
+    rng = np.random.default_rng(5)
+    X, P = rng.normal(size=(2, 6)), rng.normal(size=(2, 6))
+    ref = reference_mpmath(model, X, P)
+    for backend in BACKENDS:
+        _assert_encloses(forward_interval(model, X, P, backend=backend), ref, 1e-25)
+
+
+def test_replay_within_a_tolerance_is_sound_and_has_teeth():
+    model = real_model(2, d=5, norm="post", activation="gelu")
+    rng = np.random.default_rng(8)
+    X, P = rng.normal(size=(3, 5)), rng.normal(size=(2, 5))
+    Y = forward_float(model, X, P, at="attention")
+    targets = [Y[0], None, Y[2]]
+    ok, bound = replay_within(model, X, P, targets, Fraction(1, 10 ** 9), at="attention")
+    assert ok and bound < Fraction(1, 10 ** 12)
+    off = [Y[0] + np.array([0, 0, 1e-3, 0, 0]), None, Y[2]]
+    ok, bound = replay_within(model, X, P, off, Fraction(1, 10 ** 6), at="attention")
+    assert not ok and Fraction(999, 10 ** 6) < bound < Fraction(1001, 10 ** 6)
+    assert replay_bound(model, X, P, [None, Y[1], None], at="attention", backend="rational") < Fraction(1, 10 ** 12)
+
+
+def test_arb_backend_is_fast_on_a_bert_size_attention_block():
+    pytest.importorskip("flint")
+    model = real_model(4, d=96, s=8, n_heads=12, r=8, norm="post", w=0.1)
+    rng = np.random.default_rng(0)
+    X, P = rng.normal(size=(4, 96)), rng.normal(size=(2, 96))
+    G = forward_interval(model, X, P, at="attention", backend="arb")
+    fl = forward_float(model, X, P, at="attention")
+    mid = np.vectorize(lambda v: float(v.mid))(G)
+    np.testing.assert_allclose(mid, fl, rtol=1e-12, atol=1e-12)
+    assert max(float(v.hi - v.lo) for v in G.ravel()) < 1e-25
+
+
+# --------------------------------------------------------------------------- enclosures
+
+@settings(max_examples=150, deadline=None)
+@given(st.fractions(min_value=-12, max_value=12, max_denominator=10 ** 12))
+def test_erf_tanh_sqrt_enclosures_contain_the_true_values(x):
+    with mpmath.workdps(60):
+        xm = _mpf(x)
+        for (lo, hi), true in ((erf_enclosure(x), mpmath.erf(xm)), (tanh_enclosure(x), mpmath.tanh(xm)),
+                               (sqrt_enclosure(abs(x)), mpmath.sqrt(abs(xm)))):
+            assert _mpf(lo) <= true <= _mpf(hi)
+            assert hi - lo < Fraction(1, 2 ** 100)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.fractions(min_value=-6, max_value=6, max_denominator=1000), st.fractions(min_value=0, max_value=3, max_denominator=100),
+       st.floats(0, 1))
+def test_gelu_enclosures_of_intervals_contain_gelu_at_every_point(a, w, t):
+    x = a + w * Fraction(t)
+    with mpmath.workdps(40):
+        xm = _mpf(x)
+        g = xm / 2 * (1 + mpmath.erf(xm / mpmath.sqrt(2)))
+        gt = xm / 2 * (1 + mpmath.tanh(mpmath.sqrt(2 / mpmath.pi) * (xm + mpmath.mpf("0.044715") * xm ** 3)))
+        for iv, true in ((iv_gelu(Iv(a, a + w)), g), (iv_gelu_tanh(Iv(a, a + w)), gt)):
+            assert _mpf(iv.lo) <= true <= _mpf(iv.hi)
+
+
+def test_sqrt_of_a_square_is_exact_and_the_score_scale_of_head_size_64_is_one_eighth():
+    assert sqrt_enclosure(Fraction(9, 64)) == (Fraction(3, 8), Fraction(3, 8))
+    lo, hi = sqrt_enclosure(2)
+    assert lo < hi and lo * lo < 2 < hi * hi
+
+
+def test_the_gelu_gaps_the_z3_relaxation_uses_hold_on_a_grid():
+    """relu(x) - gelu(x) lies in [0, 2/5] and relu(x) - gelu_tanh(x) in [0, 1/4] (proved in
+    proofs/real_layers_forward.md; checked here with the rigorous enclosures, near the maxima too)."""
+    for k in range(-160, 161):
+        x = Iv(Fraction(k, 20))
+        relu = x.relu().lo
+        for f, gap in ((iv_gelu, Fraction(2, 5)), (iv_gelu_tanh, Fraction(1, 4))):
+            g = f(x)
+            assert relu - g.hi >= 0 or k == 0
+            assert relu - g.lo <= gap
+
+
+# --------------------------------------------------------------------------- Z3 and refusals
+
+def _z3_layer(norm):
+    import z3
+    model = real_model(6, d=2, s=1, n_heads=1, r=2, norm=norm, activation="gelu")
+    P = [[z3.Real("p0"), z3.Real("p1")]]
+    rows, alg = forward_z3(model, np.array([[0.5, -1.0]]), P, at="output")
+    true = Fraction(float(forward_float(model, np.array([[0.5, -1.0]]), np.array([[0.25, 0.75]]))[0, 0]))
+    solver = z3.Solver()
+    solver.set("timeout", 60000)
+    solver.add(*alg.constraints, P[0][0] == z3.RealVal("1/4"), P[0][1] == z3.RealVal("3/4"))
+    return solver, rows[0][0], true
+
+
+def _near(term, v: Fraction, tol: Fraction):
+    import z3
+    return z3.And(term >= z3.RealVal(str(v - tol)), term <= z3.RealVal(str(v + tol)))
+
+
+@pytest.mark.parametrize("norm", [None, "post"])
+def test_z3_encoding_of_a_real_layer_refuses_outputs_far_from_the_true_one(norm):
+    import z3
+    solver, y, true = _z3_layer(norm)
+    solver.add(z3.Not(_near(y, true, Fraction(10))))  # GELU's gap and LN's bound keep it within 10
+    assert solver.check() == z3.unsat
+
+
+@pytest.mark.parametrize("norm", [None, pytest.param("post", marks=pytest.mark.slow)])
+def test_z3_encoding_of_a_real_layer_admits_the_true_output(norm):
+    import z3
+    solver, y, true = _z3_layer(norm)
+    solver.add(_near(y, true, Fraction(1, 10 ** 6)))
+    assert solver.check() == z3.sat
+
+
+def test_z3_gelu_relaxation_and_inv_sqrt_are_sound_and_tight_where_constant():
+    import z3
+    from constructions.algebras import Z3Algebra
+    alg = Z3Algebra()
+    x = z3.Real("x")
+    g = alg.gelu(x)
+    k = alg.inv_sqrt(x)
+    s = z3.Solver()
+    s.add(*alg.constraints, x == 2)
+    true = Fraction(math.erf(math.sqrt(2)) + 1)  # gelu(2) = 1 + erf(sqrt 2) ~ 1.9545
+    s.push()
+    s.add(g == z3.RealVal(str(true)))
+    assert s.check() == z3.sat
+    s.pop()
+    s.add(z3.Or(g > 2, g < z3.RealVal("1.5"), k < z3.RealVal("0.7"), k > z3.RealVal("0.71")))
+    assert s.check() == z3.unsat
+    c = Z3Algebra()
+    assert c.const_value(c.inv_sqrt(c.const(Fraction(64)))) == Fraction(1, 8)
+    gc = c.gelu(c.const(Fraction(2)))  # a constant argument: the enclosure, a point at this precision
+    s2 = z3.Solver()
+    s2.add(*c.constraints, z3.Or(gc < z3.RealVal("1.9544"), gc > z3.RealVal("1.9546")))
+    assert s2.check() == z3.unsat
+
+
+def test_features_an_encoding_cannot_handle_are_refused_by_name():
+    model = real_model(1, d=3, norm="post", activation="gelu")
+    X = np.eye(3)[:2]
+    with pytest.raises(NotExact):
+        forward_rational(model, X)
+    with pytest.raises(InputError) as e:
+        mlp_exact(model.layers[0], X[0])
+    assert e.value.field == "mlp.activation"
+    pre = real_model(1, d=3, norm="pre")
+    with pytest.raises(InputError):
+        attention_scores_exact(pre, 0, 0, X[0], [X[1]])
+    bad = real_model(1, d=3, activation="swish")
+    for f in (lambda: check_layer(bad.layers[0], 0), lambda: forward_torch(bad, X), lambda: forward_float(bad, X),
+              lambda: forward_exact(bad, X)):
+        with pytest.raises(InputError) as e:
+            f()
+        assert e.value.field == "layers[0].mlp.activation"
+    with pytest.raises(InputError) as e:
+        forward_torch(model, X, at="middle")
+    assert e.value.field == "at"
+
+
+def test_rational_forward_stays_exact_on_a_real_layer_whose_values_are_rational():
+    """Biases and a scale 1/sqrt(4) = 1/2 with a hardmax layer and ReLU: exact Fractions."""
+    model = real_model(9, d=3, s=4, n_heads=1, r=2, norm=None, activation="relu", scale=INV_SQRT_HEAD_SIZE)
+    model.layers[0].kind = "hardmax"
+    X = np.array([[1.0, 0.5, -2.0], [0.25, 1.0, 0.0]])
+    out = forward_rational(model, X, np.array([[0.5, 0.5, 0.5]]))
+    assert all(isinstance(v, Fraction) for v in out.ravel())
+    np.testing.assert_allclose(out.astype(float), forward_float(model, X, np.array([[0.5, 0.5, 0.5]])), atol=1e-12)
+    scores = attention_scores_exact(model, 0, 0, X[0], [X[0], X[1]])
+    h = model.layers[0].heads[0]
+    q, k = h.W_q @ X[0] + h.b_q, [h.W_k @ x + h.b_k for x in X]
+    np.testing.assert_allclose([float(v) for v in scores], [q @ kk / 2 for kk in k], rtol=1e-12)
