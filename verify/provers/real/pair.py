@@ -105,12 +105,24 @@ def _kernel(C: np.ndarray, d: int) -> np.ndarray:
 
 def find_direction(F: Functionals, tol: float, d: int) -> Optional[tuple[np.ndarray, float]]:
     """max t s.t. f.z - tol w.|z| >= t ||N^T f|| for every functional, z = N c, |c| <= 1; returns
-    (z, t) when t > MARGIN."""
-    from scipy.optimize import linprog
+    (z, t) when t > MARGIN.  The LP without the tolerance terms is solved first (k variables);
+    only when its optimum loses the margin to them is the LP with |z| (d more variables) solved."""
     N = _kernel(F.constraints, d)
-    k = N.shape[1]
-    if k == 0:
+    if N.shape[1] == 0:
         return None
+    found = _lp(F, N, 0.0, d)
+    if found is None or tol == 0:
+        return found
+    z, _ = found
+    t = min((float(f @ z) - tol * float(w @ np.abs(z))) / float(np.linalg.norm(N.T @ f)) for f, w in F.rows)
+    if t > MARGIN:
+        return z, t
+    return _lp(F, N, tol, d)
+
+
+def _lp(F: Functionals, N: np.ndarray, tol: float, d: int) -> Optional[tuple[np.ndarray, float]]:
+    from scipy.optimize import linprog
+    k = N.shape[1]
     use_u = tol > 0
     nv = k + (d if use_u else 0) + 1
     A, b = [], []
