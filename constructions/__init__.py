@@ -8,6 +8,7 @@ Modules
 ``intervals``     rigorous rational intervals and ``exp`` enclosures
 ``algebras``      the scalar algebras of the generic forward pass (rational, interval, sympy, Z3)
 ``forward``       the one generic forward pass over algebras, and the one torch forward
+``realforward``   rigorous forward passes of real layers (exact rationals or Arb balls), witness replay
 ``datasets``      builders of random models and of the datasets of Theorems L1, L3, E
 ``lora``          LoRA updates, exact linear algebra and the construction of Theorem L5
 ``multilayer``    builders for Theorem M (conditions 1 and 2, collisions, counterexamples)
