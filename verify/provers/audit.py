@@ -82,13 +82,14 @@ def _up_bits(q: Fraction, bits: int = 30) -> Fraction:
     return math.ceil(q / g) * g
 
 
-def _psd_by_cholesky(T, Tf: np.ndarray, log2_scale: int, strict: bool) -> bool:
+def _psd_by_cholesky(T, Tf: np.ndarray, scale: Fraction, strict: bool) -> bool:
     """Is the exact symmetric integer matrix ``T`` (fmpz_mat, n x n) positive semidefinite
-    (definite if ``strict``)?  ``Tf`` is a float matrix with T ~ Tf 2^log2_scale plus a small
-    positive multiple of I (the caller's margin), used only to find a factor.  Sufficient test:
-    L = round(chol(Tf) 2^h), R = T 2^e - L L^T (integers; e chosen so that both sides have the
-    same scale) diagonally dominant with a nonnegative (positive, if strict) diagonal: then R is
-    positive semidefinite (definite) by Gershgorin, and so is T 2^e = L L^T + R."""
+    (definite if ``strict``)?  ``Tf`` is a float matrix with T ~ scale Tf (scale > 0 rational)
+    where Tf is smaller by a small positive multiple of I (the caller's margin), used only to find
+    a factor.  Sufficient test: L = round(chol(Tf) 2^h) (so L L^T ~ Tf 4^h), and the integer
+    matrix R = T 4^h den(scale) - L L^T num(scale) diagonally dominant with a nonnegative
+    (positive, if strict) diagonal: then R is positive semidefinite (definite) by Gershgorin, and
+    T 4^h den(scale) = L L^T num(scale) + R is too."""
     import flint
     n = Tf.shape[0]
     try:
@@ -97,45 +98,34 @@ def _psd_by_cholesky(T, Tf: np.ndarray, log2_scale: int, strict: bool) -> bool:
         return False
     if not np.all(np.isfinite(Lf)):
         return False
-    if log2_scale % 2:                   # make the scale a power of 4 (T 2 is PSD iff T is)
-        T = T * 2
-        log2_scale += 1
-    g = log2_scale // 2                  # T ~ Tf 4^g
     lmax = float(np.max(np.abs(Lf)))
-    if not lmax > 0:
+    if not lmax > 0 or scale <= 0:
         return False
     h = 52 - int(math.frexp(lmax)[1])    # L 2^h has entries below 2^52
     LI = flint.fmpz_mat(n, n, [int(round(math.ldexp(float(v), h))) for v in Lf.reshape(-1)])
-    LLt = LI * LI.transpose()            # ~ Tf 4^h ~ T 4^(h - g)
-    s = h - g
-    R = T * (1 << (2 * s)) - LLt if s >= 0 else T - LLt * (1 << (-2 * s))
+    LLt = LI * LI.transpose()
+    left = scale.denominator << (2 * h) if h >= 0 else scale.denominator
+    right = scale.numerator if h >= 0 else scale.numerator << (-2 * h)
+    R = T * left - LLt * right
     rows = R.tolist()
     for i in range(n):
         ri = rows[i]
-        off = sum(abs(int(v)) for v in ri) - abs(int(ri[i]))
         di = int(ri[i])
+        off = sum(abs(int(v)) for v in ri) - abs(di)
         if di < off or (strict and di <= off):
             return False
     return True
-
-
-def _log2(q: int) -> int:
-    """log2 of a power of two."""
-    q = int(q)
-    if q <= 0 or q & (q - 1):
-        raise ValueError("not a power of two")
-    return q.bit_length() - 1
 
 
 # --------------------------------------------------------------------------- spectral norms
 
 def _gram_bound(W: Mat, Wf: np.ndarray, sigma: float) -> Optional[Fraction]:
     """A rational b >= ||W||_2 proved by the exact Gram test, or None."""
-    return _gram_bound_int(_fmpz(np.ascontiguousarray(W.N)), _log2(W.D), Wf, sigma)
+    return _gram_bound_int(_fmpz(np.ascontiguousarray(W.N)), W.D, Wf, sigma)
 
 
-def _gram_bound_int(NI, log2_D: int, Wf: np.ndarray, sigma: float) -> Optional[Fraction]:
-    """b >= ||N / 2^log2_D||_2 for an exact integer matrix N (fmpz_mat) whose value is
+def _gram_bound_int(NI, D: int, Wf: np.ndarray, sigma: float) -> Optional[Fraction]:
+    """b >= ||N / D||_2 for an exact integer matrix N (fmpz_mat) whose value is
     approximately the float matrix ``Wf``, proved by the exact Gram test, or None."""
     if Wf.shape[0] < Wf.shape[1]:
         NI, Wg = NI.transpose(), Wf.T
@@ -145,7 +135,7 @@ def _gram_bound_int(NI, log2_D: int, Wf: np.ndarray, sigma: float) -> Optional[F
     G = NI.transpose() * NI
     Gf = Wg.T @ Wg
     n = Gf.shape[0]
-    D2 = Fraction(2) ** (2 * log2_D)
+    D2 = Fraction(D) ** 2
     for rel in (2.0 ** -26, 2.0 ** -18, 2.0 ** -10, 2.0 ** -4):
         b = _up_bits(Fraction(sigma * (1 + rel)) if sigma > 0 else Fraction(1, 1 << 40))
         # T = den (b^2 D^2 I - N^T N) = den D^2 (b^2 I - W^T W), den the denominator of b^2 D^2
@@ -155,7 +145,7 @@ def _gram_bound_int(NI, log2_D: int, Wf: np.ndarray, sigma: float) -> Optional[F
             T[i, i] = T[i, i] + bb.numerator
         # its float image, less a margin (rel / 2) b^2 I for the rounding
         Tf = float(b * b) * (1 - rel / 2) * np.eye(n) - Gf
-        if _psd_by_cholesky(T, Tf, _log2(bb.denominator) + 2 * log2_D, strict=False):
+        if _psd_by_cholesky(T, Tf, bb.denominator * D2, strict=False):
             return b
     return None
 
@@ -169,7 +159,7 @@ def stacked_product_upper(W_o: np.ndarray, W_v: np.ndarray, tight: bool = True) 
     est = _sigma_max(Mf)
     if tight and flint_available() and Mf.size:
         O, V = _mat(W_o), _mat(W_v)
-        b = _gram_bound_int(_fmpz(O.N) * _fmpz(V.N), _log2(O.D) + _log2(V.D), Mf, est)
+        b = _gram_bound_int(_fmpz(O.N) * _fmpz(V.N), O.D * V.D, Mf, est)
         if b is not None:
             return {"upper": b, "method": "gram", "estimate": est}
     bo, bv = spectral_upper(W_o, tight)["upper"], spectral_upper(W_v, tight)["upper"]
@@ -250,15 +240,15 @@ def _congruence_bound(W_o, W_v, Of: np.ndarray, Vf: np.ndarray, est: float) -> O
         # its float image less a margin: K >= (b^2 - est^2) G >= (b^2 - est^2) lambda_min(G) I
         delta = 0.5 * (float(b * b) - est * est) * float(ev.min())
         Kf = float(b * b) * Gf - GHGf - delta * np.eye(Gf.shape[0])
-        if _psd_by_cholesky(K, Kf, _log2(bb.denominator) + 4 * _log2(O.D) + 2 * _log2(V.D), strict=True):
+        if _psd_by_cholesky(K, Kf, bb.denominator * O.D ** 4 * V.D ** 2, strict=True):
             return b
     return None
 
 
 # --------------------------------------------------------------------------- activations
 
-#: a rational below pi (3.14150...)
-_PI_LOW = Fraction(333, 106)
+#: a rational below pi (a convergent of its continued fraction: 3.14159265301...)
+_PI_LOW = Fraction(103993, 33102)
 
 
 def gelu_slope_bound() -> Fraction:
