@@ -157,18 +157,22 @@ def _lp(F: Functionals, N: np.ndarray, tol: float, d: int) -> Optional[tuple[np.
     return N @ res.x[:k], t
 
 
-def _int_matrix(a: np.ndarray):
-    """Integers equal to a * 2^e exactly (one e >= 0 for the whole array), and e."""
-    a = np.asarray(a, dtype=np.float64)
-    nz = a[a != 0]
-    if nz.size == 0:
-        return [[0] * a.shape[1] for _ in range(a.shape[0])], 0
-    _, ex = np.frexp(nz)
-    e = max(0, int(53 - ex.min()))
-    scaled = a * (2.0 ** e) if e < 1000 else None
-    if scaled is None or not np.all(np.isfinite(scaled)):
-        return [[int(Fraction(float(v)) * (1 << e)) for v in row] for row in a], e
-    return [[int(v) for v in row] for row in scaled.tolist()], e
+def _int_matrix(a: np.ndarray) -> list[list[int]]:
+    """Each row of a times its own power of two, as the least integers that are exact (rows may be
+    scaled freely: the kernel does not change).  Smaller integers make the exact solve faster."""
+    from math import gcd as _gcd
+    out = []
+    for row in np.asarray(a, dtype=np.float64):
+        fr = [Fraction(float(v)) for v in row]
+        den = 1
+        for v in fr:
+            den = max(den, v.denominator)           # powers of two: the largest is the lcm
+        ints = [v.numerator * (den // v.denominator) for v in fr]
+        g = 0
+        for v in ints:
+            g = _gcd(g, v)
+        out.append([v // g for v in ints] if g > 1 else ints)
+    return out
 
 
 def exact_z(C: np.ndarray, z: np.ndarray) -> Optional[list[int]]:
@@ -188,7 +192,7 @@ def exact_z(C: np.ndarray, z: np.ndarray) -> Optional[list[int]]:
     Cr = C[np.sort(prow[:rank])]
     _, _, pcol = qr(Cr, mode="economic", pivoting=True)
     piv, free = np.sort(pcol[:rank]), np.sort(pcol[rank:])
-    Ci, _ = _int_matrix(Cr)
+    Ci = _int_matrix(Cr)
     Zf = [int(round(v * 2.0 ** ROUND_BITS)) for v in z[free]]
     A = flint.fmpz_mat([[row[c] for c in piv] for row in Ci])
     Bm = [[row[c] for c in free] for row in Ci]
