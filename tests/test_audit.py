@@ -221,6 +221,24 @@ def test_cli_audit(tmp_path, capsys):
     assert code == 2 and "expected" in err
 
 
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_cli_audit_v2_file(tmp_path, capsys, suffix):
+    """A ptverify-model/2 file (post-LN, GELU, biases) written by save_model is audited from disk
+    with the same numbers as the in-memory model."""
+    from constructions.model import save_model
+    model = Model(8, [_real_layer(np.random.default_rng(5))])
+    path = tmp_path / f"model{suffix}"
+    save_model(model, str(path))
+    out_json = tmp_path / "audit.json"
+    code, out, err = _run(["audit", path, "--json", out_json], capsys)
+    assert code == 0, err
+    row = json.loads(out_json.read_text())["layers"][0]
+    ref = A.audit_layer(model.layers[0], 8)
+    assert row["ln1"]["zero_gamma"] == 1 and row["norm"] == "post" and row["activation"] == "gelu"
+    assert row["W1_W2"]["exact"] == ref["W1_W2"]["exact"]
+    assert row["W_OW_V"]["exact"] == ref["W_OW_V"]["exact"]
+
+
 # --------------------------------------------------------------------------- MiniLM
 
 def _minilm_model(layers):
