@@ -6,6 +6,7 @@ other results are rounded outward on a grid of 2**-120 relative, so every enclos
 """
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -298,9 +299,17 @@ def erf_enclosure(x, bits: int = 110) -> tuple[Fraction, Fraction]:
     y_int = math.floor(x * (1 << p))
     S, E = _erf_series(y_int, p)
     E += 0 if Fraction(y_int, 1 << p) == x else 2
-    c = Iv(2) / iv_sqrt(Iv(PI_LO, PI_HI))  # 2 / sqrt(pi)
+    c = _constant("2/sqrt(pi)")
     r = c * Iv(Fraction(S - E, 1 << p), Fraction(S + E, 1 << p))
     return round_down(max(r.lo, Fraction(-1)), bits), round_up(min(r.hi, Fraction(1)), bits)
+
+
+@functools.lru_cache(maxsize=None)
+def _constant(name: str) -> Iv:
+    """Enclosures of the constants GELU uses (computed once)."""
+    pi = Iv(PI_LO, PI_HI)
+    return {"2/sqrt(pi)": lambda: Iv(2) / iv_sqrt(pi), "1/sqrt(2)": lambda: iv_inv_sqrt(Iv(2)),
+            "sqrt(2/pi)": lambda: iv_sqrt(Iv(2) / pi)}[name]()
 
 
 def iv_tanh(x: Iv) -> Iv:
@@ -318,8 +327,7 @@ def iv_erf(x: Iv) -> Iv:
 def iv_gelu(x: Iv) -> Iv:
     """GELU (erf form) ``x/2 * (1 + erf(x / sqrt 2))`` by interval arithmetic: sound by the
     inclusion property (erf increasing), tight for narrow intervals."""
-    inv_sqrt2 = iv_inv_sqrt(Iv(2))
-    return x * Iv(Fraction(1, 2)) * (Iv(1) + iv_erf(x * inv_sqrt2))
+    return x * Iv(Fraction(1, 2)) * (Iv(1) + iv_erf(x * _constant("1/sqrt(2)")))
 
 
 #: the cubic coefficient of the tanh form of GELU, exactly the decimal 0.044715
@@ -329,7 +337,7 @@ GELU_TANH_KAPPA = Fraction("0.044715")
 def iv_gelu_tanh(x: Iv) -> Iv:
     """GELU (tanh form) ``x/2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` by interval
     arithmetic; the inner cubic is increasing, so it is evaluated at the two ends."""
-    c = iv_sqrt(Iv(2) / Iv(PI_LO, PI_HI))
+    c = _constant("sqrt(2/pi)")
     k = GELU_TANH_KAPPA
     inner = Iv(x.lo + k * x.lo ** 3, x.hi + k * x.hi ** 3)
     inner = Iv(round_down(inner.lo), round_up(inner.hi))
