@@ -539,13 +539,16 @@ def parse_layers(spec: Optional[str], n: int) -> list[int]:
 
 
 def audit_model(model: Model, layers: Optional[list[int]] = None, tight: bool = True, progress=None) -> dict:
-    """Audit the given layers (default all) of a model; a JSON-ready ``ptverify-audit/1`` dict."""
+    """Audit the given layers (default all) of a model; a JSON-ready ``ptverify-audit/1`` dict.
+    ``progress`` (verify/progress.py; default the current reporter) hears one step per layer."""
+    from verify.progress import ensure
+    progress = ensure(progress)
     idx = list(range(len(model.layers))) if layers is None else list(layers)
     t0 = time.perf_counter()
     rows = []
+    progress.stage("audit")
     for n, i in enumerate(idx):
-        if progress is not None:
-            progress(f"layer {i} ({n + 1} of {len(idx)})")
+        progress.step(n + 1, len(idx), f"layer {i}")
         with one_blas_thread():
             rows.append({"layer": i, **audit_layer(model.layers[i], model.d, model.causal, tight)})
     return {"format": AUDIT_FORMAT, "d": model.d, "causal": model.causal, "n_layers": len(model.layers),
