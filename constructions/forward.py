@@ -94,7 +94,11 @@ def check_layer(layer: Layer, li: int = 0) -> None:
     if layer.norm is not None and (layer.ln1 is None or layer.ln2 is None):
         raise InputError(f"{f}.norm", "both LayerNorms ln1 and ln2", "a missing one")
     sc = layer.scale
-    if isinstance(sc, str) and sc != INV_SQRT_HEAD_SIZE or not isinstance(sc, str) and not Fraction(sc) > 0:
+    try:
+        ok = sc == INV_SQRT_HEAD_SIZE if isinstance(sc, str) else Fraction(sc) > 0
+    except (TypeError, ValueError, OverflowError):  # not a number, nan, inf
+        ok = False
+    if not ok:
         raise InputError(f"{f}.attention.scale", f"a number > 0 or \"{INV_SQRT_HEAD_SIZE}\"", repr(sc)[:40])
 
 

@@ -412,6 +412,11 @@ def test_features_an_encoding_cannot_handle_are_refused_by_name():
     with pytest.raises(InputError) as e:
         forward_torch(model, X, at="middle")
     assert e.value.field == "at"
+    for scale in (0, -1.0, float("nan"), None, "1/sqrt(d)"):
+        bad = real_model(1, d=3, scale=scale)
+        with pytest.raises(InputError) as e:
+            forward_float(bad, X)
+        assert e.value.field == "layers[0].attention.scale"
 
 
 def test_rational_forward_stays_exact_on_a_real_layer_whose_values_are_rational():
