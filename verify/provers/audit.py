@@ -413,8 +413,8 @@ def audit_layer(layer: Layer, d: int, causal: bool = False, tight: bool = True) 
                                 "worst_case": layer.norm is not None},
         "ln1": ln1, "ln2": ln2,
         "heads_detail": heads,
-        "W_OW_V": {**pall_num, "method": pall["method"],
-                   "estimate": pall["estimate"], "what": "||sum_j W_o^j W_v^j||_2 (the whole layer's value-output map)"},
+        "W_OW_V": {**pall_num, "method": pall["method"], "estimate": pall["estimate"],
+                   "what": "||sum_j W_o^j W_v^j||_2 (the whole layer's value-output map)"},
         "W_oW_v_max": max((h["W_oW_v"]["value"] for h in heads), default=0.0),
         "W_oW_v_min": min((h["W_oW_v"]["value"] for h in heads), default=0.0),
         "output_spaces": ov,
@@ -438,13 +438,14 @@ def _hypotheses(layer: Layer, d: int, causal: bool, k_relu: Fraction, k_branch: 
     out = {}
     # textbook L1/L2: a ptverify-model/1 softmax layer with k = ||W_1|| ||W_2|| < 1
     if layer.is_plain:
-        ok = softmax and k_relu < 1 and (len(layer.heads) == 1 or direct)
+        ok = True
         parts = []
         if not softmax:
             parts.append("hardmax layer (L1/L2 need softmax)")
         parts.append(f"k = ||W_1|| ||W_2|| <= {float(k_relu):.6g} ({'< 1' if k_relu < 1 else 'not < 1'})")
         if len(layer.heads) > 1:
-            parts.append("stacked W_o full column rank certified" if direct else "direct sum of head outputs not certified")
+            parts.append("stacked W_o full column rank certified" if direct
+                         else "direct sum of head outputs not certified")
         if not softmax or k_relu >= 1:
             ok = False
         elif len(layer.heads) > 1 and not direct:
@@ -458,19 +459,27 @@ def _hypotheses(layer: Layer, d: int, causal: bool, k_relu: Fraction, k_branch: 
             w for w, c in (("LayerNorm " + str(layer.norm), layer.norm is not None),
                            ("activation " + layer.activation, layer.activation != "relu"),
                            ("attention biases", layer.b_o is not None or any(h.has_bias for h in layer.heads)),
-                           ("score scale " + str(layer.scale), isinstance(layer.scale, str) or layer.scale != 1)) if c)
+                           ("score scale " + str(layer.scale),
+                            isinstance(layer.scale, str) or layer.scale != 1)) if c)
                + f"); the analogous condition, residual branch Lipschitz < 1, gives {kb:.6g}")
         if layer.norm == "post":
             why += "; LN2 is not injective (u and u + c 1 have the same image), so no post-LN MLP block is"
         out["L1"] = _verdict(False, why, f"residual branch Lipschitz bound exceeds 1 by a factor {kb:.4g}"
                              if k_branch >= 1 else "the layer is not of the textbook form")
         out["L2"] = _verdict(False, why, out["L1"]["by"])
-    # L3: nontrivial only when the attention subspace can miss a direction: sum of head ranks < d
-    out["L3"] = _verdict(hs < d, f"h s = {hs} vs d = {d}" + ("" if hs < d else
-                         " (attention outputs may span all of R^d: no subspace certificate exists)"),
-                         None if hs < d else f"h s - d + 1 = {hs - d + 1}")
+    # L3: a textbook layer with k < 1, nontrivial only when the attention subspace can miss a
+    # direction (the heads' ranks sum to less than d)
+    l3_parts = [f"h s = {hs} vs d = {d}" + ("" if hs < d else
+                " (attention outputs may span all of R^d: no subspace certificate exists)")]
+    if not layer.is_plain:
+        l3_parts.append("not a textbook layer")
+    elif k_relu >= 1:
+        l3_parts.append(f"MLP not certified injective: k <= {float(k_relu):.6g}")
+    l3_ok = hs < d and layer.is_plain and k_relu < 1
+    out["L3"] = _verdict(l3_ok, "; ".join(l3_parts), None if hs < d else f"h s - d + 1 = {hs - d + 1}")
     out["PropE"] = _verdict(len(layer.heads) == 1 and softmax and layer.is_plain,
-                            f"{len(layer.heads)} head(s), {layer.kind}" + ("" if layer.is_plain else ", not a textbook layer"))
+                            f"{len(layer.heads)} head(s), {layer.kind}"
+                            + ("" if layer.is_plain else ", not a textbook layer"))
     # Theorem M (causal only)
     if not causal:
         out["M"] = _verdict(False, "the model is not causal: Theorem M covers causal models only")
