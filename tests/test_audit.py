@@ -85,6 +85,25 @@ def test_psd_test_refuses_a_false_claim():
 
 
 @needs_flint
+def test_congruence_test_refuses_a_false_claim():
+    """K = b^2 G - G H G with b below ||W_o W_v||_2 is not positive definite: refused."""
+    rng = np.random.default_rng(7)
+    Wo, Wv = rng.standard_normal((16, 3)), rng.standard_normal((3, 16))
+    s = _sigma(Wo @ Wv)
+    O, V = A._mat(Wo), A._mat(Wv)
+    G = A._fmpz(O.N).transpose() * A._fmpz(O.N)
+    H = A._fmpz(V.N) * A._fmpz(V.N).transpose()
+    Gf = Wo.T @ Wo
+    for b, expect in ((A._up_bits(Fraction(s) * (1 - Fraction(1, 10 ** 8))), False),
+                      (A._up_bits(Fraction(s) * Fraction(1001, 1000)), True)):
+        bb = b * b * O.D ** 2 * V.D ** 2
+        K = G * bb.numerator - G * H * G * bb.denominator
+        scale = bb.denominator * O.D ** 4 * V.D ** 2
+        fakes = [float(b * b) * Gf - Gf @ (Wv @ Wv.T) @ Gf - 1e-9 * np.eye(3), np.eye(3)]
+        assert any(A._psd_by_cholesky(K, Kf, Fraction(scale), strict=True) for Kf in fakes) is expect
+
+
+@needs_flint
 def test_product_norm_congruence_and_fallback():
     rng = np.random.default_rng(2)
     Wo, Wv = rng.standard_normal((24, 4)) / 5, rng.standard_normal((4, 24)) / 5
@@ -141,6 +160,25 @@ def _real_layer(rng, d=8, heads=2, s=4, r=12, gamma_zero=(3,), kind="softmax", n
                  scale=INV_SQRT_HEAD_SIZE, activation="gelu", norm=norm,
                  ln1=LayerNorm(g1, rng.standard_normal(d), 1e-12), ln2=LayerNorm(rng.uniform(0.5, 3, d),
                                                                             rng.standard_normal(d), 1e-5))
+
+
+@pytest.mark.parametrize("norm,activation", [("pre", "gelu_tanh"), (None, "relu")])
+def test_audit_block_constants(norm, activation):
+    rng = np.random.default_rng(8)
+    layer = _real_layer(rng, norm=norm)
+    layer.activation = activation
+    if norm is None:
+        layer.ln1 = layer.ln2 = None
+    r = A.audit_layer(layer, 8)
+    k = Fraction(r["mlp_branch_lipschitz"]["exact"])
+    assert k >= A.activation_slope_bound(activation) * Fraction(r["W1_W2"]["exact"]) * (1 - Fraction(1, 10 ** 9))
+    block = Fraction(r["mlp_block_lipschitz"]["exact"])
+    if norm == "pre":
+        # the reported parts are each rounded up to 40 bits; the block is built from the exact ones
+        assert block >= (1 + k * Fraction(r["ln2"]["lipschitz_worst_case"]["exact"])) * (1 - Fraction(1, 10 ** 9))
+        assert r["hypotheses"]["pair"]["status"] == "holds" and "1.z" not in r["hypotheses"]["pair"]["detail"]
+    else:
+        assert block >= (1 + k) * (1 - Fraction(1, 10 ** 9)) and r["ln1"] is None and r["ln2"] is None
 
 
 def test_audit_real_layer_fields():
