@@ -274,3 +274,40 @@ def test_exact_rational_dataset_pairs_are_found():
     exact = Dataset([Example(as_fraction(e.input), e.output) for e in ds.examples], at="attention")
     res = check_real(model, exact, tolerance=TOL)
     assert res.status == Status.PROVED, res.message
+
+
+@pytest.mark.slow
+def test_gpt2_layout_pre_ln_d768(tmp_path):
+    """A GPT-2-layout checkpoint (one block, d = 768, 12 heads of 64, float32 random weights)
+    imported by constructions.hf_import: the pair from two prompts is proved, the pair from one
+    prompt is not (targets from constructions.forward.forward_float, not the prover's forward)."""
+    import json
+    save_file = pytest.importorskip("safetensors.numpy").save_file
+    from constructions.forward import forward_float
+    from constructions.hf_import import import_model
+    d, H = 768, 12
+    rng = np.random.default_rng(7)
+
+    def w(*shape, scale=0.02, shift=0.0):
+        return (shift + scale * rng.normal(size=shape)).astype(np.float32)
+
+    p = "h.0."
+    sd = {p + "ln_1.weight": w(d, scale=0.1, shift=1.0), p + "ln_1.bias": w(d),
+          p + "attn.c_attn.weight": w(d, 3 * d), p + "attn.c_attn.bias": w(3 * d),
+          p + "attn.c_proj.weight": w(d, d), p + "attn.c_proj.bias": w(d),
+          p + "ln_2.weight": w(d, scale=0.1, shift=1.0), p + "ln_2.bias": w(d),
+          p + "mlp.c_fc.weight": w(d, 4 * d), p + "mlp.c_fc.bias": w(4 * d),
+          p + "mlp.c_proj.weight": w(4 * d, d), p + "mlp.c_proj.bias": w(d)}
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": d, "n_head": H, "n_layer": 1,
+                                                      "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}))
+    model = import_model(str(tmp_path / "model.safetensors"))
+    assert model.causal and model.layers[0].norm == "pre" and len(model.layers[0].heads) == H
+    x = rng.normal(size=d)
+    X1, X2 = (np.vstack([rng.normal(size=(5, d)), x]) for _ in range(2))
+    P1, P2 = rng.normal(size=(3, d)), rng.normal(size=(3, d))
+    for P2_, want in ((P2, Status.PROVED), (P1, Status.UNKNOWN)):
+        ts = [forward_float(model, X, P, at="attention")[-1] for X, P in ((X1, P1), (X2, P2_))]
+        ds = Dataset([Example(X1, [None] * 5 + [ts[0]]), Example(X2, [None] * 5 + [ts[1]])], at="attention")
+        res = check_real(model, ds, tolerance=Fraction(1, 10 ** 6), timeout=900)
+        assert res.status == want, res.message
