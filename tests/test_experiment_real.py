@@ -136,10 +136,10 @@ def test_one_step_quick_run_writes_everything_and_resumes(tiny, tmp_path, capsys
     assert "## l1" in summary and "tau^2 / (2 d)" in summary and "Natural-language task" in summary
     assert os.path.isfile(out / "l1" / "layer0.npz") and os.path.isfile(out / "l1" / "l1.json")
     # resuming: nothing is trained again, the records are kept
-    before = (out / "runs.json").read_text()
+    before, n_calls = (out / "runs.json").read_text(), len(calls)
     res2 = rp.run_real_experiment(str(out), quick=True, steps=1, model_dir=tiny, tasks=["l1"],
                                   prover=fake_prover)
-    assert res2["skipped"] == len(runs["runs"])
+    assert res2["skipped"] == len(runs["runs"]) and len(calls) == n_calls        # not certified again either
     assert json.loads((out / "runs.json").read_text())["runs"] == json.loads(before)["runs"]
     assert res["files"][0].endswith("runs.json")
 
