@@ -142,6 +142,11 @@ def test_one_step_quick_run_writes_everything_and_resumes(tiny, tmp_path, capsys
     assert res2["skipped"] == len(runs["runs"]) and len(calls) == n_calls        # not certified again either
     assert json.loads((out / "runs.json").read_text())["runs"] == json.loads(before)["runs"]
     assert res["files"][0].endswith("runs.json")
+    # another configuration never silently replaces the runs
+    with pytest.raises(InputError) as exc:
+        rp.run_real_experiment(str(out), quick=True, steps=2, model_dir=tiny, tasks=["l1"], prover=fake_prover)
+    assert exc.value.field == "--out" and "steps=1" in str(exc.value)
+    assert json.loads((out / "runs.json").read_text())["runs"] == json.loads(before)["runs"]
 
 
 def test_pair_files_load_with_both_readers(tiny, tmp_path):

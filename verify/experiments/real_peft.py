@@ -42,7 +42,9 @@ Tasks (token ids from the model's own vocabulary, special and ``[unused]`` token
 Outputs under ``OUT``: ``runs.json`` (every run: config, seed, steps, lr, trainable parameters,
 seconds, final loss, the loss curve), ``real_peft.png`` (final loss against trainable parameters
 per method and task; loss curves), ``summary.md``.  Runs already in ``OUT/runs.json`` with the
-same configuration are not run again (an interrupted run resumes).
+same configuration are not run again (an interrupted run resumes; runs of several ``--tasks``
+subsets gather in one file); a ``runs.json`` of another configuration is refused (``--out``) unless
+``fresh``.
 """
 from __future__ import annotations
 
@@ -512,6 +514,23 @@ def _load_runs(path: str, config: dict) -> tuple[list, dict]:
     return [r for r in obj.get("runs", []) if isinstance(r, dict) and "task" in r and "method" in r], cert
 
 
+def _config_clash(path: str, config: dict) -> Optional[str]:
+    """The first configuration entry in which an existing ``runs.json`` differs from ``config``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    old = obj.get("config") if isinstance(obj, dict) and obj.get("format") == RUNS_FORMAT else None
+    if not isinstance(old, dict):
+        return None
+    new = json.loads(json.dumps(config))
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            return f"{k}={old.get(k)!r} (this run: {new.get(k)!r})"
+    return None
+
+
 def run_real_experiment(out: str, quick: bool = False, seed: int = 0, steps: Optional[int] = None,
                         model_dir: Optional[str] = None, tasks: Optional[list] = None, fresh: bool = False,
                         progress=None, certify: bool = True, prover: Optional[Callable] = None) -> dict:
@@ -527,6 +546,10 @@ def run_real_experiment(out: str, quick: bool = False, seed: int = 0, steps: Opt
     config = p.config(path)
     os.makedirs(out, exist_ok=True)
     runs_path = os.path.join(out, "runs.json")
+    clash = None if fresh else _config_clash(runs_path, config)
+    if clash:
+        raise InputError("--out", "a folder whose runs.json was made with the same configuration (or --fresh to "
+                         "replace it)", f"runs made with {clash}"[:160])
     runs, cert = ([], {}) if fresh else _load_runs(runs_path, config)
     done = {_key(r) for r in runs}
     skipped = len(done)
