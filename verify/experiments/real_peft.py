@@ -788,8 +788,9 @@ def _paper_findings(runs: list) -> list:
         return []
     return (["## Against the paper", "",
              "The paper proves that prompt tuning on a fixed transformer has limited memorization capacity "
-             "(datasets no prompt can fit; prompt length must grow with the number of examples) while "
-             "low-rank and full updates do not have these limits. The runs measure it on a real model:", ""]
+             "(datasets that no prompt of any length fits; otherwise a prompt length that grows with the "
+             "number of examples), while a low-rank update of the weights (LoRA) can fit datasets that no "
+             "prompt fits. The runs measure both on a real model:", ""]
             + lines + ["", "These are optimization outcomes under one fixed budget, not certificates: a run "
                            "that does not fit shows neither that no prompt fits nor that none exists.", ""])
 
