@@ -41,6 +41,7 @@ STATUS_KINDS: dict[str, tuple[str, frozenset, str]] = {
     "loss-bound":             ("loss-bound", frozenset({"verified"}), "loss:check_bound"),
     "experiment-consistency": ("experiment", frozenset({"verified"}), "loss:check_experiment"),
     "limitation-real-pair":   ("memorization", frozenset({"proved"}), "real:check"),
+    "real-prompt-witness":    ("memorization", frozenset({"memorized"}), "real_witness:check"),
 }
 
 TOP_REQUIRED = frozenset({"format", "claim", "question", "status", "statement", "inputs", "certificate"})

@@ -141,9 +141,20 @@ def _real(model: Model, dataset: Dataset, o: _Options, tol: Fraction) -> Result:
     """Real layers (``ptverify-model/2``) and targets at the attention block: the real-layer pair
     theorem (proofs/real_layers.md) for "at": "attention"; "unknown" with the reason otherwise
     (a certificate for the textbook layer says nothing about a real one)."""
-    from verify.provers.real import check_real
-    return check_real(model, dataset, prompt_length=o.prompt_length, tolerance=tol, timeout=o.timeout,
-                      claim=o.claim, side_files=o.side_files, inputs_extra=o.inputs_extra)
+    from verify.provers.real import check_real, unsupported_reason
+    t0 = time.perf_counter()
+    res = check_real(model, dataset, prompt_length=o.prompt_length, tolerance=tol, timeout=o.timeout,
+                     claim=o.claim, side_files=o.side_files, inputs_extra=o.inputs_extra)
+    if res.status != Status.UNKNOWN or not o.search_witness or unsupported_reason(model, dataset) is not None:
+        return res
+    # no pair proof: the witness search at the attention site ("memorized" only if the checker replays it)
+    from verify.provers.real.witness import real_witness
+    left = o.timeout - (time.perf_counter() - t0)
+    why = res.message
+    if left > 0.5 and real_witness(res, model, dataset, tol, o.prompt_length, budget=min(20.0, left)):
+        return res
+    res.message = f"{why}; no witness prompt replayed within the tolerance either"
+    return res
 
 
 def _start(z3, model: Model, dataset: Dataset, o: _Options, tol: Fraction, clock: Clock, t0: float) -> Check:
