@@ -60,7 +60,6 @@ def test_reachable_pairs_are_memorized_and_rechecked(norm, causal):
     assert res.certificate["kind"] == WITNESS_KIND
     ok, msg = check_result(res.to_json(), ".")
     assert ok, msg
-    print(f"MiniLM layer 0: search+vet {res.seconds}, re-check {time.perf_counter() - t:.1f} s: {msg}")
 
 
 def test_random_start_without_meta_reaches_a_looser_tolerance():
