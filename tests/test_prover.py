@@ -50,6 +50,7 @@ def test_constructed_l1_always_proved(d, heads, seed):
     assert _replays(res)
 
 
+@pytest.mark.slow
 def test_nonlinear_path_decides_overlapping_heads():
     res, model, ds = prove_limitation(d=3, heads=2, head_size=2, mlp_width=6, seed=0)
     assert res.extra["assumptions"]["direct_sum"] is False
