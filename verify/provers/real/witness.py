@@ -93,7 +93,7 @@ def _tune(model: Model, weights, batches: list, P0: np.ndarray, goal: float, t_e
         sq, _ = errors()
         sq.backward()
         return sq
-    for _ in range(4):
+    for _ in range(2):
         try:
             opt.step(closure)
         except _TimeUp:
