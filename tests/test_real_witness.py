@@ -168,3 +168,12 @@ def test_minilm_layer_reachable_pair_is_memorized(tmp_path):
     ok, msg = check_result(res.to_json(), base_dir(res))
     assert ok, msg
     print(f"MiniLM layer 0: search+vet {res.seconds}, re-check {time.perf_counter() - t:.1f} s: {msg}")
+
+
+def test_generic_mutations_rejected(memorized):
+    """Every envelope and body mutation of the shared harness (question, status, kind, hashes,
+    body entries) is rejected."""
+    from mutations import assert_all_rejected, body_mutations, envelope_mutations
+    res = copy.deepcopy(memorized)
+    tried, rejected = assert_all_rejected(WITNESS_KIND, res, list(envelope_mutations(res)) + list(body_mutations(res)))
+    assert tried == rejected > 10
