@@ -83,6 +83,30 @@ def test_tolerance_zero_is_unknown_not_memorized():
     model = real_model(d=6, heads=2, s=3, norm="post", seed=5)
     res = check_memorization(model, reachable(model, seed=5), prompt_length=2, tolerance=0, timeout=2)
     assert res.status == Status.UNKNOWN
+    assert "tolerance 0" in res.message
+
+
+def test_cli_writes_the_real_witness(tmp_path):
+    from constructions.model import save_model, save_dataset
+    from verify.cli import main
+    model = real_model(d=6, heads=2, s=3, norm="pre", seed=2)
+    save_model(model, str(tmp_path / "model.json"))
+    save_dataset(reachable(model, seed=2), str(tmp_path / "dataset.json"))
+    rc = _run(main, ["check", "--model", str(tmp_path / "model.json"), "--dataset", str(tmp_path / "dataset.json"),
+               "--tolerance", "1e-9", "--prompt-length", "2", "--json", str(tmp_path / "r.json"),
+               "--witness-out", str(tmp_path / "p.json"), "--expect", "memorized"])
+    assert rc == 0
+    import json
+    assert json.loads((tmp_path / "p.json").read_text())["length"] == 2
+    assert _run(main, ["replay", str(tmp_path / "r.json")]) == 0
+
+
+def _run(main, argv) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
 
 
 def _mut_prompt(o):
@@ -100,6 +124,12 @@ def _mut_target(o):
 
 def _mut_tol(o):
     o["question"]["tolerance"] = "1/1000000000000000000000000000000"
+    from verify.checker.questions import statement
+    o["statement"] = statement(o["question"], "memorized")
+
+
+def _mut_tol_zero(o):
+    o["question"]["tolerance"] = 0
     from verify.checker.questions import statement
     o["statement"] = statement(o["question"], "memorized")
 
@@ -126,7 +156,7 @@ def _mut_status(o):
     o["status"] = "proved"
 
 
-@pytest.mark.parametrize("mutate", [_mut_prompt, _mut_target, _mut_tol, _mut_length, _mut_drop_row, _mut_kind_pair,
+@pytest.mark.parametrize("mutate", [_mut_prompt, _mut_target, _mut_tol, _mut_tol_zero, _mut_length, _mut_drop_row, _mut_kind_pair,
                                     _mut_kind_textbook, _mut_status])
 def test_mutations_are_rejected(memorized, mutate):
     assert check_result(memorized, ".")[0]

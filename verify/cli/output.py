@@ -302,7 +302,7 @@ def write_witness(result, path: str, model_path: str = "", dataset_path: str = "
     from fractions import Fraction
     data = result.to_json() if hasattr(result, "to_json") else result
     cert = data.get("certificate") or {}
-    if data.get("status") != "memorized" or cert.get("kind") != "prompt-witness":
+    if data.get("status") != "memorized" or cert.get("kind") not in ("prompt-witness", "real-prompt-witness"):
         return False
     prompt = cert["body"]["prompt"]
     inputs = data.get("inputs") or {}

@@ -151,6 +151,10 @@ def _real(model: Model, dataset: Dataset, o: _Options, tol: Fraction) -> Result:
     from verify.provers.real.witness import real_witness
     left = o.timeout - (time.perf_counter() - t0)
     why = res.message
+    if tol == 0:
+        res.message = (f"{why}; no witness is searched at tolerance 0: the trusted replay of a softmax layer "
+                       "encloses exp and square roots in intervals of positive width, which never lie within 0")
+        return res
     if left > 0.5 and real_witness(res, model, dataset, tol, o.prompt_length, budget=min(20.0, left)):
         return res
     res.message = f"{why}; no witness prompt replayed within the tolerance either"
