@@ -3,7 +3,8 @@
 Gradient prompt tuning in float64 (torch): for the asked prompt length (lengths 1..4 for "any")
 the prompt starts from the dataset's ``meta.pair.witness_prompts`` of that length when present,
 then from random rows, and L-BFGS minimises the squared error over the constrained outputs at the
-attention block; it stops early once the largest float64 error is within tolerance / 2.  A prompt
+attention block, then minimum-norm Gauss-Newton steps on the residuals (small layers only); it
+stops early once the largest float64 error is within tolerance / 2.  A prompt
 counts only once the trusted checker (``verify/checker/real_witness.py``) replays it with rigorous
 enclosures within the question's tolerance: floats find the witness, they never are one.
 """
@@ -26,6 +27,9 @@ WITNESS_KIND = "real-prompt-witness"
 ANY_LENGTHS = (1, 2, 3, 4)
 #: longest prompt the search writes (the checker replays every row)
 MAX_LENGTH = 64
+#: largest Jacobian (residuals x prompt entries) the Gauss-Newton polish forms (one backward pass
+#: per residual: a MiniLM pair with one prompt row, 768 x 384, takes about 30 s on one core)
+MAX_JACOBIAN = 1 << 16
 
 
 def _meta_prompts(dataset: Dataset) -> list:
@@ -122,6 +126,8 @@ def _gauss_newton(model: Model, weights, batches: list, best: tuple, goal: float
                           for X, Y, mask in batches])
     p = torch.tensor(best[1].reshape(-1), dtype=torch.float64)
     r = residuals(p).detach()
+    if r.numel() * p.numel() > MAX_JACOBIAN:     # one Jacobian would take longer than the budget
+        return best
     for _ in range(30):
         if time.perf_counter() > t_end or not torch.all(torch.isfinite(r)):
             break
