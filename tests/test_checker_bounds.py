@@ -229,11 +229,11 @@ def _table_mutations(table, lora) -> list:
 
 
 def test_table_mutations_are_rejected(table, lora):
-    """Every fourth mutation and every swap (about 350; all of them under ``-m slow``)."""
+    """Every eighth mutation and every swap (about 180; all 1,386 under ``-m slow``)."""
     muts = _table_mutations(table, lora)
-    sample = muts[::4] + muts[-4:]
+    sample = muts[::8] + muts[-4:]
     tried, rejected = assert_all_rejected(TABLE, table["quick"], sample)
-    assert tried == rejected and tried > 300
+    assert tried == rejected and tried > 150
 
 
 @pytest.mark.slow

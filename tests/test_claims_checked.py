@@ -17,7 +17,7 @@ from verify.claims import all_claims
 from verify.claims.reproduce import run_reproduce
 from verify.result import DECIDED, Status
 
-BODY_SAMPLE = 40
+BODY_SAMPLE = 30
 #: an experiment run's prompt entries: the optimizer drives prompts far out, where moving one entry
 #: can change the loss by 1e-15, so the moved record is still a true record; tests/test_checker_loss.py
 #: mutates them and tells the harmless ones apart with an independent float64 forward pass
