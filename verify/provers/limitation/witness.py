@@ -22,7 +22,7 @@ from verify.provers.limitation.layer import dyadic
 from verify.provers.limitation.results import WITNESS_KIND, base_dir
 from verify.result import Result, Status, certificate
 
-__all__ = ["MAX_WITNESS_TOKENS", "witness_length_ok", "with_witness", "search_witness", "timed_search",
+__all__ = ["MAX_WITNESS_TOKENS", "example_batches", "witness_length_ok", "with_witness", "search_witness", "timed_search",
            "replay_candidates"]
 
 #: longest witness prompt the prover writes (the checker replays every token of it)
@@ -78,7 +78,7 @@ def search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, p
         return
     import torch
     t_end = time.perf_counter() + budget
-    batches = _batches(model, dataset)
+    batches = example_batches(model, dataset)
     lengths = [prompt_length] if prompt_length != "any" else [1, 2, 4]
     best = None
     for L in lengths:
@@ -101,7 +101,7 @@ def search_witness(res: Result, model: Model, dataset: Dataset, tol: Fraction, p
         replay_candidates(res, model, dataset, best[1], tol, t_end)
 
 
-def _batches(model: Model, dataset: Dataset) -> list:
+def example_batches(model: Model, dataset: Dataset) -> list:
     """The examples as float64 tensors (X, Y, mask of constrained outputs), one batch per length."""
     import torch
     by_len: dict = {}

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from constructions.model import Dataset, Model, as_float
+from verify.provers.limitation.witness import example_batches
 from verify.result import Result, Status, certificate
 
 __all__ = ["WITNESS_KIND", "search_real_witness", "real_witness"]
@@ -44,22 +45,6 @@ def _meta_prompts(dataset: Dataset) -> list:
                 continue
             if a.ndim == 2 and np.all(np.isfinite(a)):
                 out.append(a)
-    return out
-
-
-def _batches(model: Model, dataset: Dataset) -> list:
-    import torch
-    by_len: dict = {}
-    for e in dataset.examples:
-        if any(y is not None for y in e.output):
-            by_len.setdefault(e.input.shape[0], []).append(e)
-    out = []
-    for exs in by_len.values():
-        X = torch.tensor(np.stack([as_float(np.asarray(e.input)) for e in exs]))
-        mask = torch.tensor([[y is not None for y in e.output] for e in exs])
-        Y = torch.tensor(np.stack([np.stack([np.zeros(model.d) if y is None else as_float(np.asarray(y))
-                                             for y in e.output]) for e in exs]))
-        out.append((X, Y, mask))
     return out
 
 
@@ -162,7 +147,8 @@ def search_real_witness(model: Model, dataset: Dataset, tol: Fraction, prompt_le
     if prompt_length != "any" and prompt_length > MAX_LENGTH:
         log.append(f"no witness of length {prompt_length} is searched (at most {MAX_LENGTH} rows)")
         return []
-    batches = _batches(model, dataset)
+    batches = example_batches(model, Dataset([e for e in dataset.examples if any(y is not None for y in e.output)],
+                                             dataset.meta, dataset.at))
     if not batches:
         return []
     weights = torch_weights(model)
