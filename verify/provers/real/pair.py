@@ -161,8 +161,16 @@ def _int_matrix(a: np.ndarray) -> list[list[int]]:
     """Each row of a times its own power of two, as the least integers that are exact (rows may be
     scaled freely: the kernel does not change).  Smaller integers make the exact solve faster."""
     from math import gcd as _gcd
+
+    from constructions.arrays import dyadic_int64
     out = []
     for row in np.asarray(a, dtype=np.float64):
+        fast = dyadic_int64(row)
+        if fast is not None:                     # row == N / 2**e exactly, N in int64
+            n = fast[0]
+            g = int(np.gcd.reduce(np.abs(n))) if n.size else 0
+            out.append([int(v) for v in (n // g if g > 1 else n)])
+            continue
         fr = [Fraction(float(v)) for v in row]
         den = 1
         for v in fr:
