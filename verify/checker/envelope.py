@@ -42,6 +42,7 @@ STATUS_KINDS: dict[str, tuple[str, frozenset, str]] = {
     "experiment-consistency": ("experiment", frozenset({"verified"}), "loss:check_experiment"),
     "limitation-real-pair":   ("memorization", frozenset({"proved"}), "real:check"),
     "real-prompt-witness":    ("memorization", frozenset({"memorized"}), "real_witness:check"),
+    "reach-support":          ("reach", frozenset({"verified"}), "reach:check"),
 }
 
 TOP_REQUIRED = frozenset({"format", "claim", "question", "status", "statement", "inputs", "certificate"})

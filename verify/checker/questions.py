@@ -134,6 +134,15 @@ QUESTIONS: dict[str, Question] = {
         inputs=frozenset({"model", "dataset"}),
         statement=_generic("every recorded prompt-tuning run's prompt has loss at least the certified bound "
                            "for prompts of any length, which is > 0")),
+    # the certified range of each attention-block coordinate over every admissible prompt
+    "reach": Question(
+        fields={"prompt_norm": (optional_positive, False)},
+        inputs=frozenset({"model", "dataset"}),
+        statement=lambda q, st: _generic(
+            "every prompt of any length" + ("" if q.get("prompt_norm") is None else
+                                            f" whose tokens have 2-norm at most {fmt(q['prompt_norm'])}")
+            + " keeps each coordinate of the attention block's pre-norm sum (and, post-LayerNorm, of LN1 of it) "
+              "at every constrained position within the certificate's ranges")(q, st)),
 }
 
 

@@ -38,7 +38,7 @@ app.add_typer(experiment_app, name="experiment")
 APPS = {"root": app, "prove": prove_app, "bench": bench_app, "experiment": experiment_app}
 
 #: modules whose ``register(apps)`` adds commands
-COMMAND_MODULES = ["verify.cli.core", "verify.cli.bench", "verify.cli.universality", "verify.cli.bounds", "verify.cli.experiment", "verify.cli.multilayer", "verify.cli.batch", "verify.cli.importer", "verify.cli.audit"]
+COMMAND_MODULES = ["verify.cli.core", "verify.cli.bench", "verify.cli.universality", "verify.cli.bounds", "verify.cli.experiment", "verify.cli.multilayer", "verify.cli.batch", "verify.cli.importer", "verify.cli.audit", "verify.cli.reach"]
 
 
 def version_text() -> str:
