@@ -220,3 +220,139 @@ def test_python_integer_path_gives_the_same_result(results, monkeypatch):
     for name in NAMES:
         ok, msg = check_result(results[name])
         assert ok, (name, msg)
+
+
+# =========================================================================== d = 2, n = 2 (windowed evaluation)
+
+@pytest.fixture(scope="module")
+def d2n2() -> dict:
+    """d = 2, n = 2 (the size class of eps = 1/2 at K = 16) with a small grid, K = 3."""
+    res = _json(run_universality(2, 2, "1/2", "2", "1", "relu-net", K=3, samples=0))
+    assert res["status"] == "verified"
+    return res
+
+
+def _network_mutations(res: dict):
+    """Tampered networks (positional encodings of the prompt windows, the gather layer's tent and
+    heads, the lookup layer), with the input's sha256 recomputed so that the check reaches the
+    evaluation."""
+    net = res["inputs"]["network"]["embedded"]
+    m_p = len(net["pos_prompt"])
+
+    def put(label, fn):
+        out = copy.deepcopy(res)
+        obj = out["inputs"]["network"]["embedded"]
+        fn(obj)
+        out["inputs"]["network"]["sha256"] = canonical_sha256(obj)
+        return label, out
+
+    def swap(a, b):
+        def fn(o):
+            pp = o["pos_prompt"]
+            pp[a][0], pp[b][0] = pp[b][0], pp[a][0]
+        return fn
+
+    def move(j, dz):
+        def fn(o):
+            o["pos_prompt"][j][0] = str(Fraction(o["pos_prompt"][j][0]) + dz)
+        return fn
+    yield put("prompt windows of cells 0 and 1 swapped", swap(0, 2))
+    yield put("prompt windows of the two output positions of a cell swapped", swap(4, 5))
+    yield put("prompt windows of the first and last cell swapped", swap(0, m_p - 2))
+    for j, dz in ((0, 1), (3, Fraction(1, 2)), (7, 4), (10, -4), (m_p - 1, 3), (0, -10 ** 6)):
+        yield put(f"prompt row {j} moved by {dz}", move(j, dz))
+    G = len(net["model"]["layers"]) - 2
+
+    def mlp(layer, key, idx, val):
+        def fn(o):
+            tgt = o["model"]["layers"][layer]["mlp"][key]
+            if isinstance(idx, tuple):
+                tgt[idx[0]][idx[1]] = val
+            else:
+                tgt[idx] = val
+        return fn
+    units = len(net["model"]["layers"][G]["mlp"]["b_1"])
+    for k in range(units):
+        b = Fraction(net["model"]["layers"][G]["mlp"]["b_1"][k])
+        yield put(f"tent unit {k} moved by 1/2", mlp(G, "b_1", k, str(b + Fraction(1, 2))))
+    yield put("tent unit 3 reads coordinate 1 too", mlp(G, "W_1", (3, 1), "1"))
+    yield put("tent writes coordinate 1", mlp(G, "W_2", (1, 3), "1"))
+
+    def head(layer, h, key, idx, val):
+        def fn(o):
+            o["model"]["layers"][layer]["attention"]["heads"][h][key][idx[0]][idx[1]] = val
+        return fn
+    yield put("gather max head keys on coordinate 1 too", head(G, 0, "W_k", (0, 1), "1"))
+    yield put("gather min head reads the maximum", head(G, 1, "W_q", (0, 0), "1"))
+    yield put("lookup keys on coordinate 1 too", head(G + 1, 0, "W_k", (0, 1), "1"))
+    yield put("lookup copies coordinate 1 twice", head(G + 1, 0, "W_v", (1, 1), "2"))
+
+
+def test_d2_n2_tampered_networks_are_rejected_unless_their_outputs_are_unchanged(d2n2):
+    """Every tampered network is checked against the reference (the full evaluation, all rows
+    per cell): when its outputs differ from the committed ones the result must be rejected, when
+    they are the same it must hold (the certificate is about the network it names)."""
+    import verify.checker.universality as cu
+    from verify.checker.questions import parse_question
+    inst = instance(parse_question(d2n2["question"])[1])
+    f, _ = cu.target_values(inst)
+    prompt = cu._prompt(d2n2["inputs"]["prompt"]["embedded"], inst, f)
+    commit = d2n2["certificate"]["body"]["outputs_sha256"]
+    changed = 0
+    muts = list(_network_mutations(d2n2))
+    for label, m in muts:
+        ok, msg = check_result(m)
+        try:
+            model, pin, ppr = cu._network(m["inputs"]["network"]["embedded"], inst)
+            ref = cu.outputs_sha256(cu.evaluate_cells(model, pin, ppr, prompt, inst, method="full")[0])
+        except Reject:
+            ref = None
+        if ref != commit:
+            changed += 1
+            assert not ok, (label, msg)
+        else:
+            assert ok, (label, msg)
+    assert changed >= len(muts) - 6
+    record(KIND, changed, changed)
+
+
+def test_d2_n2_every_mutation_is_rejected(d2n2):
+    ok, msg = check_result(d2n2)
+    assert ok, msg
+    tried, rejected = assert_all_rejected(KIND, d2n2, list(envelope_mutations(d2n2)) + list(body_mutations(d2n2))
+                                          + list(_deep(d2n2)))
+    assert tried == rejected > 60
+
+
+def test_windowed_facts_failing_at_a_size_beyond_the_full_limit_is_refused(d2n2, monkeypatch):
+    """A network on which the windowed evaluation's facts fail goes to the full evaluation, which
+    is refused beyond its work limit (here set below this small instance): never a shortcut."""
+    import verify.checker.universality as cu
+    monkeypatch.setattr(cu, "MAX_WORK", 1)
+    assert check_result(d2n2)[0]                          # the windowed evaluation: facts hold
+    for label, m in _network_mutations(d2n2):
+        if label in ("prompt row 0 moved by -1000000", "tent unit 3 reads coordinate 1 too",
+                     "lookup keys on coordinate 1 too"):
+            ok, msg = check_result(m)
+            assert not ok and "limit" in msg, (label, msg)
+    monkeypatch.setattr(cu, "MAX_WINDOW_WORK", 1)
+    ok, msg = check_result(d2n2)
+    assert not ok and "windowed evaluation" in msg and "limit" in msg
+
+
+def test_the_formula_grid_of_d2_n2_eps_half_is_within_the_limits():
+    """K = 16, N = 65,536 cells, m_p = 131,072: the windowed evaluation's work is below its limit,
+    the full one's far above its own."""
+    import verify.checker.universality as cu
+    from verify.provers.universality import _inputs, setup, universality_question
+    q = {"d": 2, "n": 2, "lipschitz": Fraction(1), "p": Fraction(2), "eps": Fraction(1, 2), "target": "relu-net",
+         "temperature": None, "seed": 0, "delta": None}
+    inst = instance(q)
+    assert (inst.K, inst.N, inst.m_p, inst.w) == (16, 65536, 131072, Fraction(1, 16384))
+    net, P, _, _, params = setup(2, 2, "1", "2", "1/2", "relu-net", K=2)    # the same layers, fewer tent units
+    model = cu._network(_inputs(net, P, params)["network"]["embedded"],
+                        instance(dict(q, delta=Fraction(1, 2))))[0]
+    preps, npref = cu._split(model, None)
+    assert cu._window_work(preps, npref, inst) < cu.MAX_WINDOW_WORK < cu._work(preps, npref, inst) // 64
+    with pytest.raises(Reject):
+        instance(dict(q, eps=Fraction(1, 3)))                 # K = 24: beyond MAX_CELLS

@@ -48,6 +48,7 @@ def test_hardmax_network_reproduces_fbar_on_every_grid_point(tgt):
     P = build_prompt(fbar, d, n, K)
     Pe = net.encode_prompt(P)
     fast, eta = evaluate_cells(net, P)
+    assert evaluate_cells(net, P, method="full") == (fast, eta)     # the reference: all rows per cell
     for c in range(net.N):
         out = forward_exact(net.model, net.encode_input(_grid_point(c, K, d, n)), Pe)
         got = [out[s, i] for s in range(n) for i in range(d)]
@@ -283,3 +284,110 @@ def test_softmax_outputs_lie_within_eta_of_fbar():
         assert vals[c] == want
         g = forward_float(net, P, np.array([[[float(v) for v in row] for row in X]]))
         assert np.allclose(g.reshape(-1), [float(v) for v in want], atol=1e-6)
+
+
+# =========================================================================== the windowed evaluation
+
+def _checker_cells(net, P, params, method, prompt=None):
+    """The trusted checker's evaluation of g on every flat box (its own parse of the network)."""
+    from verify.checker import universality as cu
+    from verify.checker.questions import parse_question
+    from verify.provers.universality import _inputs, universality_question
+    inst = cu.instance(parse_question(universality_question(params))[1])
+    model, pin, ppr = cu._network(_inputs(net, P, params)["network"]["embedded"], inst)
+    rows = [[Fraction(x) for x in r] for r in (P if prompt is None else prompt).tolist()]
+    return cu.evaluate_cells(model, pin, ppr, rows, inst, method=method)
+
+
+def _same_cells(a, b) -> bool:
+    """Exactly equal outputs (as the certificate's hash sees them) and radii."""
+    from verify.provers.universality import outputs_sha256
+    return outputs_sha256(a[0]) == outputs_sha256(b[0]) and a[1] == b[1]
+
+
+@pytest.mark.parametrize("d,n,K,target", [(1, 2, 5, "relu-net"), (1, 1, 6, "smooth"), (2, 1, 4, "token-mix"),
+                                          (2, 2, 2, "smooth"), (2, 2, 3, "relu-net"), (3, 1, 3, "relu-net")])
+def test_windowed_evaluation_equals_the_full_one(d, n, K, target):
+    net, P, tgt, fbar, params = setup(d, n, "1", "2", "1/2", target, seed=2, K=K)
+    full = evaluate_cells(net, P, method="full")
+    win = evaluate_cells(net, P, method="window")
+    assert _same_cells(full, win)
+    assert all(isinstance(x, Fraction) for row in win[0] for x in row)
+    assert win[0] == [[Fraction(v, K) for v in row] for row in fbar]
+    assert _same_cells(_checker_cells(net, P, params, "full"), win)
+    assert _same_cells(_checker_cells(net, P, params, "window"), win)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from([(1, 1, 3), (1, 2, 3), (2, 1, 3), (2, 2, 2)]), st.sampled_from(sorted(TARGETS)),
+       st.integers(0, 1000), st.data())
+def test_windowed_evaluation_equals_the_full_one_for_any_prompt(shape, target, seed, data):
+    """Not only P_f in its sorted windows: any prompt values and any prompt positions (shuffled,
+    jittered, colliding) give the same exact outputs with both evaluators, producer and checker;
+    the windowed one only needs the facts it establishes (two attention layers after the prefix,
+    a scalar tent, one query sign per head on the prompt rows, keys on coordinate 0)."""
+    import dataclasses
+    d, n, K = shape
+    net, P, tgt, fbar, params = setup(d, n, "1", "2", "1", target, seed=seed, K=K)
+    m_p = net.m_p
+    vals = data.draw(st.lists(st.integers(0, 16), min_size=m_p * d, max_size=m_p * d))
+    P2 = np.array([[Fraction(vals[j * d + i], 16) for i in range(d)] for j in range(m_p)], dtype=object)
+    perm = data.draw(st.permutations(range(m_p)))
+    jit = data.draw(st.lists(st.integers(0, 12), min_size=m_p, max_size=m_p))
+    pos = net.pos_prompt.copy()
+    for j in range(m_p):
+        pos[j, 0] = net.pos_prompt[perm[j], 0] + Fraction(jit[j], 2)
+    net2 = dataclasses.replace(net, pos_prompt=pos)
+    full = evaluate_cells(net2, P2, method="full")
+    win = evaluate_cells(net2, P2, method="window")
+    assert _same_cells(full, win)
+    assert _same_cells(_checker_cells(net2, P2, params, "window", P2), win)
+    assert _same_cells(_checker_cells(net2, P2, params, "full", P2), win)
+
+
+def test_windowed_evaluation_is_not_used_where_its_facts_fail():
+    from verify.checker.numbers import Reject
+    from verify.provers.universality import NotCertified
+    # softmax: the full evaluation (with its perturbation radius) only
+    net, P, tgt, fbar, params = setup(2, 1, "1", "2", "1", "smooth", temperature="1/64", K=3)
+    with pytest.raises(NotCertified):
+        evaluate_cells(net, P, method="window")
+    with pytest.raises(Reject):
+        _checker_cells(net, P, params, "window")
+    auto = evaluate_cells(net, P)
+    assert auto == evaluate_cells(net, P, method="full") and all(e > 0 for e in auto[1])
+    # a prompt row whose coordinate 0 is negative gets the other query sign in the gather heads
+    net, P, tgt, fbar, params = setup(1, 2, "1", "2", "1", "smooth", K=3)
+    pos = net.pos_prompt.copy()
+    pos[0, 0] = Fraction(-50)
+    import dataclasses
+    net2 = dataclasses.replace(net, pos_prompt=pos)
+    with pytest.raises(NotCertified):
+        evaluate_cells(net2, P, method="window")
+    with pytest.raises(Reject):
+        _checker_cells(net2, P, params, "window")
+    assert _same_cells(evaluate_cells(net2, P), evaluate_cells(net2, P, method="full"))
+    assert _same_cells(_checker_cells(net2, P, params, "auto"), evaluate_cells(net2, P, method="full"))
+
+
+def test_rank_one_float_pass_agrees_with_forward_torch():
+    from constructions.universality import forward_float
+    from verify.provers.universality import RankOneFloat
+    for d, n, K in [(1, 2, 5), (2, 2, 3), (2, 1, 4)]:
+        net, P, *_ = setup(d, n, "1", "2", "1/2", "relu-net", seed=1, K=K)
+        X = np.random.default_rng(K).random((12, n, d))
+        X[:4] = np.floor(X[:4] * K) / K + 1 / K - float(net.w) / 2     # inside the ramps
+        assert np.max(np.abs(forward_float(net, P, X) - RankOneFloat(net, P)(X))) < 1e-6
+
+
+@pytest.mark.slow
+def test_d2_n2_at_the_formula_grid_verified_and_checked():
+    """Theorem U at d = 2, n = 2, eps = 1/2: K = 16, N = 65,536 cells, m_p = 131,072 (minutes)."""
+    r = run_universality(2, 2, "1", "2", "1/2", "relu-net", samples=256)
+    rep = r.extra["report"]
+    assert r.status.value == "verified"
+    assert (rep["K"], rep["m_p"], r.reported["cells"]) == (16, 131072, 65536)
+    assert rep["m_p"] == rep["m_p_formula"] == 2 * 16 ** 4
+    assert r.reported["cells_equal_fbar"] == 65536
+    assert rep["measured"]["forward_torch_samples"] > 0
+    _checked(r)

@@ -15,6 +15,11 @@ section "The trusted check"):
   score matrix W_q^T W_k = v u^T (so hardmax picks the largest or smallest key u.z); the softmax
   version (scores divided by the question's temperature) adds a radius eta from score margins and
   exp(-G) <= 2^-floor(10 G / 7) (valid because e^7 >= 2^10, checked with a rigorous enclosure);
+  for a hardmax network of the construction's shape the attention layers are evaluated
+  "windowed" (:func:`_window_facts`, :func:`_window_cell`): facts established here once per run
+  (one query sign per gather head on the prompt rows, a scalar piecewise-linear tent, lookup keys
+  on coordinate 0) let one cell cost O(log m_p) binary searches instead of O(m_p) rows, with the
+  same exact outputs; when a fact fails the full evaluation runs, within its own limit;
 * the last MLP maps every input into [0, 1] (coordinate-wise, flat tails), so on the ramp region
   ||f - g||_p^p <= d n;
 * the bound: sum over boxes of vol (||f(X_0) - c||_p + Lip(f) r + (dn)^(1/p) eta)^p plus
@@ -24,12 +29,15 @@ section "The trusted check"):
 The body is ``{"outputs_sha256": H}``: the sha256 of the per-cell outputs (canonical JSON of
 ``[[exact strings, entry e = t d + i] per cell]``), which the evaluation here must reproduce.
 
-Instances whose check would take minutes are refused, never run: more than MAX_STATE_BITS bits in
-the evaluation's integers, more than MAX_WORK work units (cells x rows x layer sizes), more than
+Instances beyond the limits are refused, never run: more than MAX_CELLS grid cells, more than
+MAX_STATE_BITS bits in the evaluation's integers, more than MAX_WORK work units for the full
+evaluation (cells x rows x layer sizes) or MAX_WINDOW_WORK for the windowed one, more than
 MAX_POWER_WORK word operations in the bound's powers and roots (see the constants).
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -46,7 +54,7 @@ __all__ = ["check", "Instance", "instance", "target_values", "rpow_up", "rpow_do
 
 NETWORK_FORMAT = "ptverify-universal-network/1"
 PROMPT_FORMAT = "ptverify-universal-prompt/1"
-MAX_CELLS = 20000
+MAX_CELLS = 1 << 16
 MAX_SUBBOXES = 20000
 MAX_SUB = 16
 ROOT_BITS = 64
@@ -57,6 +65,11 @@ MAX_RAMP_HALVINGS = 2000
 #: the word operations (bits / 64)^2 spent on the powers and roots of the bound (about 1 ns each)
 MAX_STATE_BITS = 256
 MAX_WORK = 1 << 28
+#: the windowed evaluation (one binary search per piece of the gather layer's tent per cell, so
+#: O(log m_p) per cell) is charged WINDOW_CELL_UNITS per piece, unit and head, per input row and
+#: coordinate; its limit admits the largest grid (K^(dn) = MAX_CELLS) with this construction
+WINDOW_CELL_UNITS = 64
+MAX_WINDOW_WORK = 1 << 31
 MAX_POWER_WORK = 1 << 33
 TARGET_NAMES = ("token-mix", "smooth", "relu-net")
 
@@ -187,7 +200,7 @@ def _ramp(eps: Fraction, p: Fraction, dn: int, K: int) -> Fraction:
 def instance(q: dict) -> Instance:
     """The instance a parsed ``universality`` question describes (limits checked)."""
     d, n, p = q["d"], q["n"], q["p"]
-    if d * n > 14:
+    if d * n > 16:
         raise Reject(f"question: d n = {d * n} gives more than {MAX_CELLS} cells for every K >= 2")
     if p < 1 or p.numerator > 64 or p.denominator > 16:
         raise Reject(f"question.p: expected a rational p = u/v >= 1 with u <= 64, v <= 16, found {fmt(p)}")
@@ -619,6 +632,153 @@ def _cell(preps: list, npref: int, Z: np.ndarray, D: int, m_p: int, n: int, soft
     return outs, e * pr["lip"]
 
 
+# =========================================================================== windowed evaluation
+
+def _sign(x) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _dot(a: list, z: list) -> Fraction:
+    return sum((x * y for x, y in zip(a, z) if x), Fraction(0))
+
+
+def _window_shape(preps: list, npref: int, softmax: bool) -> bool:
+    """Facts 1, 2 and 4 of :func:`_window_facts` (those that need no prompt row)."""
+    if softmax or len(preps) != npref + 2:
+        return False
+    G, F = preps[npref], preps[-1]
+    for row, _, outs in G["units"]:
+        if len(row) != 1 or row[0][0] != 0 or len(outs) != 1 or outs[0][0] != 0:
+            return False
+    return bool(F["heads"]) and not any(h["u"][0] == 0 or any(h["u"][1:]) for h in F["heads"])
+
+
+def _window_facts(preps: list, npref: int, Zp: np.ndarray, Dp: int, softmax: bool):
+    """The facts under which one cell costs O(log m_p) instead of O(m_p) (``proofs/universality.md``,
+    "The windowed evaluation"), established here exactly from the network and the prompt rows'
+    states Zp / Dp after the token-wise layers; None when one fails (then the full evaluation
+    runs, within its own work limit).
+
+    1. hardmax, and after the token-wise layers exactly two attention layers: G, then the last F;
+    2. every unit of G's MLP reads only coordinate 0 and writes only coordinate 0 (so on every
+       row coordinate 0 becomes phi(z_0), phi(z) = z + b2_0 + sum co relu(w z + b), continuous and
+       affine between consecutive breakpoints -b/w, and coordinate i >= 1 becomes z_i + b2_i);
+    3. every head of G has the same query sign on every prompt row (so all prompt rows gain one
+       vector a in a cell: the arg-max set of a head is shared by every query of one sign);
+    4. every head of F has its key vector on coordinate 0 only (key = u_0 phi on prompt rows)."""
+    if not _window_shape(preps, npref, softmax):
+        return None
+    G, F = preps[npref], preps[-1]
+    d = G["d"]
+    Zo = [[int(x) for x in r] for r in Zp.astype(object).tolist()]
+    heads = []
+    for h in G["heads"]:
+        lam = {_sign(sum(a * r[j] for j, a in enumerate(h["vi"]) if a)) for r in Zo}
+        if len(lam) != 1:
+            return None
+        kap = [sum(a * r[j] for j, a in enumerate(h["ui"]) if a) for r in Zo]
+        top, bot = max(kap), min(kap)
+        ext = {}
+        for sg, best in ((1, top), (-1, bot)):
+            sel = [r for r, k in zip(Zo, kap) if k == best]
+            ext[sg] = (Fraction(best, Dp * h["du"]), len(sel), [Fraction(sum(r[i] for r in sel), Dp) for i in range(d)])
+        heads.append((h, lam.pop(), ext))
+    order = sorted(range(len(Zo)), key=lambda j: Zo[j][0])
+    xs = [Zo[j][0] for j in order]
+    cum = [list(itertools.accumulate((Zo[j][i] for j in order), initial=0)) for i in range(d)]
+    units = [(row[0][1], b, outs[0][1]) for row, b, outs in G["units"]]
+    brk = sorted({-b / w for w, b, _ in units})
+    inner = [brk[0] - 1] + [(a + b) / 2 for a, b in zip(brk, brk[1:])] + [brk[-1] + 1] if brk else [Fraction(0)]
+    pieces = []            # phi(z) = c + s z on [brk[k - 1], brk[k]) (k-th piece)
+    for z in inner:
+        on = [(w, b, co) for w, b, co in units if w * z + b > 0]
+        pieces.append((1 + sum((co * w for w, _, co in on), Fraction(0)),
+                       G["b2"][0] + sum((co * b for _, b, co in on), Fraction(0))))
+    return {"d": d, "Dp": Dp, "m_p": len(Zo), "G": G, "F": F, "heads": heads, "xs": xs, "cum": cum,
+            "brk": brk, "pieces": pieces, "total": [Fraction(c[-1], Dp) for c in cum]}
+
+
+def _window_best(W: dict, toks: list, kin: list, sg: int, prompt: tuple, total: list) -> tuple:
+    """(count, sum of states) of the rows a query of sign sg attends to: the prompt rows'
+    extreme ``prompt`` = (key, count, sum) joined with the input rows of the same key."""
+    if sg == 0:
+        return W["m_p"] + len(toks), [t + sum((z[i] for z in toks), Fraction(0)) for i, t in enumerate(total)]
+    kp, cp, sp = prompt
+    best = max([kp] + kin) if sg > 0 else min([kp] + kin)
+    cnt, tot = (cp, list(sp)) if kp == best else (0, [Fraction(0)] * W["d"])
+    for z, k in zip(toks, kin):
+        if k == best:
+            cnt += 1
+            tot = [a + b for a, b in zip(tot, z)]
+    return cnt, tot
+
+
+def _window_cell(W: dict, toks: list) -> list:
+    """One cell's outputs (entry e = t d + i) from its input rows' states after the token-wise
+    layers, under the facts of :func:`_window_facts`; equal to :func:`_cell` (hardmax)."""
+    d, G, F, Dp, xs, cum = W["d"], W["G"], W["F"], W["Dp"], W["xs"], W["cum"]
+    zero = [Fraction(0)] * d
+    shift, add_in = list(zero), [list(zero) for _ in toks]
+    for h, psg, ext in W["heads"]:
+        kin = [_dot(h["u"], z) for z in toks]
+        qsg = [_sign(_dot(h["v"], z)) for z in toks]
+        for sg in sorted({psg, *qsg}):
+            cnt, tot = _window_best(W, toks, kin, sg, ext.get(sg), W["total"])
+            vec = [_dot(r, tot) / cnt for r in h["Wov"]]
+            if sg == psg:
+                shift = [a + b for a, b in zip(shift, vec)]
+            add_in = [[a + b for a, b in zip(ad, vec)] if q == sg else ad for ad, q in zip(add_in, qsg)]
+    after = [_mlp_frac(G, [a + b for a, b in zip(z, ad)]) for z, ad in zip(toks, add_in)]
+    s = shift[0]
+    other = [shift[i] + G["b2"][i] for i in range(d)]
+    # prompt row j (sorted by x_j) has x_j + s in the k-th piece of phi iff bnd[k] <= j < bnd[k + 1]
+    bnd = [0] + [bisect.bisect_left(xs, math.ceil((b - s) * Dp)) for b in W["brk"]] + [W["m_p"]]
+    rng = [(lo, hi, sl, c0) for lo, hi, (sl, c0) in zip(bnd, bnd[1:], W["pieces"]) if lo < hi]
+
+    def span(lo: int, hi: int) -> list:
+        return [Fraction(c[hi] - c[lo], Dp) for c in cum]
+    phi_ext = {}
+    for sg in (1, -1):
+        best, runs = None, []
+        for lo, hi, sl, c0 in rng:
+            if sl == 0:
+                val, run = c0, (lo, hi)
+            elif (sl > 0) == (sg > 0):     # the extreme is at the largest x of the range
+                x = xs[hi - 1]
+                val, run = c0 + sl * (Fraction(x, Dp) + s), (bisect.bisect_left(xs, x, lo, hi), hi)
+            else:
+                x = xs[lo]
+                val, run = c0 + sl * (Fraction(x, Dp) + s), (lo, bisect.bisect_right(xs, x, lo, hi))
+            if best is None or (sg > 0 and val > best) or (sg < 0 and val < best):
+                best, runs = val, [run]
+            elif val == best:
+                runs.append(run)
+        cnt = sum(hi - lo for lo, hi in runs)
+        sums = [sum((span(lo, hi)[i] for lo, hi in runs), Fraction(0)) for i in range(d)]
+        phi_ext[sg] = (best, cnt, [best * cnt] + [sums[i] + cnt * other[i] for i in range(1, d)])
+    total = list(zero)           # every prompt row's state after G, summed (for zero queries)
+    for lo, hi, sl, c0 in rng:
+        sm, k = span(lo, hi), hi - lo
+        total = [total[0] + k * c0 + sl * (sm[0] + k * s)] + [total[i] + sm[i] + k * other[i] for i in range(1, d)]
+    add_out = [list(zero) for _ in toks]
+    for h in F["heads"]:
+        kin = [_dot(h["u"], z) for z in after]
+        qsg = [_sign(_dot(h["v"], z)) for z in after]
+        u0 = h["u"][0]
+        for sg in sorted(set(qsg)):
+            prompt = None
+            if sg:
+                val, cnt, tot = phi_ext[sg if u0 > 0 else -sg]
+                prompt = (u0 * val, cnt, tot)
+            cnt, tot = _window_best(W, after, kin, sg, prompt, total)
+            vec = [_dot(r, tot) / cnt for r in h["Wov"]]
+            add_out = [[a + b for a, b in zip(ad, vec)] if q == sg else ad for ad, q in zip(add_out, qsg)]
+    outs = []
+    for z, ad in zip(after, add_out):
+        outs.extend(_mlp_frac(F, [a + b for a, b in zip(z, ad)]))
+    return outs
+
+
 def _work(preps: list, npref: int, inst: Instance) -> int:
     """The evaluation's work units (about 30-50 ns each): per cell a fixed 4096 and every row
     through every attention layer's heads and MLP units; per distinct input-token box (n K^d of
@@ -629,18 +789,46 @@ def _work(preps: list, npref: int, inst: Instance) -> int:
     return inst.N * (rows * att + 4096) + inst.n * inst.K ** inst.d * pre
 
 
-def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance) -> tuple:
-    """g([P, X]) on the flat box of every cell: (values per cell, eta per cell)."""
+def _window_work(preps: list, npref: int, inst: Instance) -> int:
+    """The windowed evaluation's work units (same scale as :func:`_work`): per prompt row its
+    sort, prefix sums and G's keys; per cell WINDOW_CELL_UNITS for each piece of G's tent (a binary
+    search and a few rational operations) and each unit and head of G and F (rational arithmetic
+    on the n input rows)."""
+    G, F = preps[npref], preps[-1]
+    pieces = len({-b / row[0][1] for row, b, _ in G["units"]}) + 1
+    per_cell = (pieces + len(G["units"]) + len(F["units"]) + 4 * (len(G["heads"]) + len(F["heads"])))
+    rows = inst.m_p * (inst.d * (inst.m_p.bit_length() + 4) + 16 * len(G["heads"]))
+    return inst.N * per_cell * inst.n * (inst.d + 1) * WINDOW_CELL_UNITS + rows
+
+
+def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance, method: str = "auto") -> tuple:
+    """g([P, X]) on the flat box of every cell: (values per cell, eta per cell).  ``method``:
+    "full" evaluates all m_p + n rows per cell (the reference); "window" the windowed evaluation
+    (rejected when its facts fail); "auto" the windowed one when its facts hold, else the full one.
+    Each is refused beyond its own work limit."""
     preps, npref = _split(model, inst.T)
     _check_clipping(preps[-1])
     work = _work(preps, npref, inst)
-    if work > MAX_WORK:
+    shape = method != "full" and _window_shape(preps, npref, inst.T is not None)
+    if method == "window" and not shape:
+        raise Reject("evaluation: the network does not have the shape of the windowed evaluation")
+    wwork = _window_work(preps, npref, inst) if shape else None
+    if not shape and work > MAX_WORK:
         raise Reject(f"evaluation: {inst.N} cells of {inst.m_p + inst.n} rows through this network need about "
                      f"{work} work units, beyond the checker's limit {MAX_WORK}")
+    if shape and wwork > MAX_WINDOW_WORK:
+        raise Reject(f"evaluation: the windowed evaluation of {inst.N} cells needs about {wwork} work units, "
+                     f"beyond the checker's limit {MAX_WINDOW_WORK}")
     d, n = inst.d, inst.n
     Zp, Dp = _to_int([[a + b for a, b in zip(t, q)] for t, q in zip(prompt, ppr)])
     for pr in preps[:npref]:
         Zp, Dp = _mlp_int(pr, Zp, Dp)
+    W = _window_facts(preps, npref, Zp, Dp, inst.T is not None) if shape else None
+    if shape and W is None:
+        if method == "window" or work > MAX_WORK:
+            raise Reject("evaluation: a head of the gather layer gives the prompt rows different query signs, so "
+                         f"the windowed evaluation does not apply, and the full one needs about {work} work units "
+                         f"(the checker's limit is {MAX_WORK})")
     cache: dict = {}
     values, etas = [], []
     for c in range(inst.N):
@@ -650,6 +838,10 @@ def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance) ->
             if key not in cache:
                 cache[key] = _input_token(preps[:npref], pin[t], list(key[1]))
             toks.append(cache[key])
+        if W is not None:
+            values.append(_window_cell(W, toks))
+            etas.append(Fraction(0))
+            continue
         Zi, Di = _to_int(toks)
         D = _lcm(Dp, Di)
         B = max(max(_absmax(Zp), 1) * (D // Dp), max(_absmax(Zi), 1) * (D // Di))

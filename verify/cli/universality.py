@@ -25,7 +25,7 @@ def _print_report(rep: dict) -> None:
           f"{sp['softmax']:.3g}; rigorous bound {rep['bound']:.5g}, lower bound {rep['lower_bound']:.4g}, "
           f"eps {rep['eps']:.4g}; measured {mc.get('estimate', float('nan')):.4g} "
           f"(95% <= {mc.get('upper_95', float('nan')):.4g}, {mc.get('samples', 0)} samples, "
-          f"{mc.get('forward_torch_samples', 0)} through forward_torch, which differs from the "
+          f"{mc.get('forward_torch_samples', 0)} through {mc.get('float_pass', 'forward_torch')}, which differs from the "
           f"certified box values by <= {mc.get('float_crosscheck_max_diff', 0.0):.2g})")
 
 
@@ -49,7 +49,7 @@ def _grid(delta: Optional[str]) -> Optional[int]:
 
 def _check_options(d: int, samples: int, seed: int, expect: Optional[str]) -> None:
     from verify.cli import validate as v
-    v.int_range(d, "--d", 1, v.MAX_UNIV_D, "the grid has K**(d n) <= 20000 cells")
+    v.int_range(d, "--d", 1, v.MAX_UNIV_D, "the grid has K**(d n) <= 65536 cells")
     v.int_range(samples, "--samples", 0, v.MAX_SAMPLES)
     v.seed(seed)
     v.expect(expect)
