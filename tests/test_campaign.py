@@ -106,3 +106,22 @@ def test_wrong_verdict_is_counted(tmp_path):
     write_record(os.path.join(out, "batch"), rec)
     rep = score_campaign(out, cross=False)
     assert rep["wrong_verdicts"] == 2   # the wrong verdict, and its result file fails the checker
+
+
+def test_cvc5_runs_only_where_z3_decided(tmp_path, monkeypatch):
+    """Only two decided answers can disagree: cvc5 is skipped when Z3 is undecided (unless asked),
+    and a sat/unsat pair is still a disagreement."""
+    from verify.batch import smt_cross
+    q = tmp_path / "q.smt2"
+    q.write_text("(declare-fun x () Real)\n(assert (> x 0))\n(check-sat)\n")
+    calls = []
+    monkeypatch.setattr(smt_cross, "cvc5_available", lambda: True)
+    monkeypatch.setattr(smt_cross, "solve_cvc5", lambda text, ms: calls.append(ms) or "unsat")
+    monkeypatch.setattr(smt_cross, "solve_z3", lambda text, ms: "unknown")
+    r = smt_cross.cross_check_file(str(q), 50)
+    assert r["cvc5"] == smt_cross.NOT_RUN and r["agree"] and calls == []
+    r = smt_cross.cross_check_file(str(q), 50, always_cvc5=True)
+    assert r["cvc5"] == "unsat" and r["agree"] and calls == [50]
+    monkeypatch.setattr(smt_cross, "solve_z3", lambda text, ms: "sat")
+    r = smt_cross.cross_check_file(str(q), 50)
+    assert r["cvc5"] == "unsat" and not r["agree"]

@@ -97,13 +97,24 @@ def solve_cvc5(text: str, ms: int = 10_000) -> str:
     return last
 
 
-def cross_check_file(path: str, ms: int = 10_000) -> dict:
-    """Both answers for one query file and whether they agree (``unknown``/errors never disagree)."""
+#: cvc5's answer when Z3 did not decide the query: no answer of cvc5 could then disagree
+NOT_RUN = "not run (z3 undecided)"
+
+
+def cross_check_file(path: str, ms: int = 10_000, always_cvc5: bool = False) -> dict:
+    """Both answers for one query file and whether they agree (``unknown``/errors never disagree).
+    cvc5 is not run when Z3 did not decide (``unknown``, an error), since only two decided answers
+    can disagree, unless ``always_cvc5``."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
-    a = solve_z3(text, ms)
-    b = solve_cvc5(text, ms) if cvc5_available() else "absent"
     decided = {"sat", "unsat"}
+    a = solve_z3(text, ms)
+    if not cvc5_available():
+        b = "absent"
+    elif a not in decided and not always_cvc5:
+        b = NOT_RUN
+    else:
+        b = solve_cvc5(text, ms)
     return {"file": path, "z3": a, "cvc5": b, "agree": not (a in decided and b in decided and a != b)}
 
 
@@ -111,14 +122,15 @@ def cross_check_tree(root: str, ms: int = 10_000, files: Optional[list] = None, 
                      work: Optional[str] = None) -> dict:
     """Cross-check every ``*.smt2`` under ``root``: counts and the disagreements.  The files are
     solved on the batch runner's local workers (:func:`verify.batch.runner.run_local`), so a solver
-    that ignores its time limit is killed at 1.5 ms + 5 s and counted as ``killed``."""
+    that ignores its time limit is killed at 2 ms + 5 s (both solvers' limits) and counted as
+    ``killed``."""
     import tempfile
 
     from verify.batch.runner import run_local
     paths = files if files is not None else sorted(
         os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if f.endswith(".smt2"))
     jobs = [{"id": f"q{i}", "command": "smt-cross", "file": os.path.abspath(p), "ms": ms,
-             "job_timeout": 1.5 * ms / 1000 + 5} for i, p in enumerate(paths)]
+             "job_timeout": 2 * ms / 1000 + 5} for i, p in enumerate(paths)]
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         recs = {r["id"]: r for r in run_local(jobs, tmp, workers=workers)}
     rows = []
