@@ -71,8 +71,10 @@ def console():
 
 
 def error(msg: str) -> None:
-    """One error line on standard error, in the one style (never silenced by ``-q``)."""
-    print(f"ptverify: error: {msg}", file=sys.stderr)
+    """One error line on standard error, in the one style (never silenced by ``-q``).  Control
+    characters (a newline or a terminal escape in a file name or a key) are shown escaped."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(msg))
+    print(f"ptverify: error: {text}", file=sys.stderr)
 
 
 def fail_input(exc: InputError) -> None:
@@ -146,7 +148,7 @@ def _folder_problem(path: str) -> Optional[str]:
     return None
 
 
-def _file_problem(path: str) -> Optional[str]:
+def _file_problem(path: str, check_link: bool = True) -> Optional[str]:
     """Why a file cannot be written atomically at ``path`` (None when it can)."""
     if path == "" or path.endswith(os.sep):
         return f"{path!r} is not a file name"
@@ -155,10 +157,19 @@ def _file_problem(path: str) -> Optional[str]:
         return bad
     if os.path.isdir(path):
         return f"{path!r} is a folder"
+    if os.path.exists(path) and not os.path.isfile(path):
+        # the file is written next to it and renamed over it: a device (/dev/null) would be replaced
+        return f"{path!r} is not a regular file (a device, pipe or socket)"
     blocker = _blocking_file(path)
     if blocker:
         return f"{path!r} lies under the file {blocker!r}"
+    if check_link and os.path.islink(path):
+        return _LINK_PROBLEM.format(path)
     return _folder_problem(os.path.dirname(os.path.abspath(path)))
+
+
+#: a file is written by renaming a new file over its path: a symbolic link there would be replaced
+_LINK_PROBLEM = "{!r} is a symbolic link (give the file it points to)"
 
 
 def _same(a: str, b: str) -> bool:
@@ -184,11 +195,13 @@ def check_output_paths(params: dict) -> None:
                 raise InputError(name, "one option only writing to standard output ('-')", "two")
             seen.append((name, path))
             continue
-        problem = _file_problem(path)
+        problem = _file_problem(path, check_link=False)
         if problem is None:
             for other, opath in inputs + [x for x in seen if x[1] != "-"]:
                 if _same(path, opath):
                     problem = f"the same file as {other} ({opath!r})"
+        if problem is None and os.path.islink(path):
+            problem = _LINK_PROBLEM.format(path)
         if problem:
             raise InputError(name, "a file path that can be written" + (" (or '-' for standard output)" if key in (
                 "json_out", "witness_out") else ""), problem)
