@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "InputError", "MAX_RATIONAL_CHARS", "MAX_DECIMAL_EXPONENT", "parse_number", "parse_array",
+    "InputError", "MAX_RATIONAL_CHARS", "MAX_DECIMAL_EXPONENT", "parse_number", "parse_array", "json_float", "NoBinary64",
     "shape_str", "is_float_array", "as_float", "as_fraction", "as_scaled_int", "dyadic_int64", "IntMatrix",
     "number_to_json", "array_to_json", "blas_threads",
 ]
@@ -65,14 +65,36 @@ def _parse_rational_string(v: str, fld: str) -> Fraction:
             raise InputError(fld, f"{_RATIONAL_HELP} (decimal exponent at most {MAX_DECIMAL_EXPONENT})", repr(v[:40]))
     try:
         return Fraction(t)
-    except (ValueError, ZeroDivisionError):
+    except ValueError as exc:
+        if "digits" in str(exc):         # Python's limit on the digits of one integer (4300)
+            raise InputError(fld, "a rational string whose integers have at most 4300 digits",
+                             f"{len(t)} characters") from None
         raise InputError(fld, _RATIONAL_HELP, repr(v[:40])) from None
+    except ZeroDivisionError:
+        raise InputError(fld, _RATIONAL_HELP, repr(v[:40])) from None
+
+
+class NoBinary64(str):
+    """A JSON number literal with no binary64 value, kept as its text by :func:`json_float` so that
+    the field holding it is named: one that underflows to 0 although it is not zero (``1e-400``)."""
+
+
+def json_float(text: str):
+    """``parse_float`` of the JSON readers: the literal's binary64 value, or :class:`NoBinary64`
+    for a nonzero literal that rounds to 0 (the trusted checker refuses those too)."""
+    v = float(text)
+    if v == 0 and any(c in "123456789" for c in text.lower().partition("e")[0]):
+        return NoBinary64(text)
+    return v
 
 
 def parse_number(v: Any, fld: str):
     """A JSON number (exact binary64) or a string holding an exact rational, of magnitude < 2**1024.
 
     Returns a float (a JSON float, or an integer that is a binary64 value) or a Fraction."""
+    if isinstance(v, NoBinary64):
+        raise InputError(fld, "a JSON number with a binary64 value (write \"%s\" as a string for that exact value)"
+                         % v[:40], f"{v[:40]}, which rounds to 0")
     if isinstance(v, bool):
         raise InputError(fld, "a number or a rational string such as \"3/8\"", f"{v!r}")
     if isinstance(v, int):

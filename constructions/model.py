@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from .arrays import (InputError, IntMatrix, array_to_json, as_float, as_fraction, as_scaled_int,
+from .arrays import (InputError, IntMatrix, array_to_json, as_float, as_fraction, as_scaled_int, json_float,
                      is_float_array, number_to_json, parse_array, parse_number, shape_str)
 
 __all__ = [
@@ -405,7 +405,7 @@ def _read_json(path: str, flag: str) -> Any:
             text = fh.read()
         if not text.strip():
             raise InputError(flag, "a JSON file", "an empty file")
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_float=json_float)
     except InputError:
         raise
     except json.JSONDecodeError as exc:
@@ -436,26 +436,27 @@ def _npy_header_ok(z, key: str, fld: str) -> None:
         raise InputError(fld, f"an array of at most {4 * MAX_FILE_BYTES >> 20} MiB", f"shape {tuple(shape)} of {dtype}")
 
 
-def _npz_object(path: str) -> dict:
+def _npz_object(path: str, flag: str = "--model") -> dict:
     """A ``.npz`` model as the object :func:`model_from_json` validates (arrays as ndarrays)."""
-    _existing_file(path, "--model")
+    _existing_file(path, flag)
     try:
         z = np.load(path, allow_pickle=False)
         if not hasattr(z, "files"):
-            raise InputError("--model", "a .npz archive", "a single .npy array")
+            raise InputError(flag, "a .npz archive", "a single .npy array")
         files = set(z.files)
         expanded = sum(i.file_size for i in z.zip.infolist())
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable archive is bad input
-        raise InputError("--model", "a readable .npz archive", " ".join(str(exc).split())[:120] or type(exc).__name__) from None
+        raise InputError(flag, "a readable .npz archive", " ".join(str(exc).split())[:120] or type(exc).__name__) from None
     if expanded > 4 * MAX_FILE_BYTES:
-        raise InputError("--model", f"a .npz archive of at most {4 * MAX_FILE_BYTES >> 20} MiB expanded",
+        raise InputError(flag, f"a .npz archive of at most {4 * MAX_FILE_BYTES >> 20} MiB expanded",
                          f"{expanded >> 20} MiB")
     if "__header__" not in files:
         raise InputError("__header__", "a JSON header entry in the .npz", "none")
     try:
-        hdr = json.loads(bytes(np.asarray(z["__header__"], dtype=np.uint8)).decode(), object_pairs_hook=_unique_keys)
+        hdr = json.loads(bytes(np.asarray(z["__header__"], dtype=np.uint8)).decode(), object_pairs_hook=_unique_keys,
+                         parse_float=json_float)
     except InputError:
         raise
     except Exception:  # noqa: BLE001
@@ -538,14 +539,15 @@ def _npz_layer(li: int, kind: Any, nh: int, e: dict, present) -> dict:
     return lo
 
 
-def load_model(path: str) -> Model:
-    """Load and validate a ``ptverify-model/1`` or ``/2`` file (``.json`` or ``.npz``)."""
-    _existing_file(path, "--model")
+def load_model(path: str, flag: str = "--model") -> Model:
+    """Load and validate a ``ptverify-model/1`` or ``/2`` file (``.json`` or ``.npz``); errors about
+    the file itself name ``flag`` (the option or argument that gave it)."""
+    _existing_file(path, flag)
     if path.endswith(".npz"):
-        return model_from_json(_npz_object(path))
+        return model_from_json(_npz_object(path, flag))
     if not path.endswith(".json"):
-        raise InputError("--model", "a .json or .npz file", repr(os.path.basename(path)))
-    return model_from_json(_read_json(path, "--model"))
+        raise InputError(flag, "a .json or .npz file", repr(os.path.basename(path)))
+    return model_from_json(_read_json(path, flag))
 
 
 def load_dataset(path: str, d: Optional[int] = None) -> Dataset:

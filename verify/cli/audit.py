@@ -32,7 +32,7 @@ def register(apps) -> None:
         from verify.cli.output import say, write_json_out, wrote
         from verify.provers.audit import audit_model, format_table, parse_layers
         try:
-            m = load_model(model)
+            m = load_model(model, "MODEL")
             idx = parse_layers(layers, len(m.layers))
         except InputError as exc:
             fail_input(exc)
