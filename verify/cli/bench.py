@@ -10,10 +10,10 @@ __all__ = ["register"]
 
 
 def _parse_dims(v: str) -> list[int]:
-    try:
-        dims = [int(x) for x in v.split(",") if x.strip()]
-    except ValueError:
-        raise InputError("--dims", "comma-separated positive integers such as 1,2,3,8", repr(v)) from None
+    items = [x.strip() for x in v.split(",")]
+    if not all(x.isascii() and x.isdigit() for x in items):      # no empty item, no 1_0, no non-ASCII digit
+        raise InputError("--dims", "comma-separated positive integers such as 1,2,3,8", repr(v)[:60])
+    dims = [int(x) for x in items]
     from verify.cli.validate import MAX_BUILD_D
     if not dims or any(x < 1 or x > MAX_BUILD_D for x in dims):
         raise InputError("--dims", f"comma-separated positive integers of at most {MAX_BUILD_D} such as 1,2,3,8",
