@@ -102,6 +102,10 @@ def read_manifest(path: str) -> list[dict]:
                 raise InputError(f"{where}: {k}", "an option name such as prompt_length", repr(k)[:40])
             if isinstance(v, (dict, list)) or v is None:
                 raise InputError(f"{where}: {k}", "a string, number or true", repr(v)[:40])
+            known = _option_keys(cmd)
+            if known is not None and k not in known:      # a misspelt option fails every such job
+                raise InputError(f"{where}: {k}", f"an option of ptverify {' '.join(COMMANDS[cmd])} "
+                                 f"({', '.join(sorted(known))})", repr(k)[:40])
         for k in _PATH_KEYS:
             if isinstance(job.get(k), str) and not os.path.isabs(job[k]):
                 job[k] = os.path.join(base, job[k])
@@ -110,6 +114,26 @@ def read_manifest(path: str) -> list[dict]:
     if not jobs:
         raise InputError("MANIFEST", "at least one job (one JSON object a line)", "none")
     return jobs
+
+
+def _option_keys(cmd: str) -> Optional[set]:
+    """The job keys that name an option of the manifest command ``cmd`` (``prompt_length`` for
+    ``--prompt-length``; ``result`` for replay's argument); None for the self-test commands."""
+    if cmd not in COMMANDS:
+        return None
+    if cmd not in _OPTION_KEYS:
+        import typer
+
+        from verify.cli import app
+        command = typer.main.get_command(app)
+        for word in COMMANDS[cmd]:
+            command = command.commands[word]
+        keys = {o[2:].replace("-", "_") for p in command.params for o in p.opts if o.startswith("--")}
+        _OPTION_KEYS[cmd] = keys | ({"result"} if cmd == "replay" else set())
+    return _OPTION_KEYS[cmd]
+
+
+_OPTION_KEYS: dict = {}
 
 
 def record_path(out: str, jid: str) -> str:

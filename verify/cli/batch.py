@@ -9,7 +9,9 @@ import typer
 
 from constructions.model import InputError
 
-__all__ = ["register", "batch_cmd"]
+__all__ = ["register", "batch_cmd", "MAX_CAMPAIGN_N"]
+
+MAX_CAMPAIGN_N = 100_000       #: campaign generate --n: instance ids are numbered with 5 digits
 
 
 def batch_cmd(
@@ -78,9 +80,11 @@ def campaign_generate_cmd(
     """Write instances with known answers and a batch manifest (one check job each)."""
     from verify.batch.campaign import generate_campaign
     from verify.cli import fail_input
+    from verify.cli.validate import seed as check_seed
     try:
-        if n < 1:
-            raise InputError("--n", "a positive integer", str(n))
+        if not 1 <= n <= MAX_CAMPAIGN_N:
+            raise InputError("--n", f"an integer from 1 to {MAX_CAMPAIGN_N} (instance ids have 5 digits)", str(n))
+        check_seed(seed)
         if not 1 <= max_d <= 16:
             raise InputError("--max-d", "an integer from 1 to 16", str(max_d))
         for name, v in (("--timeout", timeout), ("--job-timeout", job_timeout)):
@@ -105,10 +109,37 @@ def campaign_score_cmd(
     from verify.cli import fail_input
     if not os.path.isfile(os.path.join(folder, "answers.jsonl")):
         fail_input(InputError("DIR", "a campaign folder holding answers.jsonl", repr(folder)))
+    try:
+        _check_answers(os.path.join(folder, "answers.jsonl"))
+        if batch_out is not None and not os.path.isdir(batch_out):
+            raise InputError("--batch-out", "the folder that ptverify batch wrote (jobs/, results/)",
+                             f"{batch_out!r} is a file" if os.path.exists(batch_out) else f"no folder {batch_out!r}")
+    except InputError as exc:
+        fail_input(exc)
     rep = score_campaign(folder, batch_out, cross=not no_cross)
     print(format_report(rep))
     bad = rep["wrong_verdicts"] or (rep.get("smt_cross_check") or {}).get("disagreements")
     raise typer.Exit(1 if bad else 0)
+
+
+def _check_answers(path: str) -> None:
+    """answers.jsonl: one JSON object a line with string ``id``, ``class`` and ``answer``."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, "a readable UTF-8 file of JSON lines", type(exc).__name__) from None
+    for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            obj = None
+        if not (isinstance(obj, dict) and all(isinstance(obj.get(key), str) for key in ("id", "class", "answer"))):
+            raise InputError(f"{path} line {k}", "a JSON object with string fields id, class and answer",
+                             repr(line[:60]))
 
 
 def register(apps) -> None:
