@@ -514,6 +514,21 @@ def _load_runs(path: str, config: dict) -> tuple[list, dict]:
     return [r for r in obj.get("runs", []) if isinstance(r, dict) and "task" in r and "method" in r], cert
 
 
+def _runs_unusable(path: str) -> Optional[str]:
+    """Why an existing ``runs.json`` is not a runs file that could be resumed (None when it is
+    absent or is one): a file that would be replaced, and that may be someone's data."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"a runs.json that cannot be read ({type(exc).__name__})"
+    if not (isinstance(obj, dict) and obj.get("format") == RUNS_FORMAT and isinstance(obj.get("config"), dict)):
+        return f"a runs.json that is not a {RUNS_FORMAT} file"
+    return None
+
+
 def _config_clash(path: str, config: dict) -> Optional[str]:
     """The first configuration entry in which an existing ``runs.json`` differs from ``config``."""
     try:
@@ -539,13 +554,17 @@ def run_real_experiment(out: str, quick: bool = False, seed: int = 0, steps: Opt
     import torch
     from verify.progress import ensure
     progress = ensure(progress)
+    runs_path = os.path.join(out, "runs.json")
+    unusable = None if fresh else _runs_unusable(runs_path)
+    if unusable:
+        raise InputError("--out", "a folder without runs.json or with one this experiment wrote (or --fresh to "
+                         "replace it)", unusable)
     path = model_dir or minilm_path()
     base = load_bert(path)
     vocab_ids, words = vocabulary(path, base.config.vocab_size)
     p = plan(quick, seed, steps, tasks)
     config = p.config(path)
     os.makedirs(out, exist_ok=True)
-    runs_path = os.path.join(out, "runs.json")
     clash = None if fresh else _config_clash(runs_path, config)
     if clash:
         raise InputError("--out", "a folder whose runs.json was made with the same configuration (or --fresh to "
