@@ -187,6 +187,10 @@ def _usage_error(exc: Exception) -> int:
 def main(argv=None) -> None:
     """Console entry point.  Bad input anywhere is exit 2 with the field named; an internal error
     is exit 3 with one line naming the file that holds the traceback; never a raw traceback."""
+    try:        # a file name the terminal's encoding cannot show is escaped, as on standard error
+        sys.stdout.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError, OSError):
+        pass
     guard = _StdoutGuard.install()
     try:
         rc = app(args=argv, prog_name="ptverify", standalone_mode=False)
