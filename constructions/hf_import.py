@@ -111,6 +111,8 @@ def open_state_dict(path: str) -> StateDict:
         except Exception as exc:  # noqa: BLE001 - any parse failure of a user file is bad input
             raise InputError("--safetensors", "a readable .safetensors file", f"{type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:80]}") from None
+        if not keys:
+            raise InputError("--safetensors", "a .safetensors file holding tensors", "no tensors")
         float_keys = [k for k in keys if str(fh.get_slice(k).get_dtype()).upper() in
                       ("F16", "BF16", "F32", "F64")]
         return StateDict(path, float_keys, lambda k: _to_float64(fh.get_tensor(k), k))
