@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import zipfile
 
 import numpy as np
@@ -130,6 +131,27 @@ def result_with_side_file(path):
         json.dump(obj, fh)
 
 
+def fifo(path):
+    os.mkfifo(path)
+
+
+def link_to(target):
+    """Writer of a symbolic link to ``target`` (a name in the same folder)."""
+    return lambda path: os.symlink(target, path)
+
+
+def truncated_npz(path):
+    buf = io.BytesIO()
+    np.savez(buf, **npz_arrays(), __header__=np.frombuffer(json.dumps(NPZ_HEADER).encode(), dtype=np.uint8))
+    with open(path, "wb") as fh:
+        fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def manifest(*jobs) -> str:
+    return "".join(json.dumps(j) + "\n" for j in jobs)
+
+
+JOB = {"id": "a", "command": "check", "model": "M.json", "dataset": "D.json"}
 DIR = object()        # a file entry that is a directory
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -484,6 +506,45 @@ CASES = [
     ("batch-manifest-comments-only", {"m.jsonl": b"# nothing\n\n"}, ["batch", "m.jsonl", "--out", "o"], "MANIFEST"),
     ("batch-manifest-binary", {"m.jsonl": b"\xff\xfe\x00\x89PNG"}, ["batch", "m.jsonl", "--out", "o"], "MANIFEST"),
     ("batch-manifest-not-an-object", {"m.jsonl": b"[1, 2]\n"}, ["batch", "m.jsonl", "--out", "o"], "MANIFEST line 1"),
+    ("batch-job-option-misspelt", dict(GOOD, **{"m.jsonl": manifest(dict(JOB, tolerence="1e-9"))}),
+     ["batch", "m.jsonl", "--out", "o"], "line 1: tolerence"),
+    # ---- control characters in a message stay on one line (escaped)
+    ("error-key-with-newline", model(**{"a\nb": 1}), CHECK, "a\\nb"),
+    ("error-path-with-terminal-escape", GOOD, ["check", "--model", "\x1b[31mM.json", "--dataset", "D.json"], "\\x1b"),
+    # ---- JSON number literals that have no binary64 value (read as 0 before)
+    ("weight-literal-1e-400", bad_model(text_of(model()).replace('"W_q": [[1, 0]', '"W_q": [[1e-400, 0]')),
+     CHECK, "W_q[0][0]"),
+    ("target-literal-1e-400", bad_data(text_of(data()).replace("[3, 1]", "[3, -2.5e-400]")), CHECK,
+     "examples[0].output[1][1]"),
+    ("weight-string-5000-digit-denominator", head(W_o=[["1/" + "7" * 5000, 0], [0, 1]]), CHECK, "4300 digits"),
+    # ---- output paths that are not regular files: written by rename, they would be replaced
+    ("json-is-a-fifo", dict(GOOD, **{"p.json": fifo}), CHECK[:-1] + ["p.json"], "--json"),
+    ("json-is-a-symlink", dict(GOOD, **{"o.json": "{}", "l.json": link_to("o.json")}), CHECK[:-1] + ["l.json"],
+     "--json"),
+    ("witness-out-is-a-symlink", dict(GOOD, **{"o.json": "{}", "l.json": link_to("o.json")}),
+     CHECK + ["--witness-out", "l.json"], "--witness-out"),
+    ("prove-save-model-is-a-fifo", {"p.json": fifo}, PROVE + ["--save-model", "p.json"], "--save-model"),
+    # ---- bench
+    ("bench-dims-empty-item", {}, BENCH + ["--dims", "1,,2"], "--dims"),
+    ("bench-dims-trailing-comma", {}, BENCH + ["--dims", "1,2,"], "--dims"),
+    ("bench-dims-underscore", {}, BENCH + ["--dims", "1_0"], "--dims"),
+    # ---- import
+    ("import-safetensors-without-tensors", {"w.safetensors": struct.pack("<Q", 2) + b"{}"},
+     ["import", "--safetensors", "w.safetensors", "--heads", "1", "--out", "m.npz"], "--safetensors"),
+    # ---- audit: the file is the MODEL argument (there is no --model option)
+    ("audit-npz-truncated", {"M.npz": truncated_npz}, ["audit", "M.npz"], "MODEL"),
+    # ---- campaign
+    ("campaign-generate-n-above-limit", {}, ["campaign", "generate", "--out", "c", "--n", "100001"], "--n"),
+    ("campaign-generate-seed-negative", {}, ["campaign", "generate", "--out", "c", "--n", "1", "--seed", "-1"],
+     "--seed"),
+    ("campaign-score-answers-not-json", {"c.d": DIR, "c.d/answers.jsonl": b"{bad\n"},
+     ["campaign", "score", "c.d", "--no-cross"], "answers.jsonl line 1"),
+    ("campaign-score-answers-no-id", {"c.d": DIR, "c.d/answers.jsonl": b'{"class": "x", "answer": "proved"}\n'},
+     ["campaign", "score", "c.d", "--no-cross"], "answers.jsonl line 1"),
+    ("campaign-score-batch-out-a-file", {"c.d": DIR, "c.d/answers.jsonl": b"", "b.txt": "x"},
+     ["campaign", "score", "c.d", "--batch-out", "b.txt", "--no-cross"], "--batch-out"),
+    ("campaign-score-batch-out-missing", {"c.d": DIR, "c.d/answers.jsonl": b""},
+     ["campaign", "score", "c.d", "--batch-out", "nope", "--no-cross"], "--batch-out"),
 ]
 
 
@@ -550,3 +611,34 @@ def test_an_all_null_dataset_is_accepted_not_rejected(tmp_path, capsys, monkeypa
     cap = capsys.readouterr()
     assert info.value.code == 0, cap.err
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "memorized"
+
+
+def test_an_unreadable_runs_json_is_refused_not_replaced(tmp_path, capsys, monkeypatch):
+    """experiment real resumes OUT/runs.json; a file there that is not one (unparseable, another
+    format) is someone's data: exit 2 naming --out and runs.json, the file untouched."""
+    import verify.experiments.real_peft as real_peft
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(real_peft, "require_extra", lambda: None)
+    (tmp_path / "o").mkdir()
+    for text in ("{bad", json.dumps({"format": "something-else/1"})):
+        (tmp_path / "o" / "runs.json").write_text(text)
+        with pytest.raises(SystemExit) as info:
+            main(["experiment", "real", "--quick", "--out", "o", "--tasks", "cls"])
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and err.startswith("ptverify: error: --out:") and "runs.json" in err, err
+        assert (tmp_path / "o" / "runs.json").read_text() == text
+        assert sorted(os.listdir(tmp_path / "o")) == ["runs.json"]
+
+
+def test_a_file_name_the_terminal_cannot_encode_is_escaped_not_a_crash(tmp_path):
+    """With an ASCII-only standard output, "wrote é.json" is printed escaped (exit 0), not an
+    internal error."""
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    p = subprocess.run([sys.executable, "-m", "verify", "prove", "limitation", "--d", "2", "--json", "\u00e9.json"],
+                       cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    out, err = p.stdout.decode("ascii", "replace"), p.stderr.decode("ascii", "replace")
+    assert p.returncode == 0, err
+    assert "Traceback" not in out + err and "wrote \\xe9.json" in out
+    assert (tmp_path / "\u00e9.json").is_file()
