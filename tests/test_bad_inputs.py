@@ -477,6 +477,9 @@ CASES = [
     ("bounds-model-two-layers", {"M.json": TWO_LAYERS}, BOUNDS + ["--model", "M.json"], "--model"),
     ("bounds-model-bad-field", {"M.json": head(W_q="x")}, BOUNDS + ["--model", "M.json"], "W_q"),
     ("bounds-expect-provd", {}, BOUNDS + ["--expect", "provd"], "--expect"),
+    ("bounds-model-and-d", {"M.json": model()}, BOUNDS + ["--model", "M.json", "--d", "5"], "--d"),
+    ("bounds-model-and-mlp-width", {"M.json": model()}, BOUNDS + ["--mlp-width", "4", "--model", "M.json"],
+     "--mlp-width"),
     # ---- experiment
     ("experiment-seed-negative", {}, EXP + ["--seed", "-1"], "--seed"),
     ("experiment-out-under-a-file", {"f": "x"}, ["experiment", "prompt-vs-lora", "--quick", "--out", "f/sub"], "--out"),

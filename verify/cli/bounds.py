@@ -56,7 +56,8 @@ def register(apps) -> None:
     """Add ``ptverify bounds``."""
 
     @apps["root"].command("bounds")
-    def bounds_cmd(d: int = typer.Option(8, "--d", help="token dimension d"),
+    def bounds_cmd(ctx: typer.Context,
+                   d: int = typer.Option(8, "--d", help="token dimension d"),
                    m: int = typer.Option(2, "--m", help="tokens per example m"),
                    examples: int = typer.Option(4, "--examples", help="number of examples N"),
                    heads: int = typer.Option(2, "--heads", help="attention heads h"),
@@ -74,6 +75,12 @@ def register(apps) -> None:
         from verify.cli import emit, fail_input
         from verify.provers.bounds import run_bounds
         try:
+            sizes = {"d": "--d", "heads": "--heads", "head_size": "--head-size", "mlp_width": "--mlp-width"}
+            given = [flag for name, flag in sizes.items()
+                     if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+            if model is not None and given:       # the model's sizes would silently replace them
+                raise InputError(given[0], "no size option with --model (the model gives d, h, s and r)",
+                                 f"{given[0]} and --model")
             info = _sizes_from_model(model) if model is not None else None
             if info:
                 d, heads, head_size, mlp_width = info["d"], info["heads"], info["head_size"], info["mlp_width"]
