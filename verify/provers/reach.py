@@ -220,7 +220,7 @@ def witness_reach(fl, d: int, X: np.ndarray, a: int, causal: bool, heads, npz: l
         if nv > 0:
             P0[b] = v / nv + 0.05 * P0[b] / math.sqrt(d)
     P0 *= r0 / np.maximum(np.linalg.norm(P0, axis=2, keepdims=True), 1e-300)
-    t = torch.float64
+    t = torch.float32                 # the search only: its best prompts are re-evaluated in float64
     Gk = torch.tensor(np.transpose(G[:, ks, :], (1, 0, 2)), dtype=t)      # (B, H, d)
     Ck = torch.tensor(C[:, ks].T, dtype=t)                                # (B, H)
     Ak = torch.tensor(A[:, ks].T, dtype=t)
@@ -276,7 +276,7 @@ def witness_reach(fl, d: int, X: np.ndarray, a: int, causal: bool, heads, npz: l
     finally:
         torch.set_num_threads(threads)
     best = best.detach().numpy()
-    bP = bestP.numpy()
+    bP = bestP.numpy().astype(np.float64)
     wmax, wmin = np.full(d, -np.inf), np.full(d, np.inf)
     for k in range(d):
         for s_, blocks in ((1, (k, 2 * d + k)), (-1, (d + k, 3 * d + k))):
