@@ -227,7 +227,7 @@ def test_python_integer_path_gives_the_same_result(results, monkeypatch):
 @pytest.fixture(scope="module")
 def d2n2() -> dict:
     """d = 2, n = 2 (the size class of eps = 1/2 at K = 16) with a small grid, K = 3."""
-    res = _json(run_universality(2, 2, "1/2", "2", "1", "relu-net", K=3, samples=0))
+    res = _json(run_universality(2, 2, "1", "2", "1", "smooth", K=3, samples=0))
     assert res["status"] == "verified"
     return res
 
@@ -256,9 +256,13 @@ def _network_mutations(res: dict):
         def fn(o):
             o["pos_prompt"][j][0] = str(Fraction(o["pos_prompt"][j][0]) + dz)
         return fn
-    yield put("prompt windows of cells 0 and 1 swapped", swap(0, 2))
-    yield put("prompt windows of the two output positions of a cell swapped", swap(4, 5))
-    yield put("prompt windows of the first and last cell swapped", swap(0, m_p - 2))
+    tok = res["inputs"]["prompt"]["embedded"]["tokens"]
+    near = next(j for j in range(2, m_p, 2) if tok[j] != tok[0])
+    far = next(j for j in range(m_p - 2, 0, -2) if tok[j] != tok[0])
+    pair = next(j for j in range(0, m_p, 2) if tok[j] != tok[j + 1])
+    yield put(f"prompt windows of rows 0 and {near} (different values) swapped", swap(0, near))
+    yield put(f"prompt windows of rows 0 and {far} (different values) swapped", swap(0, far))
+    yield put("prompt windows of the two output positions of a cell swapped", swap(pair, pair + 1))
     for j, dz in ((0, 1), (3, Fraction(1, 2)), (7, 4), (10, -4), (m_p - 1, 3), (0, -10 ** 6)):
         yield put(f"prompt row {j} moved by {dz}", move(j, dz))
     G = len(net["model"]["layers"]) - 2
@@ -312,7 +316,7 @@ def test_d2_n2_tampered_networks_are_rejected_unless_their_outputs_are_unchanged
             assert not ok, (label, msg)
         else:
             assert ok, (label, msg)
-    assert changed >= len(muts) - 6
+    assert changed >= len(muts) - 2
     record(KIND, changed, changed)
 
 

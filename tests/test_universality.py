@@ -388,6 +388,7 @@ def test_d2_n2_at_the_formula_grid_verified_and_checked():
     assert r.status.value == "verified"
     assert (rep["K"], rep["m_p"], r.reported["cells"]) == (16, 131072, 65536)
     assert rep["m_p"] == rep["m_p_formula"] == 2 * 16 ** 4
+    assert (rep["depth"], rep["heads_per_layer"]) == (4, [1, 1, 2, 1])
     assert r.reported["cells_equal_fbar"] == 65536
     assert rep["measured"]["forward_torch_samples"] > 0
     _checked(r)
