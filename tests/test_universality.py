@@ -392,3 +392,23 @@ def test_d2_n2_at_the_formula_grid_verified_and_checked():
     assert r.reported["cells_equal_fbar"] == 65536
     assert rep["measured"]["forward_torch_samples"] > 0
     _checked(r)
+
+
+def test_windowed_evaluation_equals_the_full_one_for_zero_queries():
+    """Queries of sign 0 (attention to the mean of all rows): the gather's max head and the
+    lookup head made to query coordinate 1, which is 0 on the input rows after Q2 and, with this
+    prompt, on every prompt row."""
+    net, P, tgt, fbar, params = setup(2, 2, "1", "2", "1", "smooth", K=2)
+    P0 = P.copy()
+    P0[:, 1] = Fraction(0)
+    G, F = net.model.layers[-2], net.model.layers[-1]
+    G.heads[0].W_q[0, 0], G.heads[0].W_q[0, 1] = Fraction(0), Fraction(1)
+    F.heads[0].W_q[0, 0], F.heads[0].W_q[0, 1] = Fraction(0), Fraction(1)
+    for prompt in (P0, P):          # P: the prompt rows' query signs differ, so no windowed evaluation
+        full = evaluate_cells(net, prompt, method="full")
+        assert _same_cells(_checker_cells(net, prompt, params, "full", prompt), full)
+        assert _same_cells(_checker_cells(net, prompt, params, "auto", prompt), full)
+        assert _same_cells(evaluate_cells(net, prompt), full)
+    win = evaluate_cells(net, P0, method="window")
+    assert _same_cells(win, evaluate_cells(net, P0, method="full"))
+    assert _same_cells(_checker_cells(net, P0, params, "window", P0), win)
