@@ -259,6 +259,10 @@ def test_no_constrained_output_and_hardmax_are_refused():
     hard = real_model(d=6, heads=2, s=3, norm="post", seed=3, kind="hardmax")
     with pytest.raises(InputError, match="--model"):
         run_reach(hard, ds, witness_steps=0)
+    from constructions.model import Model
+    two = Model(model.d, model.layers * 2)
+    with pytest.raises(InputError, match="single-layer"):
+        run_reach(two, ds, witness_steps=0)
 
 
 # --------------------------------------------------------------------------- the command line
