@@ -17,6 +17,8 @@ def parse_positive_or(v: str, field: str, keyword: str):
     if v == keyword:
         return keyword
     try:
+        if not (v.strip().isascii() and v.strip().isdigit()):     # int() also reads "1_0" and non-ASCII digits
+            raise ValueError(v)
         k = int(v)
     except ValueError:
         raise InputError(field, f"a positive integer or '{keyword}'", repr(v)) from None
