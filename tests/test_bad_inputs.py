@@ -530,6 +530,9 @@ CASES = [
     ("witness-out-is-a-symlink", dict(GOOD, **{"o.json": "{}", "l.json": link_to("o.json")}),
      CHECK + ["--witness-out", "l.json"], "--witness-out"),
     ("prove-save-model-is-a-fifo", {"p.json": fifo}, PROVE + ["--save-model", "p.json"], "--save-model"),
+    ("json-is-the-artifacts-folder", GOOD, CHECK[:-1] + ["a/r.json", "--artifacts", "a/r.json"], "--artifacts"),
+    ("batch-scheduler-not-an-address", dict(GOOD, **{"m.jsonl": manifest(JOB)}),
+     ["batch", "m.jsonl", "--out", "o", "--scheduler", "not an address"], "--scheduler"),
     # ---- bench
     ("bench-dims-empty-item", {}, BENCH + ["--dims", "1,,2"], "--dims"),
     ("bench-dims-trailing-comma", {}, BENCH + ["--dims", "1,2,"], "--dims"),

@@ -197,23 +197,28 @@ def _kill_group(proc) -> None:
         proc.kill()
 
 
+def _connect(scheduler: str):
+    """A Dask client of the scheduler at ``scheduler`` (InputError naming --scheduler otherwise)."""
+    from constructions.model import InputError
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise InputError("--scheduler", "dask.distributed installed (pip install 'ptverify[batch]')",
+                         "no module named distributed") from None
+    try:
+        return Client(scheduler, timeout=30)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError("--scheduler", "the address of a running Dask scheduler such as tcp://host:8786",
+                         f"{scheduler!r} ({type(exc).__name__})") from None
+
+
 def run_dask(jobs: list, out: str, scheduler: Optional[str], job_timeout: float = 600.0,
              on_record: Optional[Callable] = None, client=None) -> list:
     """Run ``jobs`` on the Dask distributed cluster at ``scheduler`` (or on ``client``)."""
-    try:
-        from distributed import Client, as_completed
-    except ImportError:  # pragma: no cover - depends on the installation
-        from constructions.model import InputError
-        raise InputError("--scheduler", "dask.distributed installed (pip install 'ptverify[batch]')",
-                         "no module named distributed") from None
     own = client is None
     if own:
-        try:
-            client = Client(scheduler, timeout=30)
-        except (OSError, TimeoutError, ValueError) as exc:
-            from constructions.model import InputError
-            raise InputError("--scheduler", "the address of a running Dask scheduler such as tcp://host:8786",
-                             f"{scheduler!r} ({type(exc).__name__})") from None
+        client = _connect(scheduler)
+    from distributed import as_completed
     records = []
     try:
         futs = {client.submit(_dask_task, dict(j), os.path.abspath(out), _limit(j, job_timeout),
@@ -241,6 +246,12 @@ def run_batch(jobs: list, out: str, workers: int = 1, scheduler: Optional[str] =
               job_timeout: float = 600.0, on_record: Optional[Callable] = None, client=None) -> dict:
     """Run every job of ``jobs`` whose record is not in ``out`` yet; write and return the summary
     over all of them (``skipped``: how many had a record already)."""
+    if scheduler is not None and client is None:      # an unreachable scheduler is refused before OUT is made
+        client = _connect(scheduler)
+        try:
+            return run_batch(jobs, out, workers, scheduler, job_timeout, on_record, client)
+        finally:
+            client.close()
     os.makedirs(os.path.join(out, "jobs"), exist_ok=True)
     todo, skipped = [], 0
     for j in jobs:

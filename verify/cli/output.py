@@ -196,10 +196,11 @@ def check_output_paths(params: dict) -> None:
             seen.append((name, path))
             continue
         problem = _file_problem(path, check_link=False)
+        folders = [(OUTPUT_FOLDERS[k], v) for k, v in params.items() if k in OUTPUT_FOLDERS and isinstance(v, str)]
         if problem is None:
-            for other, opath in inputs + [x for x in seen if x[1] != "-"]:
+            for other, opath in inputs + [x for x in seen if x[1] != "-"] + folders:
                 if _same(path, opath):
-                    problem = f"the same file as {other} ({opath!r})"
+                    problem = f"the same {'folder' if (other, opath) in folders else 'file'} as {other} ({opath!r})"
         if problem is None and os.path.islink(path):
             problem = _LINK_PROBLEM.format(path)
         if problem:
