@@ -115,6 +115,60 @@ def test_random_prompts_never_leave_the_box(norm, pn, causal):
                 assert np.all(hv >= h[0] - 1e-9) and np.all(hv <= h[1] + 1e-9)
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_every_constrained_position_under_a_causal_mask(norm):
+    """Targets at every position of a causal layer (each query sees the prompt and the rows up to
+    itself): random prompts stay inside every member's box."""
+    model = real_model(d=6, heads=2, s=3, norm=norm, seed=9, causal=True)
+    fl = FloatLayer(model.layers[0], model.d)
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(4, 6))
+    ds = Dataset([Example(X, list(attention_site(fl, X, rng.normal(size=(2, 6)), True)))], at="attention")
+    res = run_reach(model, ds, prompt_norm=Fraction(2), witness_steps=0)
+    assert res.status == Status.VERIFIED, res.message
+    obj = res.to_json()
+    assert [(e["example"], e["position"]) for e in obj["certificate"]["body"]["ranges"]] == [(0, t) for t in range(4)]
+    for P in _random_prompts(rng, 6, Fraction(2), norm == "pre", count=40):
+        u = site_u(fl, X, P, True)
+        for t in range(4):
+            lo, hi, _ = _bounds(obj, t)
+            assert np.all(u[t] >= lo - 1e-9) and np.all(u[t] <= hi + 1e-9)
+
+
+@pytest.mark.parametrize("norm,pn", [(None, R), ("post", R), ("pre", None), ("pre", R)])
+def test_one_head_bound_is_approached(norm, pn):
+    """With one head the bound is tight: many copies of the row maximizing the value along e_k
+    (R g / ||g||; pre-LN t P0(gamma g) with t large, or R times it) push lam to 1 and u_k to the
+    certified hi (when the prompt's value beats the no-prompt one)."""
+    model = real_model(d=6, heads=1, s=3, norm=norm, seed=12)
+    ds = pair_dataset(model, seed=12)
+    res = run_reach(model, ds, prompt_norm=pn, witness_steps=0)
+    assert res.status == Status.VERIFIED, res.message
+    obj = res.to_json()
+    lo, hi, _ = _bounds(obj, 0)
+    fl = FloatLayer(model.layers[0], model.d)
+    h = fl.heads[0]
+    X = np.asarray(ds.examples[0].input)
+    t = len(X) - 1
+    u0 = site_u(fl, X, None, False)[t]
+    approached = 0
+    for k in range(model.d):
+        for sgn in (1, -1):
+            g = sgn * (h["W_o"] @ h["W_v"])[k]
+            if norm == "pre":
+                v = g * fl.ln1[0]
+                v = v - v.mean()
+                row = v / np.linalg.norm(v) * (float(pn) if pn is not None else 1e6)
+            else:
+                row = g / np.linalg.norm(g) * float(pn)
+            u = site_u(fl, X, np.tile(row, (20000, 1)), False)[t]
+            assert lo[k] - 1e-9 <= u[k] <= hi[k] + 1e-9
+            bound = hi[k] if sgn > 0 else lo[k]
+            if abs(bound - u0[k]) > 1e-6:      # the prompt's side of the max is the binding one
+                approached += abs(u[k] - bound) <= 1e-3 * (1 + abs(bound))
+    assert approached >= model.d, approached          # 8 of 12 without a pre-LN, 12 of 12 with one
+
+
 @pytest.mark.parametrize("norm,pn", CASES)
 def test_witness_reach_is_inside_and_beats_no_prompt(results, norm, pn):
     _model, _ds, res = results[(norm, pn)]
