@@ -651,3 +651,16 @@ def test_a_file_name_the_terminal_cannot_encode_is_escaped_not_a_crash(tmp_path)
     assert p.returncode == 0, err
     assert "Traceback" not in out + err and "wrote \\xe9.json" in out
     assert (tmp_path / "\u00e9.json").is_file()
+
+
+def test_ctrl_c_inside_a_command_is_exit_130_with_one_line(tmp_path, capsys, monkeypatch):
+    import verify.claims.reproduce as reproduce
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(reproduce, "run_reproduce", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main(["reproduce", "--quick", "--only", "L3", "--out", "o"])
+    cap = capsys.readouterr()
+    assert info.value.code == 130 and cap.err == "ptverify: error: interrupted\n" and "Traceback" not in cap.out

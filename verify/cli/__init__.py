@@ -13,11 +13,22 @@ import os
 import sys
 from typing import Optional
 
-import typer
 
-from constructions.model import InputError
+def _interrupted_while_starting() -> None:
+    """Ctrl-C during the imports below (numpy, torch, z3: about a second) is exit 130 with one
+    line, as it is once a command runs, never an import traceback."""
+    print("ptverify: error: interrupted", file=sys.stderr)
+    raise SystemExit(130)
 
-from .output import STATE, console, emit, error, fail_input, is_tty, plumb, say
+
+try:
+    import typer
+
+    from constructions.model import InputError
+
+    from .output import STATE, console, emit, error, fail_input, is_tty, plumb, say
+except KeyboardInterrupt:
+    _interrupted_while_starting()
 
 __all__ = ["app", "main", "emit", "fail_input", "console", "is_tty", "version_text", "APPS", "COMMAND_MODULES"]
 
@@ -166,7 +177,10 @@ def _load_command_modules() -> None:
     plumb(APPS)
 
 
-_load_command_modules()
+try:
+    _load_command_modules()
+except KeyboardInterrupt:
+    _interrupted_while_starting()
 
 
 def _usage_error(exc: Exception) -> int:
@@ -194,6 +208,8 @@ def main(argv=None) -> None:
     guard = _StdoutGuard.install()
     try:
         rc = app(args=argv, prog_name="ptverify", standalone_mode=False)
+        if rc == 130:           # click turns Ctrl-C inside a command into exit code 130, silently
+            error("interrupted")
     except StdoutClosed:
         sys.exit(_stdout_closed())
     except InputError as exc:
