@@ -110,6 +110,11 @@ def campaign_score_cmd(
     if not os.path.isfile(os.path.join(folder, "answers.jsonl")):
         fail_input(InputError("DIR", "a campaign folder holding answers.jsonl", repr(folder)))
     try:
+        from verify.cli.output import _folder_problem
+        problem = _folder_problem(folder)
+        if problem:
+            raise InputError("DIR", "a campaign folder that can be written (the score goes to DIR/campaign.json)",
+                             problem)
         _check_answers(os.path.join(folder, "answers.jsonl"))
         if batch_out is not None and not os.path.isdir(batch_out):
             raise InputError("--batch-out", "the folder that ptverify batch wrote (jobs/, results/)",
