@@ -43,6 +43,7 @@ STATUS_KINDS: dict[str, tuple[str, frozenset, str]] = {
     "limitation-real-pair":   ("memorization", frozenset({"proved"}), "real:check"),
     "real-prompt-witness":    ("memorization", frozenset({"memorized"}), "real_witness:check"),
     "reach-support":          ("reach", frozenset({"verified"}), "reach:check"),
+    "limitation-real-reach":  ("memorization", frozenset({"proved"}), "real_reach:check"),
 }
 
 TOP_REQUIRED = frozenset({"format", "claim", "question", "status", "statement", "inputs", "certificate"})

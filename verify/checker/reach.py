@@ -41,7 +41,8 @@ from .numbers import Reject, fields, integer, rat, sqrt_down, sqrt_up
 from .real import Iv, _dot, _normed, _out, view
 from .real_witness import _layer_norm, _scale, _weights
 
-__all__ = ["KIND", "check", "support_terms", "no_prompt_heads", "member_bounds", "site_bounds", "INF"]
+__all__ = ["KIND", "check", "support_terms", "support_direction", "no_prompt_heads", "member_bounds",
+           "site_bounds", "INF"]
 
 KIND = "reach-support"
 B = "certificate.body"
@@ -59,9 +60,11 @@ def _ints(vals: list) -> tuple:
     return [v.numerator * (D // v.denominator) for v in vals], D
 
 
-def support_terms(L, d: int, R) -> list:
-    """Per head j and coordinate k: (c_jk, r2_jk) with the support bounds c_jk +- sqrt(r2_jk)
-    (r2 = rho^2 ||P g_jk||^2, exact), or (c_jk, None) when the set is unbounded along e_k."""
+def _forms(L, d: int, R) -> list:
+    """Per head: (cvec, K, No, den, rho2): the support set's center ``cvec = W_o^j v0_j`` (d
+    Fractions), and ``rho^2 ||P g||^2 = rho2 (o^T K o) / den`` for ``g = (W_v^j)^T (W_o^j)^T c``
+    with ``o = No^T cN`` (cN = c's integer numerators; divide by c's denominator squared);
+    ``rho2`` is None when the prompt set is unbounded."""
     pre = L.norm == "pre"
     if pre:
         gamma, beta, eps = L.ln1
@@ -89,6 +92,15 @@ def support_terms(L, d: int, R) -> list:
         else:
             K = Nv.dot(Nv.T)
             den = (Dv * Do) ** 2
+        out.append((c, K, No, den, rho2))
+    return out
+
+
+def support_terms(L, d: int, R) -> list:
+    """Per head j and coordinate k: (c_jk, r2_jk) with the support bounds c_jk +- sqrt(r2_jk)
+    (r2 = rho^2 ||P g_jk||^2, exact), or (c_jk, None) when the set is unbounded along e_k."""
+    out = []
+    for c, K, No, den, rho2 in _forms(L, d, R):
         q = (No.dot(K) * No).sum(axis=1)
         row = []
         for k in range(d):
@@ -100,6 +112,27 @@ def support_terms(L, d: int, R) -> list:
             else:
                 row.append((c[k], rho2 * Fraction(qk, den)))
         out.append(row)
+    return out
+
+
+def support_direction(L, d: int, R, cdir: list) -> list:
+    """:func:`support_terms` along any rational direction ``cdir`` (d Fractions): per head j,
+    (c.W_o^j v0_j, r2_j) with the support bounds of ``c.W_o^j w`` over the head's value set
+    ``c.W_o^j v0_j +- sqrt(r2_j)``, ``r2_j = rho^2 ||P g_j||^2`` (exact), ``g_j = (W_v^j)^T
+    (W_o^j)^T c``; r2_j is None when the set is unbounded along c."""
+    cN, cD = _ints(cdir)
+    cN = np.array(cN, dtype=object)
+    out = []
+    for cvec, K, No, den, rho2 in _forms(L, d, R):
+        o = cN.dot(No)
+        q = int(o.dot(K).dot(o))
+        if q < 0:
+            raise Reject("internal: a negative squared norm")
+        center = sum((a * b for a, b in zip(cdir, cvec)), ZERO)
+        if rho2 is None:
+            out.append((center, None if q else ZERO))
+        else:
+            out.append((center, rho2 * Fraction(q, den * cD * cD)))
     return out
 
 
