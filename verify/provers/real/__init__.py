@@ -38,13 +38,18 @@ def unsupported_reason(model: Model, dataset: Dataset) -> Optional[str]:
 
 def check_real(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0), timeout: float = 60.0,
                claim: str = "check", side_files: Optional[str] = None, inputs_extra: Optional[dict] = None,
-               max_pairs: int = MAX_PAIRS) -> Result:
+               max_pairs: int = MAX_PAIRS, prompt_norm=None) -> Result:
     """Decide (one way only: "proved" or "unknown") whether a prompt reaches the dataset's
-    attention-block targets.  Timeout bounds the search, not the trusted checker's final check."""
+    attention-block targets: the pair theorem, then a separating direction (proofs/reach.md).
+    Timeout bounds the search, not the trusted checker's final check.  ``prompt_norm`` (R) asks
+    about prompts whose rows have 2-norm at most R (the question's ``prompt_norm``)."""
     from verify.provers.limitation.results import new_result
+    from verify.checker.numbers import fmt
     t0 = time.perf_counter()
     tol = Fraction(tolerance)
     res = new_result(model, dataset, claim, prompt_length, tol, side_files, inputs_extra)
+    if prompt_norm is not None:
+        res.question["prompt_norm"] = fmt(Fraction(prompt_norm))
     res.seconds["build"] = time.perf_counter() - t0
     reason = unsupported_reason(model, dataset)
     if reason is not None:
@@ -53,7 +58,42 @@ def check_real(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fr
         return res
     with blas_threads(1):
         _search(res, model, dataset, tol, timeout, max_pairs, t0)
+        if res.status == Status.UNKNOWN:
+            _separate(res, model, dataset, tol, prompt_norm, timeout, t0)
     return res
+
+
+#: separating directions sent to the trusted checker at most
+MAX_DIRECTIONS = 8
+
+
+def _separate(res: Result, model: Model, dataset: Dataset, tol: Fraction, prompt_norm, timeout: float,
+              t0: float) -> None:
+    """A target out of the certified reach along a rational direction (kind
+    ``limitation-real-reach``); leaves ``res`` as it was (message extended) when none is found."""
+    from verify.provers.real.separate import CERT_KIND as SEP_KIND
+    from verify.provers.real.separate import candidates
+    if model.layers[0].kind != "softmax":
+        return
+    why, method = res.message, res.method
+    log = res.extra.setdefault("log", [])
+    t1, tried = time.perf_counter(), 0
+    for body in candidates(model, dataset, tol, prompt_norm):
+        if tried >= MAX_DIRECTIONS or time.perf_counter() - t0 > timeout:
+            break
+        tried += 1
+        res.certificate = certificate(SEP_KIND, body)
+        if _vet(res):
+            res.seconds["separate"] = time.perf_counter() - t1
+            res.method = (f"separating direction beyond the certified reach (proofs/reach.md); example "
+                          f"{body['example']}, position {body['position']}, side {body['side']}")
+            return
+        log.append(f"direction at example {body['example']} position {body['position']}: {res.message}")
+    res.seconds["separate"] = time.perf_counter() - t1
+    res.method = method
+    res.message = (f"{why}; no separating direction either ({tried} candidate(s) beyond the certified reach "
+                   f"sent to the trusted checker, none accepted)" if tried else
+                   f"{why}; no target lies beyond its float reach bounds along the directions tried")
 
 
 def _search(res: Result, model: Model, dataset: Dataset, tol: Fraction, timeout: float, max_pairs: int,
