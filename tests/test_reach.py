@@ -394,3 +394,15 @@ def test_minilm_reach(layer):
         for m in res.extra["reach"]["members"]:
             assert m["finite"] == (0 if pn is None else model.d)
             assert m["witness"]["outside_certified"] == 0
+
+
+def test_harness_mutations_are_rejected(results):
+    """The shared mutation harness on a post-LN and a pre-LN reach result (envelope, question, body
+    keys); counted in the per-kind tally.  Perturbed bounds are left to
+    test_tightened_bounds_are_rejected: a loosened bound is still a true (weaker) range."""
+    from mutations import assert_all_rejected, body_mutations, envelope_mutations
+    for key in (("post", R), ("pre", None)):
+        obj = results[key][2].to_json()
+        tried, rejected = assert_all_rejected(CERT_KIND, obj, list(envelope_mutations(obj))
+                                              + list(body_mutations(obj)), allow=("body[",))
+        assert tried == rejected > 5

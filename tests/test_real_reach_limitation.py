@@ -355,3 +355,39 @@ def test_isolated_checker_accepts_and_rejects(isolated_checker, genuine, tmp_pat
     r = isolated_checker(good, bad)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert r.stdout.count("OK") == 1 and r.stdout.count("FAILED") == 1, r.stdout
+
+
+def test_cli_check_prompt_norm_on_a_real_layer(tmp_path, capsys):
+    """``ptverify check --prompt-norm R`` on a single real layer asks about rows of norm <= R: a
+    no-norm layer's pushed target is then proved (and replayed); a textbook layer refuses it."""
+    import json
+
+    from constructions.model import save_dataset, save_model
+    from verify.cli import main
+    model = real_model(d=6, heads=2, s=3, norm=None, seed=3)
+    ds = _pushed(model, R, seed=3)
+    mp, dp, out = tmp_path / "m.json", tmp_path / "d.json", tmp_path / "r.json"
+    save_model(model, str(mp))
+    save_dataset(ds, str(dp))
+    with pytest.raises(SystemExit) as e:
+        main(["check", "--model", str(mp), "--dataset", str(dp), "--tolerance", str(TOL), "--prompt-norm", str(R),
+              "--json", str(out), "--expect", "proved"])
+    assert e.value.code == 0, capsys.readouterr()
+    obj = json.loads(out.read_text())
+    assert obj["question"]["prompt_norm"] == str(R) and obj["certificate"]["kind"] == CERT_KIND
+    with pytest.raises(SystemExit) as e:
+        main(["replay", str(out)])
+    assert e.value.code == 0
+    capsys.readouterr()
+
+
+def test_harness_mutations_are_rejected(genuine):
+    """The shared mutation harness (envelope, question, every body leaf) on the separating
+    direction's certificate; counted in the per-kind tally.  Perturbed entries of ``c`` are left
+    out: a nearby direction that still separates is another valid certificate of the same true claim
+    (the checker derives the bound for the direction it is given); directions that do not separate
+    are rejected in test_changed_direction_is_rejected."""
+    from mutations import assert_all_rejected, body_mutations, envelope_mutations
+    tried, rejected = assert_all_rejected(CERT_KIND, genuine, list(envelope_mutations(genuine))
+                                          + list(body_mutations(genuine)), allow=("body['c',",))
+    assert tried == rejected > 10

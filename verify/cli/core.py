@@ -142,7 +142,8 @@ def check_cmd(
     tolerance: str = typer.Option("0", "--tolerance", help="max-norm error allowed (default 0: exact)"),
     timeout: float = typer.Option(60.0, "--timeout", help="time limit in seconds (then: timeout, naming the stage)"),
     prompt_norm: Optional[str] = typer.Option(None, "--prompt-norm",
-                                              help="multi-layer models: bound R on prompt token norms (Theorem M, condition 2)"),
+                                              help="bound R on prompt token 2-norms: multi-layer textbook models (Theorem M, "
+                                                   "condition 2) and single real layers (proofs/reach.md)"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write the result file here ('-': standard output)"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="write every solver query as SMT-LIB2 here"),
     witness_out: Optional[str] = typer.Option(None, "--witness-out",
@@ -170,13 +171,13 @@ def check_cmd(
                                    claim="check")
         else:
             if pn is not None and len(m.layers) > 1:
-                raise InputError("--prompt-norm", "no value for a real (ptverify-model/2) model or targets at the "
-                                 "attention block (Theorem M covers plain layers only)", repr(prompt_norm))
-            if pn is not None:
-                raise InputError("--prompt-norm", "no value for a single-layer model (its limitations hold "
+                raise InputError("--prompt-norm", "no value for a multi-layer real (ptverify-model/2) model or "
+                                 "targets at the attention block (Theorem M covers plain layers only)", repr(prompt_norm))
+            if pn is not None and m.is_plain and ds.at == "output":
+                raise InputError("--prompt-norm", "no value for a textbook single-layer model (its limitations hold "
                                  "for prompts of every norm)", repr(prompt_norm))
             res = check_memorization(m, ds, prompt_length=pl, tolerance=tol, timeout=timeout, artifacts=artifacts,
-                                     claim="check", side_files=_side(json_out))
+                                     claim="check", side_files=_side(json_out), prompt_norm=pn)
     except InputError as exc:
         fail_input(exc)
     also = (lambda: _witness_out(res, witness_out, model, dataset)) if witness_out else None

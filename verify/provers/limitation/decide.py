@@ -55,12 +55,14 @@ class _Options:
     inputs_extra: Optional[dict]
     side_files: Optional[str]
     nonlinear: bool
+    prompt_norm: object = None
 
 
 def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0),
                        timeout: float = 60.0, artifacts: Optional[str] = None, claim: str = "L1",
                        search_witness: bool = True, inputs_extra: Optional[dict] = None,
-                       side_files: Optional[str] = None, nonlinear: bool = True, progress=None) -> Result:
+                       side_files: Optional[str] = None, nonlinear: bool = True, progress=None,
+                       prompt_norm=None) -> Result:
     """Decide whether some prompt memorizes ``dataset`` (single-layer ``model``) within ``timeout``
     seconds for everything but the trusted checker's final check.
 
@@ -71,12 +73,14 @@ def check_memorization(model: Model, dataset: Dataset, prompt_length="any", tole
     content-addressed side files (``<sha256 prefix>.npz`` / ``.json``) in the folder of
     ``side_files`` (default: a temporary folder), where the result file must be written for
     ``ptverify replay`` to find them.  ``inputs_extra`` goes to ``info``.  ``progress`` (a
-    :class:`verify.progress.Progress`) is told each stage and head block."""
+    :class:`verify.progress.Progress`) is told each stage and head block.  ``prompt_norm`` (R > 0)
+    asks about prompts whose rows have 2-norm at most R: real layers only (a textbook layer's
+    limitations hold for prompts of every norm)."""
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise InputError("--timeout", "a finite number of seconds > 0", repr(timeout)[:40])
     clock = Clock(timeout, progress)
     opts = _Options(prompt_length, tolerance, timeout, artifacts, claim, search_witness, inputs_extra, side_files,
-                    nonlinear)
+                    nonlinear, prompt_norm)
     try:
         with blas_threads(1):
             return _decide(model, dataset, opts, clock)
@@ -97,6 +101,10 @@ def _decide(model: Model, dataset: Dataset, o: _Options, clock: Clock) -> Result
     tol = _validated(model, dataset, o.prompt_length, o.tolerance)
     if not model.is_plain or dataset.at != "output":
         return _real(model, dataset, o, tol)
+    if o.prompt_norm is not None:
+        raise InputError("--prompt-norm", "no value for a textbook (ptverify-model/1) single-layer model with "
+                         "targets at the layer output (its limitations hold for prompts of every norm)",
+                         repr(o.prompt_norm)[:40])
     if len(model.layers) > 1:
         return _multilayer(model, dataset, o, tol)
     c = _start(z3, model, dataset, o, tol, clock, t0)
@@ -144,7 +152,7 @@ def _real(model: Model, dataset: Dataset, o: _Options, tol: Fraction) -> Result:
     from verify.provers.real import check_real, unsupported_reason
     t0 = time.perf_counter()
     res = check_real(model, dataset, prompt_length=o.prompt_length, tolerance=tol, timeout=o.timeout,
-                     claim=o.claim, side_files=o.side_files, inputs_extra=o.inputs_extra)
+                     claim=o.claim, side_files=o.side_files, inputs_extra=o.inputs_extra, prompt_norm=o.prompt_norm)
     if res.status != Status.UNKNOWN or not o.search_witness or unsupported_reason(model, dataset) is not None:
         return res
     # no pair proof: the witness search at the attention site ("memorized" only if the checker replays it)
