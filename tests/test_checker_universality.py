@@ -360,3 +360,30 @@ def test_the_formula_grid_of_d2_n2_eps_half_is_within_the_limits():
     assert cu._window_work(preps, npref, inst) < cu.MAX_WINDOW_WORK < cu._work(preps, npref, inst) // 64
     with pytest.raises(Reject):
         instance(dict(q, eps=Fraction(1, 3)))                 # K = 24: beyond MAX_CELLS
+
+
+def test_a_wide_gather_tent_is_charged_to_the_windowed_evaluation():
+    """The windowed evaluation tabulates G's tent once (every unit's sign at every piece, in
+    rationals): a small file whose gather layer has thousands of tent units is refused by the
+    work estimate instead of running for minutes before the first cell."""
+    import verify.checker.universality as cu
+    from verify.checker.inputs import model_from_obj
+
+    def layer(heads, W1, b1, W2):
+        return {"attention": {"kind": "hardmax", "heads": heads},
+                "mlp": {"W_1": W1, "b_1": b1, "W_2": W2, "b_2": ["0"]}}
+    one, zero = [["1"]], [["0"]]
+    units = 5000
+    model = model_from_obj({"format": "ptverify-model/1", "d": 1, "layers": [
+        layer([{"W_q": zero, "W_k": zero, "W_v": zero, "W_o": zero}], one, ["0"], zero),
+        layer([{"W_q": one, "W_k": one, "W_v": one, "W_o": one}], [["1"]] * units,
+              [str(-k) for k in range(units)], [["1"] * units]),
+        layer([{"W_q": one, "W_k": one, "W_v": one, "W_o": one}], [["-1"], ["1"]], ["0", "-1"], [["1", "-1"]])]})
+    inst = instance({"d": 1, "n": 1, "lipschitz": Fraction(1), "p": Fraction(2), "eps": Fraction(1, 2),
+                     "target": "smooth", "temperature": None, "seed": None, "delta": Fraction(1, 2)})
+    preps, npref = cu._split(model, None)
+    assert cu._window_shape(preps, npref, False)
+    assert cu._window_work(preps, npref, inst) > cu.MAX_WINDOW_WORK
+    rows = [[Fraction(1)], [Fraction(2)]]
+    with pytest.raises(Reject, match="windowed evaluation"):
+        cu.evaluate_cells(model, [[Fraction(0)]], rows, rows, inst)

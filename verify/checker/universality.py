@@ -792,16 +792,18 @@ def _work(preps: list, npref: int, inst: Instance) -> int:
 def _window_work(preps: list, npref: int, inst: Instance) -> int:
     """The windowed evaluation's work units (same scale as :func:`_work`): per prompt row the
     token-wise layers' units, its sort, prefix sums and G's keys; per distinct input-token box its
-    affine forms (as in :func:`_work`); per cell WINDOW_CELL_UNITS for each piece of G's tent (a
-    binary search and a few rational operations) and each unit and head of G and F (rational
-    arithmetic on the n input rows)."""
+    affine forms (as in :func:`_work`); once, the table of G's tent (every unit's sign at every
+    piece, 2 WINDOW_CELL_UNITS per pair: a few microseconds in rationals); per cell
+    WINDOW_CELL_UNITS for each piece of G's tent (a binary search and a few rational operations)
+    and each unit and head of G and F (rational arithmetic on the n input rows)."""
     G, F = preps[npref], preps[-1]
     pieces = len({-b / row[0][1] for row, b, _ in G["units"]}) + 1
+    table = pieces * len(G["units"]) * 2 * WINDOW_CELL_UNITS
     per_cell = (pieces + len(G["units"]) + len(F["units"]) + 4 * (len(G["heads"]) + len(F["heads"])))
     units = sum(len(pr["units"]) for pr in preps[:npref])
     rows = inst.m_p * (units + inst.d * (inst.m_p.bit_length() + 4) + 16 * len(G["heads"]))
     boxes = inst.n * inst.K ** inst.d * units * (inst.d + 1) * 256
-    return inst.N * per_cell * inst.n * (inst.d + 1) * WINDOW_CELL_UNITS + rows + boxes
+    return inst.N * per_cell * inst.n * (inst.d + 1) * WINDOW_CELL_UNITS + rows + boxes + table
 
 
 def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance, method: str = "auto") -> tuple:
