@@ -85,15 +85,13 @@ def _campaign(tmp_path, n: int, seed: int):
 
 
 def test_campaign_sample(tmp_path):
-    rep = _campaign(tmp_path, len(CLASSES), seed=11)
+    """300 instances (every class 15 times) through the batch runner: no wrong verdict, every
+    proved/memorized re-checked, no Z3/cvc5 disagreement on the exported queries."""
+    rep = _campaign(tmp_path, 300, seed=12)
+    assert set(rep["classes"]) == set(CLASSES)
     # the easy unmemorizable classes are decided (the prover is complete on them)
     for cls in ("l3-off-subspace", "degenerate-head", "prop-e-fraction"):
         assert rep["classes"][cls]["decided"] >= 1, rep["classes"][cls]
-
-
-@pytest.mark.slow
-def test_campaign_sample_300(tmp_path):
-    _campaign(tmp_path, 300, seed=12)
 
 
 def test_wrong_verdict_is_counted(tmp_path):
