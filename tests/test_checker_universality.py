@@ -387,3 +387,44 @@ def test_a_wide_gather_tent_is_charged_to_the_windowed_evaluation():
     rows = [[Fraction(1)], [Fraction(2)]]
     with pytest.raises(Reject, match="windowed evaluation"):
         cu.evaluate_cells(model, [[Fraction(0)]], rows, rows, inst)
+
+
+def test_clipping_values_in_one_sweep_equal_the_direct_sums():
+    """The last MLP's values at its breakpoints, computed in one sweep (the checker's O(n log n)
+    way), equal the direct O(n^2) sums on random coordinate-wise units, shared breakpoints included."""
+    import random
+    from fractions import Fraction as F
+
+    from verify.checker.universality import _values_at_breakpoints
+    rng = random.Random(1)
+    for _ in range(2000):
+        us = [(F(rng.choice([-3, -2, -1, 1, 2, 3]), rng.randint(1, 4)), F(rng.randint(-6, 6), rng.randint(1, 3)),
+               F(rng.randint(-5, 5), rng.randint(1, 5))) for _ in range(rng.randint(1, 8))]
+        b2 = F(rng.randint(-3, 3), 2)
+        brk = sorted({-b / w for w, b, _ in us})
+        assert _values_at_breakpoints(us, brk, b2) == [z + b2 + sum(co * max(w * z + b, 0) for w, b, co in us)
+                                                       for z in brk]
+
+
+def test_windowed_evaluation_keeps_the_denominator_limit():
+    """A gather-layer output weight with a 2000-bit denominator: the windowed evaluation refuses it as the
+    full one does (its work estimate assumes bounded denominators), instead of running slowly."""
+    import verify.checker.universality as cu
+    from verify.checker.inputs import model_from_obj
+
+    def layer(heads, W1, b1, W2):
+        return {"attention": {"kind": "hardmax", "heads": heads},
+                "mlp": {"W_1": W1, "b_1": b1, "W_2": W2, "b_2": ["0"]}}
+    one, zero = [["1"]], [["0"]]
+    big = f"1/{3 ** 1300}"
+    model = model_from_obj({"format": "ptverify-model/1", "d": 1, "layers": [
+        layer([{"W_q": zero, "W_k": zero, "W_v": zero, "W_o": zero}], one, ["0"], zero),
+        layer([{"W_q": one, "W_k": one, "W_v": one, "W_o": one}], one, ["0"], [[big]]),
+        layer([{"W_q": one, "W_k": one, "W_v": one, "W_o": one}], [["-1"], ["1"]], ["0", "-1"], [["1", "-1"]])]})
+    inst = instance({"d": 1, "n": 1, "lipschitz": Fraction(1), "p": Fraction(2), "eps": Fraction(1, 2),
+                     "target": "smooth", "temperature": None, "seed": None, "delta": Fraction(1, 2)})
+    preps, npref = cu._split(model, None)
+    assert cu._window_shape(preps, npref, False)
+    rows = [[Fraction(1)], [Fraction(2)]]
+    with pytest.raises(Reject, match="bits"):
+        cu.evaluate_cells(model, [[Fraction(0)]], rows, rows, inst)

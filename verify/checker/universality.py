@@ -398,12 +398,33 @@ def _check_clipping(pr: dict) -> None:
             raise Reject("inputs.network: the last MLP is not coordinate-wise, so g's range [0, 1] is not certified")
         per[row[0][0]].append((row[0][1], b, outs[0][1]))
     for i, us in per.items():
+        if any(w == 0 for w, _, _ in us):
+            raise Reject(f"inputs.network: a unit of the last MLP reads coordinate {i} with weight 0")
         brk = sorted({-b / w for w, b, _ in us})
         left = 1 + sum(co * w for w, _, co in us if w < 0)
         right = 1 + sum(co * w for w, _, co in us if w > 0)
-        vals = [z + pr["b2"][i] + sum(co * max(w * z + b, 0) for w, b, co in us) for z in brk]
+        vals = _values_at_breakpoints(us, brk, pr["b2"][i])
         if not brk or left != 0 or right != 0 or not all(0 <= v <= 1 for v in vals):
             raise Reject(f"inputs.network: output coordinate {i} of the last MLP is not certified to lie in [0, 1]")
+
+
+def _values_at_breakpoints(us: list, brk: list, b2) -> list:
+    """``z + b2 + sum co relu(w z + b)`` at each breakpoint z (ascending), exactly, in one sweep:
+    the units active just left of z are those with w < 0 whose breakpoint is >= z and those with
+    w > 0 whose breakpoint is < z; a unit whose breakpoint is z adds exactly 0 there either way."""
+    slope = sum((co * w for w, _, co in us if w < 0), Fraction(0))
+    icpt = sum((co * b for w, b, co in us if w < 0), Fraction(0))
+    events: dict = {}
+    for w, b, co in us:
+        events.setdefault(-b / w, []).append((w, b, co))
+    vals = []
+    for z in brk:
+        vals.append(z + b2 + slope * z + icpt)
+        for w, b, co in events[z]:          # crossing z: w > 0 switch on, w < 0 switch off
+            sg = 1 if w > 0 else -1
+            slope += sg * co * w
+            icpt += sg * co * b
+    return vals
 
 
 # =========================================================================== exact evaluation
@@ -670,6 +691,11 @@ def _window_facts(preps: list, npref: int, Zp: np.ndarray, Dp: int, softmax: boo
         return None
     G, F = preps[npref], preps[-1]
     d = G["d"]
+    # the full evaluation's bound on denominators (MAX_STATE_BITS) holds here too, so that the
+    # work estimate of a cell stays an estimate of its cost
+    for h in G["heads"] + F["heads"]:
+        _den(x for r in h["Wov"] for x in r)
+    _den([x for row, b, outs in G["units"] for x in (row[0][1], b, outs[0][1])] + list(G["b2"]))
     Zo = [[int(x) for x in r] for r in Zp.astype(object).tolist()]
     heads = []
     for h in G["heads"]:
