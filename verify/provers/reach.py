@@ -20,6 +20,7 @@ import numpy as np
 
 from constructions.model import Dataset, InputError, Model
 from verify import progress as _progress
+from verify.provers.real.forward import pre_norm_sum
 from verify.result import Result, Status, certificate, solver_info
 
 __all__ = ["CERT_KIND", "reach_question", "float_bounds", "site_u", "witness_reach", "run_reach",
@@ -167,23 +168,7 @@ def _word(v: float) -> str:
 def site_u(fl, X: np.ndarray, P: Optional[np.ndarray], causal: bool) -> np.ndarray:
     """u = x + b_o + sum_j W_o^j head_j at every input row (the pre-norm sum post-LN, the
     residual otherwise), float64, with the prompt P prepended."""
-    X = np.asarray(X, dtype=np.float64)
-    P = np.zeros((0, X.shape[1])) if P is None else np.asarray(P, dtype=np.float64)
-    S = np.vstack([P, X])
-    R_ = fl.reads(S)
-    n, mp = S.shape[0], P.shape[0]
-    att = np.tile(fl.b_o, (X.shape[0], 1))
-    for h in fl.heads:
-        Q = R_ @ h["W_q"].T + h["b_q"]
-        K = R_ @ h["W_k"].T + h["b_k"]
-        V = R_ @ h["W_v"].T + h["b_v"]
-        sc = fl.scale * (Q[mp:] @ K.T)
-        if causal:
-            sc = np.where(np.arange(n)[None, :] > np.arange(mp, n)[:, None], -np.inf, sc)
-        w = np.exp(sc - sc.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)
-        att += (w @ V) @ h["W_o"].T
-    return X + att
+    return pre_norm_sum(fl, X, P, causal)
 
 
 # --------------------------------------------------------------------------- witness search

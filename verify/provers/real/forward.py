@@ -12,7 +12,7 @@ import numpy as np
 
 from constructions.model import INV_SQRT_HEAD_SIZE, Layer, as_float
 
-__all__ = ["FloatLayer", "layer_norm", "attention_site"]
+__all__ = ["FloatLayer", "layer_norm", "attention_site", "pre_norm_sum"]
 
 
 class FloatLayer:
@@ -52,6 +52,13 @@ def layer_norm(S: np.ndarray, gamma, beta, eps) -> np.ndarray:
 def attention_site(fl: FloatLayer, X: np.ndarray, prompt: Optional[np.ndarray], causal: bool = False) -> np.ndarray:
     """The "at": "attention" outputs of the input rows X (m, d) with ``prompt`` (m_p, d) prepended:
     post-LN ``LN1(x + Att)``, otherwise the residual ``x + Att`` (Att reads LN1 with pre-LN)."""
+    U = pre_norm_sum(fl, X, prompt, causal)
+    return layer_norm(U, *fl.ln1) if fl.norm == "post" else U
+
+
+def pre_norm_sum(fl: FloatLayer, X: np.ndarray, prompt: Optional[np.ndarray], causal: bool = False) -> np.ndarray:
+    """``u = x + b_o + sum_j W_o^j head_j`` at every input row of X with ``prompt`` prepended: the
+    input of LN1 post-LN, the residual (the attention site) otherwise."""
     X = np.asarray(X, dtype=np.float64)
     P = np.zeros((0, X.shape[1])) if prompt is None else np.asarray(prompt, dtype=np.float64)
     S = np.vstack([P, X])
@@ -73,5 +80,4 @@ def attention_site(fl: FloatLayer, X: np.ndarray, prompt: Optional[np.ndarray], 
             w = np.exp(sc - sc.max(axis=1, keepdims=True))
             w /= w.sum(axis=1, keepdims=True)
         att += (w @ V) @ h["W_o"].T
-    U = X + att
-    return layer_norm(U, *fl.ln1) if fl.norm == "post" else U
+    return X + att
