@@ -37,8 +37,8 @@ from fractions import Fraction
 import numpy as np
 
 from .envelope import Context, Outcome
-from .numbers import Reject, fields, integer, rat, sqrt_down, sqrt_up
-from .real import Iv, _dot, _normed, _out, view
+from .numbers import Reject, fields, integer, rat, sqrt_up
+from .real import Iv, _dot, _normed, _out, single_attention_layer
 from .real_witness import _layer_norm, _scale, _weights
 
 __all__ = ["KIND", "check", "support_terms", "support_direction", "no_prompt_heads", "member_bounds",
@@ -251,15 +251,7 @@ def _compare(rep_lo: list, rep_hi: list, own_lo: list, own_hi: list, where: str)
 def check(ctx: Context) -> Outcome:
     """Recompute every bound and compare it with the reported ranges."""
     model, ds = ctx.inputs["model"], ctx.inputs["dataset"]
-    if len(model.layers) != 1:
-        raise Reject(f"model: reach bounds are for single-layer models, found {len(model.layers)} layers")
-    if getattr(ds, "at", "output") != "attention":
-        raise Reject("dataset.at: reach bounds are taken at the attention block (\"at\": \"attention\")")
-    L = view(model.layers[0])
-    if L.kind != "softmax":
-        raise Reject("model: reach bounds are implemented for softmax layers only")
-    if L.norm not in (None, "pre", "post"):
-        raise Reject(f"model: unknown LayerNorm placement {L.norm!r}")
+    L = single_attention_layer(model, ds, "reach bounds", softmax=True)
     d = model.d
     R = ctx.question.get("prompt_norm")
     body = fields(ctx.body, B, {"ranges"})

@@ -31,7 +31,7 @@ from typing import Any, Optional
 from .envelope import Context, Outcome
 from .numbers import EXP_ARG_LIMIT, Mat, Reject, exp_bounds, fields, integer, sqrt_down, sqrt_up, vector
 
-__all__ = ["KIND", "check", "RealHead", "RealLayer", "view", "check_pair", "Iv"]
+__all__ = ["KIND", "check", "RealHead", "RealLayer", "view", "single_attention_layer", "check_pair", "Iv"]
 
 KIND = "limitation-real-pair"
 B = "certificate.body"
@@ -169,16 +169,28 @@ def view(layer) -> RealLayer:
     return RealLayer(_get(layer, "kind"), heads, _vec_of(_get(layer, "b_o")), scale, norm, ln1)
 
 
+def single_attention_layer(model, ds, what: str, softmax: bool = False) -> RealLayer:
+    """The view of the one layer of a question about a single real layer with targets at the
+    attention block (``what`` names the certificates, for the messages); with ``softmax`` also a
+    softmax layer whose LayerNorm is pre, post or absent."""
+    if len(model.layers) != 1:
+        raise Reject(f"model: {what} are for single-layer models, found {len(model.layers)} layers")
+    if _get(ds, "at", "output") != "attention":
+        raise Reject(f"dataset.at: {what} need targets at the attention block (\"at\": \"attention\")")
+    L = view(model.layers[0])
+    if softmax and L.kind != "softmax":
+        raise Reject(f"model: {what} are implemented for softmax layers only")
+    if softmax and L.norm not in (None, "pre", "post"):
+        raise Reject(f"model: unknown LayerNorm placement {L.norm!r}")
+    return L
+
+
 # --------------------------------------------------------------------------- the check
 
 def check(ctx: Context) -> Outcome:
     """Check a ``limitation-real-pair`` certificate against the question and the inputs."""
     q, model, ds = ctx.question, ctx.inputs["model"], ctx.inputs["dataset"]
-    if len(model.layers) != 1:
-        raise Reject(f"model: real-layer pair certificates are for single-layer models, found {len(model.layers)} layers")
-    if _get(ds, "at", "output") != "attention":
-        raise Reject("dataset.at: real-layer pair certificates need targets at the attention block (\"at\": \"attention\")")
-    L = view(model.layers[0])
+    L = single_attention_layer(model, ds, "real-layer pair certificates")
     body = ctx.body
     fields(body, B, {"examples", "positions", "head", "z"})
     if not (isinstance(body["examples"], list) and len(body["examples"]) == 2

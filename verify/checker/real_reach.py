@@ -31,7 +31,7 @@ from fractions import Fraction
 from .envelope import Context, Outcome
 from .numbers import Reject, fields, integer, rat, sqrt_up
 from .reach import member_bounds, no_prompt_heads, site_bounds, support_direction, support_terms
-from .real import view
+from .real import single_attention_layer
 
 __all__ = ["KIND", "check", "direction_bounds"]
 
@@ -80,17 +80,7 @@ def _direction(raw, d: int) -> list:
 def check(ctx: Context) -> Outcome:
     """Re-derive the bound on c.(site) and check the strict separation from the target."""
     q, model, ds = ctx.question, ctx.inputs["model"], ctx.inputs["dataset"]
-    if len(model.layers) != 1:
-        raise Reject(f"model: separating-direction certificates are for single-layer models, found "
-                     f"{len(model.layers)} layers")
-    if getattr(ds, "at", "output") != "attention":
-        raise Reject("dataset.at: separating-direction certificates need targets at the attention block "
-                     "(\"at\": \"attention\")")
-    L = view(model.layers[0])
-    if L.kind != "softmax":
-        raise Reject("model: separating-direction certificates are implemented for softmax layers only")
-    if L.norm not in (None, "pre", "post"):
-        raise Reject(f"model: unknown LayerNorm placement {L.norm!r}")
+    L = single_attention_layer(model, ds, "separating-direction certificates", softmax=True)
     d = model.d
     body = fields(ctx.body, B, {"example", "position", "c", "side"})
     i = integer(body["example"], f"{B}.example", 0, len(ds.inputs) - 1)

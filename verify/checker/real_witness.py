@@ -26,7 +26,7 @@ from fractions import Fraction
 
 from .envelope import Context, Outcome
 from .numbers import Reject, fields, fmt
-from .real import INV_SQRT_HEAD_SIZE, Iv, _dot, _inv_sqrt, _normed, _out, exp_iv, view
+from .real import INV_SQRT_HEAD_SIZE, Iv, _dot, _inv_sqrt, _normed, _out, exp_iv, single_attention_layer
 from .witness import _prompt
 
 __all__ = ["KIND", "check", "attention_site"]
@@ -141,14 +141,10 @@ def _plus(a: list, b) -> list:
 def check(ctx: Context) -> Outcome:
     """Replay the witness at the attention site; accepted only if every enclosure is within the tolerance."""
     model, ds = ctx.inputs["model"], ctx.inputs["dataset"]
-    if len(model.layers) != 1:
-        raise Reject(f"model: real-layer witnesses are for single-layer models, found {len(model.layers)} layers")
-    if getattr(ds, "at", "output") != "attention":
-        raise Reject("dataset.at: real-layer witnesses replay targets at the attention block (\"at\": \"attention\")")
+    L = single_attention_layer(model, ds, "real-layer witnesses")
     body = fields(ctx.body, "certificate.body", {"prompt"})
     P = _prompt(body["prompt"], model.d, ctx.question)
     tol = ctx.question["tolerance"]
-    L = view(model.layers[0])
     worst, count = ZERO, 0
     for i, (X, Y) in enumerate(zip(ds.inputs, ds.outputs)):
         wanted = [t for t, y in enumerate(Y) if y is not None]
