@@ -395,6 +395,23 @@ def _ceil_frac(q: Fraction) -> int:
     return -((-q.numerator) // q.denominator)
 
 
+
+def _arg_extreme(sg: int, kp, cp: int, sp: list, rows: list, keys: list, d: int) -> tuple:
+    """(count, sum) of the rows a hardmax query of sign ``sg`` attends to: the prompt rows' extreme
+    group (key ``kp``, ``cp`` rows summing to ``sp``) and the input rows whose key ties the extreme."""
+    best = max([kp] + keys) if sg > 0 else min([kp] + keys)
+    cnt, tot = (cp, list(sp)) if kp == best else (0, [Fraction(0)] * d)
+    for z, k in zip(rows, keys):
+        if k == best:
+            cnt += 1
+            tot = [a + b for a, b in zip(tot, z)]
+    return cnt, tot
+
+
+def _wov_mean(Wov: list, tot: list, cnt: int, d: int) -> list:
+    """W_o W_v applied to the mean of ``cnt`` attended rows summing to ``tot``."""
+    return [sum((Wov[i][j] * tot[j] for j in range(d) if Wov[i][j]), Fraction(0)) / cnt for i in range(d)]
+
 class _Window:
     """Facts about g and the prompt, established once, under which one cell costs O(log m_p):
 
@@ -477,13 +494,8 @@ class _Window:
                     tot = [self.total[i] + sum(z[i] for z in toks) for i in range(d)]
                 else:
                     kp, cp, sp = ext[sg]
-                    best = max([kp] + kin) if sg > 0 else min([kp] + kin)
-                    cnt, tot = (cp, list(sp)) if kp == best else (0, [Fraction(0)] * d)
-                    for z, k in zip(toks, kin):
-                        if k == best:
-                            cnt += 1
-                            tot = [a + b for a, b in zip(tot, z)]
-                vec = [sum((Wov[i][j] * tot[j] for j in range(d) if Wov[i][j]), Fraction(0)) / cnt for i in range(d)]
+                    cnt, tot = _arg_extreme(sg, kp, cp, sp, toks, kin, d)
+                vec = _wov_mean(Wov, tot, cnt, d)
                 if sg == psign:
                     a_p = [a + b for a, b in zip(a_p, vec)]
                 for t, q in enumerate(qs):
@@ -530,14 +542,8 @@ class _Window:
                         tot = [a + b for a, b in zip(tot, z)]
                 else:
                     pv, cp, sp = ext[sg if u[0] > 0 else -sg]      # key = u_0 phi
-                    kp = u[0] * pv
-                    best = max([kp] + kin) if sg > 0 else min([kp] + kin)
-                    cnt, tot = (cp, list(sp)) if kp == best else (0, [Fraction(0)] * d)
-                    for z, k in zip(z1, kin):
-                        if k == best:
-                            cnt += 1
-                            tot = [a + b for a, b in zip(tot, z)]
-                vec = [sum((Wov[i][j] * tot[j] for j in range(d) if Wov[i][j]), Fraction(0)) / cnt for i in range(d)]
+                    cnt, tot = _arg_extreme(sg, u[0] * pv, cp, sp, z1, kin, d)
+                vec = _wov_mean(Wov, tot, cnt, d)
                 for t, q in enumerate(qs):
                     if q == sg:
                         adds[t] = [a + b for a, b in zip(adds[t], vec)]
