@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from constructions.model import Dataset, Example
-from verify.checker import canonical_sha256, check_result, statement
+from verify.checker import statement
 from verify.checker.reach import support_direction, support_terms
 from verify.checker.real import view
 from verify.provers.limitation import check_memorization
@@ -23,7 +23,7 @@ from verify.provers.real.separate import CERT_KIND, candidates
 from verify.result import Status
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_real_limitation import real_model  # noqa: E402
+from test_real_limitation import _recheck, _rehash, real_model  # noqa: E402
 
 TOL = Fraction(1, 10)
 R = Fraction(3)
@@ -76,17 +76,6 @@ def proved():
         ds = _pushed(model, pn, seed=3)
         out[(norm, pn, causal)] = (model, ds, check_real(model, ds, tolerance=TOL, prompt_norm=pn))
     return out
-
-
-def _recheck(obj):
-    return check_result(obj, ".")
-
-
-def _rehash(obj) -> dict:
-    for name in ("model", "dataset"):
-        ref = obj["inputs"][name]
-        ref["sha256"] = canonical_sha256(ref["embedded"])
-    return obj
 
 
 def _restate(obj) -> dict:
