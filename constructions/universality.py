@@ -29,8 +29,11 @@ Layers (``proofs/universality.md`` gives the argument):
 Positional encodings (added to coordinate 0 only) are part of ``g``: ``E_t`` for input position
 ``t`` and ``E^P_j`` for prompt position ``j``.  The "exact" version uses hardmax attention; the
 "standard" one softmax, with the scores divided by a temperature ``T`` (folded into ``W_k``).
-Supported sizes: any ``d >= 1`` and ``n in {1, 2}`` (the gather uses the max and the min of one
-coordinate; see the proof file for the limit).
+Supported sizes: any ``d >= 1`` with ``n in {1, 2}`` (the layers above), and ``d = 1`` with any
+``n >= 3``: the broadcast construction (:func:`_build_broadcast`, 2n + 1 layers), in which every
+attention layer adds the row with the largest coordinate 0 to every row, and the MLPs choose which
+row that is: the input tokens one by one (the gather), then the prompt token of each output
+position one by one (the lookup).
 """
 from __future__ import annotations
 
@@ -228,10 +231,11 @@ class UniversalNetwork:
 
 def _checked_sizes(d: int, n: int, K: int, w, kind: str, temperature) -> tuple[Fraction, Fraction]:
     """``(w, T)`` after checking every argument of :func:`build_network` (T = 1 for hardmax)."""
-    if n not in (1, 2):
-        raise InputError("--n", "1 or 2 (the gather layer reads the largest and the smallest token)", str(n))
     if d < 1:
         raise InputError("--d", "a positive integer", str(d))
+    if n < 1 or (n >= 3 and d != 1):
+        raise InputError("--n", "1 or 2, or any n >= 3 with d = 1 (the broadcast construction stores one "
+                         "number per token)", f"n = {n} with d = {d}")
     if K < 2:
         raise InputError("delta", "1/K with K >= 2", f"K = {K}")
     w = Fraction(w)
@@ -400,19 +404,151 @@ def _lookup_layer(pl: _Plan, T: Fraction) -> Layer:
     return _mlp_layer(pl, [Head(W_q, W_k, W_v, W_o)], fm)
 
 
+# =========================================================================== n >= 3, d = 1: broadcasts
+
+def broadcast_spacing(n: int) -> int:
+    """S of the broadcast construction (n >= 3): 2^(n-1) + 2.  A prompt row's offset in its window
+    (its grid value plus what the lookups added) stays below 2^(n-1), so windows S apart keep a gap
+    of 2."""
+    return (1 << (n - 1)) + 2
+
+
+def _region_points(regions: list) -> list:
+    """Points of a continuous piecewise-linear map that is affine on each region.
+
+    ``regions``: (lo, hi, value at lo, slope) with lo < hi, disjoint, at least 1/2 apart (the map
+    interpolates linearly between them: the builder's bounds say no token ever lies there)."""
+    pts: list = []
+    for lo, hi, v, sl in sorted(regions, key=lambda r: Fraction(r[0])):
+        lo, hi, v, sl = Fraction(lo), Fraction(hi), Fraction(v), Fraction(sl)
+        if not hi > lo or (pts and lo - pts[-1][0] < Fraction(1, 2)):
+            raise ValueError(f"broadcast layout: region [{lo}, {hi}] overlaps or touches its neighbour")
+        pts += [(lo, v), (hi, v + sl * (hi - lo))]
+    return pts
+
+
+def _pl_layer(kind: str, T: Fraction, regions: list, flat_tails: bool = True) -> Layer:
+    """One broadcast layer: the head adds the row with the largest coordinate 0 to every row
+    (every row's coordinate 0 is positive), then the scalar map of ``regions``."""
+    mlp = _MLPBuilder(1)
+    mlp.add_pl(0, _region_points(regions), 0, 0)
+    W1, b1, W2, b2 = mlp.arrays()
+    return Layer(kind, [_rank1_head(1, 1, T)], W1, b1, W2, b2)
+
+
+def _build_broadcast(n: int, K: int, w: Fraction, kind: str, T: Fraction) -> "UniversalNetwork":
+    """g for d = 1 and n >= 3 tokens (``proofs/universality.md``, "n >= 3: the broadcast
+    construction").  Every attention layer after Q1 has one head that adds the row with the
+    largest coordinate 0 to every row (all rows stay positive, so every query reads the maximum);
+    the MLPs move the row to read next to the top and keep every other row in its region.
+
+    Gather (layers 1..n): input token t = n-1, ..., 0 in turn is the top row and is added to every
+    row, then parked at a constant level; the drift a doubles at each step, so token t's digit
+    multiplier is S n K^t / 2^t and every prompt row gains A = S n c.  Lookup (layers n+1..2n):
+    output position s is read from the row of window k = s (folded to the top), which is then
+    dead; what a lookup adds to every row (TOP plus the read row's offset) is cancelled on the
+    reader by the slope -1 its region gets one layer before; readers s < n-1 store their value
+    at the scale B = K (2^n + 2), decoded exactly by a staircase in the last MLP."""
+    d, N, S = 1, K ** n, broadcast_spacing(n)
+    half = Fraction(1, 2)
+    J = 1 << n                                   # bound on the offsets lookups add (< 2^n)
+    off = 1 << (n - 1)                           # bound on a prompt row's offset in its window
+    B = K * (J + 2)                              # scale of a stored output
+    D = [Fraction(S * n * K ** t, 2 ** t) for t in range(n)]
+    W = [Dt * (K - 1) for Dt in D]
+    Amax = S * n * (N - 1)
+    spanP = S * n * N + 1                        # raw prompt rows lie in [P0, P0 + spanP]
+    uspan = 2 * S * n * N + J                    # and after the gather in [P0, P0 + uspan]
+    G = 2 * (Amax + spanP + uspan + B + J) + 16  # distance between regions
+    DEAD = 1
+    park = [1 + (t + 1) * G for t in range(n)]
+    store = [1 + (n + 1 + s) * G for s in range(n)]
+    P0 = 1 + (2 * n + 2) * G
+    E = [P0 + (t + 2) * G for t in range(n)]
+    TOP = E[-1] + 2 * G
+    Zs = P0 + S * n * (N - 1)                    # a prompt row holds Zs + S k + y after the gather
+    pl = _Plan(d, n, K, kind, N, 0, E, P0, [], [], D)
+    layers = [_staircase_layer(pl, w)]
+
+    def prompt_map(shift, s):
+        """Prompt rows (state shift + u, u in [P0, P0 + uspan]): window k = s to TOP + offset,
+        every other row to u."""
+        lo_w = Zs + S * s
+        return [(shift + P0 - half, shift + lo_w - 1, P0 - half, 1),
+                (shift + lo_w - half, shift + lo_w + off + half, TOP - half, 1),
+                (shift + lo_w + off + 1, shift + P0 + uspan + half, lo_w + off + 1, 1)]
+
+    amax = Fraction(0)
+    for i in range(1, n + 1):
+        t = n - i
+        Et, add_hi = E[t], W[t] + amax           # the head adds V_t + a in [E_t, E_t + add_hi]
+        regs = [(park[q] + Et - half, park[q] + Et + add_hi + half, park[q], 0) for q in range(t + 1, n)]
+        regs.append((2 * Et - half, 2 * Et + W[t] + add_hi + half, park[t], 0))
+        for q in range(t):
+            regs.append((E[q] + Et - half, E[q] + Et + W[q] + add_hi + amax + half, E[q] - half, 1))
+        if t > 0:
+            regs.append((P0 + Et - half, P0 + spanP + Et + add_hi + amax + half, P0 - half, 1))
+        else:
+            regs += prompt_map(Et, 0)
+        layers.append(_pl_layer(kind, T, regs))
+        amax = 2 * amax + W[t]
+    assert amax == Amax
+    for s in range(n):
+        last = s == n - 1
+        reader = park[s] + (J if s else 0)       # the reader holds reader - nu_s before its lookup
+        regs = []
+        if not last:
+            regs.append((DEAD + TOP - half, DEAD + TOP + off + half, DEAD, 0))
+            regs.append((2 * TOP - half, 2 * TOP + 2 * off + half, DEAD, 0))
+            regs += prompt_map(TOP, s + 1)
+            for q in range(s + 1, n):
+                if q == s + 1:                   # next reader: park + J - nu
+                    regs.append((park[q] + TOP - half, park[q] + TOP + J + half, park[q] + J + half, -1))
+                else:
+                    regs.append((park[q] + TOP - half, park[q] + TOP + J + half, park[q] - half, 1))
+            regs.append((reader + TOP - half, reader + TOP + 1 + half, store[s] - B * half, B))
+        else:
+            regs.append((reader + TOP, reader + TOP + 1, 0, 1))
+        for q in range(s):
+            lo = store[q] + TOP
+            if not last:
+                regs.append((lo - half, lo + B + J + half, store[q] - half, 1))
+                continue
+            step = J + 2                         # B / K
+            for m in range(K):
+                regs.append((lo + m * step - half, lo + m * step + J + half, Fraction(m, K), 0))
+        layers.append(_pl_layer(kind, T, regs))
+    model = Model(d=d, layers=layers, causal=False,
+                  meta={"builder": "universality", "construction": "broadcast", "d": d, "n": n, "K": K,
+                        "w": str(w), "kind": kind, "temperature": None if kind == "hardmax" else str(T)})
+    pos_input = _zeros((n, d))
+    for t in range(n):
+        pos_input[t, 0] = Fraction(E[t])
+    pos_prompt = _zeros((n * N, d))
+    for c in range(N):
+        for s in range(n):
+            pos_prompt[n * c + s, 0] = Fraction(P0 + S * (n * (N - 1) - n * c + s))
+    layout = {"construction": "broadcast", "E_input": E, "P0": P0, "S": S, "TOP": TOP, "park": park,
+              "store": store, "B": B, "window": Zs, "gap": G}
+    return UniversalNetwork(d, n, K, w, kind, None if kind == "hardmax" else T, model, pos_input, pos_prompt,
+                            layout)
+
+
 def build_network(d: int, n: int, K: int, w: Fraction, kind: str = "hardmax",
                   temperature: Optional[Fraction] = None) -> UniversalNetwork:
     """Build the frozen network g of Theorem U (module docstring) for ``delta = 1/K``.
 
     Parameters
     ----------
-    d, n : token size and number of input tokens (``n`` must be 1 or 2).
+    d, n : token size and number of input tokens (``n`` in {1, 2}, or ``n >= 3`` with ``d = 1``).
     K : grid steps per coordinate (``delta = 1/K``).
     w : ramp width of the ReLU staircases, ``0 < w < 1/K``.
     kind : ``"hardmax"`` (exact version) or ``"softmax"`` (standard version).
     temperature : softmax temperature T > 0 (scores are divided by T); ignored for hardmax.
     """
     w, T = _checked_sizes(d, n, K, w, kind, temperature)
+    if n >= 3:
+        return _build_broadcast(n, K, w, kind, T)
     pl = _plan(d, n, K, kind)
     layers = [_staircase_layer(pl, w)] + ([_gate_layer(pl)] if d >= 2 else [])
     gather, window = _gather_layer(pl, T)
