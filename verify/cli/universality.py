@@ -83,7 +83,7 @@ def register(apps) -> None:
     @apps["root"].command("universality")
     def universality_cmd(
             d: int = typer.Option(1, "--d", help="token size d"),
-            n: int = typer.Option(2, "--n", help="number of input tokens n (1 or 2)"),
+            n: int = typer.Option(2, "--n", help="number of input tokens n (1 or 2; any n >= 3 with d = 1)"),
             lipschitz: str = typer.Option("1", "--lipschitz", help="Lipschitz constant L of the class F_L"),
             p: str = typer.Option("2", "--p", help="the p of d_p (a rational >= 1)"),
             eps: str = typer.Option("0.25", "--eps", help="target accuracy epsilon"),
