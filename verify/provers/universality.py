@@ -564,6 +564,196 @@ class _Window:
         return tot
 
 
+#: the chain evaluation (:class:`_Chain`) stops with NotCertified beyond this many work units (one
+#: unit: a bounded number of rational operations on one piece, or one step of a binary search) in
+#: a whole run, or when a state's denominator passes MAX_CHAIN_DEN_BITS bits
+MAX_CHAIN_WORK = 1 << 30
+MAX_CHAIN_DEN_BITS = 256
+
+
+def _floor_frac(q: Fraction) -> int:
+    return q.numerator // q.denominator
+
+
+class _Chain:
+    """The exact evaluation of a d = 1 hardmax network with any number of attention layers after
+    the token-wise prefix, in time proportional to the number of *pieces* rather than m_p.
+
+    The prompt rows are sorted once by their state x_j after the prefix (integer numerators over
+    Dp, with prefix sums).  In a cell their current states are kept as pieces (lo, hi, a, b):
+    the rows lo <= i < hi of the sorted order have state a * xs[i] + b (a = alpha / Dp), the
+    pieces non-empty, disjoint and covering every row in order.  A rank-1 head with d = 1 has key
+    u z and query v z, so a query of sign +1 (v z_q > 0) reads the rows with the largest u z,
+    i.e. their common state max z (u > 0) or min z (u < 0), -1 the other one, 0 the mean of all
+    rows.  Per layer:
+
+    * the largest and smallest state over all rows is at a piece's end (states are affine, hence
+      monotone, in x on a piece) or an input row; the sum of all states is
+      sum (a * (sum of xs) + b * count) over pieces plus the input rows;
+    * the query sign of a row is sign(v) sign(z) for every head, so each piece is split where its
+      state changes sign (binary search) and gains the sum over heads of W_ov times the value its
+      sign reads; input rows likewise;
+    * the MLP phi(z) = z + b2 + sum co relu(w z + b) is affine between consecutive breakpoints
+      -b / w (slope and intercept read at an interior point; by continuity also at the ends), so
+      a piece is split where its state crosses a breakpoint (binary search with exact ceil/floor)
+      and the affine maps compose; adjacent pieces with equal (a, b) merge.
+
+    In the last layer only the n input rows are queries; their outputs go through the MLP
+    exactly.  Every value is the same rational as in the full evaluation (:func:`_cell_outputs`),
+    so the outputs are equal.  ``build`` returns None unless d = 1 and the network is hardmax."""
+
+    @staticmethod
+    def build(preps: list, npref: int, Zp: np.ndarray, Dp: int, softmax: bool):
+        if softmax or preps[0]["d"] != 1:
+            return None
+        ch = _Chain()
+        rows = sorted(int(r[0]) for r in Zp.tolist())
+        ch.xs, ch.m_p, ch.Dp = rows, len(rows), Dp
+        ch.cum = [0]
+        for x in rows:
+            ch.cum.append(ch.cum[-1] + x)
+        ch.lg = max(1, len(rows).bit_length())
+        ch.work = len(rows) * ch.lg
+        ch.layers = []
+        for pr in preps[npref:]:
+            heads = [(_sgn(hd["u"][0]), _sgn(hd["v"][0]), hd["Wov"][0][0]) for hd in pr["heads"]]
+            units = [(row[0][1] if row else Fraction(0), b, outs[0][1]) for row, b, outs in pr["units"]]
+            # slope and intercept of phi left of every breakpoint (the units active as z -> -inf:
+            # w < 0, or w = 0 with b > 0), then one sorted sweep: at -b/w a unit with w > 0 switches
+            # on and one with w < 0 switches off
+            sl = 1 + sum((co * wt for wt, _, co in units if wt < 0), Fraction(0))
+            ic = pr["b2"][0] + sum((co * b for wt, b, co in units if wt < 0 or (wt == 0 and b > 0)), Fraction(0))
+            events: dict = {}
+            for wt, b, co in units:
+                if wt:
+                    e = events.setdefault(-b / wt, [Fraction(0), Fraction(0)])
+                    sg = 1 if wt > 0 else -1
+                    e[0] += sg * co * wt
+                    e[1] += sg * co * b
+            brk, aff = sorted(events), [(sl, ic)]
+            for z in brk:
+                sl, ic = sl + events[z][0], ic + events[z][1]
+                aff.append((sl, ic))
+            ch.layers.append({"pr": pr, "heads": heads, "brk": brk, "aff": aff})
+        ch._charge(0)
+        return ch
+
+    def _charge(self, units: int) -> None:
+        self.work += units
+        if self.work > MAX_CHAIN_WORK:
+            raise NotCertified(f"the chain evaluation needs more than MAX_CHAIN_WORK = {MAX_CHAIN_WORK} "
+                               "work units (too many pieces)")
+
+    def _reads(self, lay: dict, pieces: list, zin: list) -> dict:
+        """Per state sign s of a query row: the sum over heads of W_ov times the value it reads."""
+        add = {1: Fraction(0), -1: Fraction(0), 0: Fraction(0)}
+        if not lay["heads"]:
+            return add
+        xs, cum = self.xs, self.cum
+        zmax = zmin = None
+        tot = sum(zin, Fraction(0))
+        for lo, hi, a, b in pieces:
+            if a:
+                y1, y2 = a * xs[lo] + b, a * xs[hi - 1] + b
+                lo_v, hi_v = (y1, y2) if a > 0 else (y2, y1)
+                tot += a * (cum[hi] - cum[lo]) + b * (hi - lo)
+            else:
+                lo_v = hi_v = b
+                tot += b * (hi - lo)
+            if zmax is None or hi_v > zmax:
+                zmax = hi_v
+            if zmin is None or lo_v < zmin:
+                zmin = lo_v
+        for z in zin:
+            if zmax is None or z > zmax:
+                zmax = z
+            if zmin is None or z < zmin:
+                zmin = z
+        mean = tot / (self.m_p + len(zin))
+        for su, sv, wov in lay["heads"]:
+            for s in (1, -1, 0):
+                q = sv * s
+                val = mean if q == 0 or su == 0 else (zmax if q == su else zmin)
+                add[s] += wov * val
+        return add
+
+    def _attend(self, pieces: list, add: dict) -> list:
+        """Split the pieces where the state changes sign; each part gains add[its sign]."""
+        xs, out = self.xs, []
+        for lo, hi, a, b in pieces:
+            if not a:
+                out.append((lo, hi, a, b + add[_sgn(b)]))
+                continue
+            y1, y2 = a * xs[lo] + b, a * xs[hi - 1] + b
+            s1, s2 = _sgn(y1), _sgn(y2)
+            if s1 == s2:
+                out.append((lo, hi, a, b + add[s1]))
+                continue
+            t = -b / a
+            i1 = bisect.bisect_left(xs, _ceil_frac(t), lo, hi)      # first x >= t
+            i2 = bisect.bisect_right(xs, _floor_frac(t), lo, hi)    # first x > t
+            self._charge(2 * self.lg)
+            for p, q, s in ((lo, i1, -_sgn(a)), (i1, i2, 0), (i2, hi, _sgn(a))):
+                if q > p:
+                    out.append((p, q, a, b + add[s]))
+        return out
+
+    def _mlp(self, lay: dict, pieces: list) -> list:
+        """The MLP on every piece: split at the breakpoints its states cross, compose, merge."""
+        xs, brk, aff, out = self.xs, lay["brk"], lay["aff"], []
+
+        def emit(p, q, a, b, k):
+            sl, ic = aff[k]
+            a2, b2 = sl * a, sl * b + ic
+            if out and out[-1][1] == p and out[-1][2] == a2 and out[-1][3] == b2:
+                out[-1] = (out[-1][0], q, a2, b2)
+            else:
+                out.append((p, q, a2, b2))
+        for lo, hi, a, b in pieces:
+            if not a:
+                emit(lo, hi, a, b, bisect.bisect_right(brk, b))
+                continue
+            y1, y2 = a * xs[lo] + b, a * xs[hi - 1] + b
+            k1, k2 = bisect.bisect_right(brk, y1), bisect.bisect_right(brk, y2)
+            if k1 == k2:
+                emit(lo, hi, a, b, k1)
+                continue
+            kmin, kmax = min(k1, k2), max(k1, k2)
+            self._charge((kmax - kmin) * self.lg)
+            if a > 0:       # rows with a x + b >= brk[k]: x >= (brk[k] - b) / a, a suffix
+                cuts = [bisect.bisect_left(xs, _ceil_frac((brk[k] - b) / a), lo, hi) for k in range(kmin, kmax)]
+                ks = range(kmin, kmax + 1)
+            else:           # a prefix: x <= (brk[k] - b) / a
+                cuts = [bisect.bisect_right(xs, _floor_frac((brk[k] - b) / a), lo, hi)
+                        for k in range(kmax - 1, kmin - 1, -1)]
+                ks = range(kmax, kmin - 1, -1)
+            for p, q, k in zip([lo] + cuts, cuts + [hi], ks):
+                if q > p:
+                    emit(p, q, a, b, k)
+        return out
+
+    def _check_den(self, pieces: list, zin: list) -> None:
+        for v in zin + [x for _, _, a, b in pieces for x in (a, b)]:
+            if v.denominator.bit_length() > MAX_CHAIN_DEN_BITS:
+                raise NotCertified(f"a state's denominator exceeds MAX_CHAIN_DEN_BITS = {MAX_CHAIN_DEN_BITS} bits "
+                                   "in the chain evaluation")
+
+    def cell(self, toks: list) -> list:
+        """The outputs (entry e = t, d = 1) for input tokens ``toks`` (states after the prefix)."""
+        pieces = [(0, self.m_p, Fraction(1, self.Dp), Fraction(0))] if self.m_p else []
+        zin = [Fraction(z[0]) for z in toks]
+        last = len(self.layers) - 1
+        for li, lay in enumerate(self.layers):
+            self._charge(len(pieces) * (2 + len(lay["heads"])) + len(zin))
+            add = self._reads(lay, pieces, zin)
+            zin = [_mlp_frac(lay["pr"], [z + add[_sgn(z)]])[0] for z in zin]
+            if li == last:
+                return zin
+            pieces = self._mlp(lay, self._attend(pieces, add) if lay["heads"] else pieces)
+            self._check_den(pieces, zin)
+        return zin
+
+
 def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None, method: str = "auto"):
     """Exact outputs of g([P, X]) on the flat box of every cell.
 
@@ -572,7 +762,12 @@ def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None, method: str
     softmax network's outputs from them (0 for hardmax).  Raises :class:`NotCertified` when a box
     cannot be certified.  ``method``: "full" pushes all m_p + n rows through the attention layers
     per cell (the reference, O(m_p) per cell); "window" uses :class:`_Window` (O(log m_p) per
-    cell; NotCertified when its facts fail); "auto" the window when its facts hold."""
+    cell; NotCertified when its facts fail); "chain" uses :class:`_Chain` (d = 1 and hardmax,
+    any number of attention layers; NotCertified otherwise or beyond its work and denominator
+    limits); "auto" the window when its facts hold, else the chain when d = 1 and hardmax, else
+    the full evaluation."""
+    if method not in ("auto", "full", "window", "chain"):
+        raise ValueError(f"unknown evaluation method {method!r}")
     model, d, n = net.model, net.d, net.n
     preps = [_prep(la) for la in model.layers]
     npref = 0
@@ -588,9 +783,14 @@ def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None, method: str
         Zp, Dp = _mlp_int(preps[li], Zp, Dp)
     m_p = Pe.shape[0]
     dn = d * n
-    win = None if method == "full" else _Window.build(preps, npref, Zp, Dp, softmax)
+    win = _Window.build(preps, npref, Zp, Dp, softmax) if method in ("auto", "window") else None
     if win is None and method == "window":
         raise NotCertified("the windowed evaluation's facts do not hold for this network")
+    chain = None
+    if method == "chain" or (method == "auto" and win is None):
+        chain = _Chain.build(preps, npref, Zp, Dp, softmax)
+        if chain is None and method == "chain":
+            raise NotCertified("the chain evaluation needs d = 1 and a hardmax network")
     values, etas = [], []
     prefix_cache: dict = {}
     cells = range(net.N) if cells is None else cells
@@ -608,8 +808,9 @@ def evaluate_cells(net: UniversalNetwork, P: np.ndarray, cells=None, method: str
             if (t, own) not in prefix_cache:
                 prefix_cache[(t, own)] = _prefix_token(preps[:npref], net.pos_input[t], own)
             pts.append(prefix_cache[(t, own)])
-        if win is not None:
-            values.append(win.cell(pts))
+        fast = win if win is not None else chain
+        if fast is not None:
+            values.append(fast.cell(pts))
             etas.append(Fraction(0))
             continue
         Zi, Di = _to_int(pts, d)
