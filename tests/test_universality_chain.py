@@ -135,10 +135,7 @@ def test_chain_evaluation_equals_the_full_one_and_fbar_on_the_construction(d, n,
 @pytest.mark.parametrize("K", [2, 3])
 def test_chain_evaluation_on_n3(K):
     """The d = 1, n = 3 network (2 n + 1 layers: more attention layers than the window covers)."""
-    try:
-        net, P, tgt, fbar, params = setup(1, 3, "1", "2", "1", "smooth", K=K)
-    except InputError as exc:
-        pytest.skip(f"n = 3 is not built yet: {exc}")
+    net, P, tgt, fbar, params = setup(1, 3, "1", "2", "1", "smooth", K=K)
     assert len(net.model.layers) == 2 * 3 + 1
     chain = evaluate_cells(net, P, method="chain")
     assert _same(chain, evaluate_cells(net, P, method="full"))

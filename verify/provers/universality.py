@@ -899,8 +899,11 @@ def parse_number(text, field: str, positive: bool = True) -> Fraction:
 def _check_sizes(d: int, n: int, p: Fraction) -> None:
     if not isinstance(d, int) or d < 1:
         raise InputError("--d", "a positive integer", repr(d))
-    if n not in (1, 2):
-        raise InputError("--n", "1 or 2 (the construction's gather reads the largest and smallest token)", repr(n))
+    if not isinstance(n, int) or n < 1:
+        raise InputError("--n", "a positive integer", repr(n))
+    if n >= 3 and d != 1:
+        raise InputError("--n", "1 or 2, or any n >= 3 with --d 1 (the broadcast construction for n >= 3 stores "
+                         "one number per token)", f"n = {n} with d = {d}")
     if p < 1:
         raise InputError("--p", "a number p >= 1", str(p))
     if p.numerator > 64 or p.denominator > 16:
