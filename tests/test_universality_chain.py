@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from constructions.model import Head, InputError, Layer, Model
+from constructions.model import Head, Layer, Model
 from constructions.universality import TARGETS, pl_units
 from verify.provers import universality as U
 from verify.provers.universality import NotCertified, evaluate_cells, outputs_sha256, setup
