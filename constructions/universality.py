@@ -128,6 +128,30 @@ def pl_units(points: Sequence[tuple], left_slope, right_slope) -> tuple[list, Fr
     return units, v0 - b0
 
 
+def pl_units_left(points: Sequence[tuple], left_slope, right_slope) -> tuple[list, Fraction]:
+    """As :func:`pl_units`, with units ``relu(b - z)`` that vanish right of their breakpoint (and
+    one ``relu(z - b)`` unit for a right tail slope other than 1): every unit is 0 on tokens right
+    of the last point, where ``F(z) = z + c``.  In float64 a token then sees only the units whose
+    breakpoints lie to its right, so tokens far right of steep units keep their exact value."""
+    pts = [(Fraction(a), Fraction(b)) for a, b in points]
+    for (a0, _), (a1, _) in zip(pts, pts[1:]):
+        if not a1 > a0:
+            raise ValueError(f"breakpoints must increase: {a0} then {a1}")
+    sl, sr = Fraction(left_slope), Fraction(right_slope)
+    slopes = [sl] + [(v1 - v0) / (a1 - a0) for (a0, v0), (a1, v1) in zip(pts, pts[1:])] + [sr]
+    bN, vN = pts[-1]
+    units = []
+    if sr - 1 != 0:
+        units.append((1, bN, sr - 1))
+    # crossing breakpoint a_k leftwards changes the slope from slopes[k + 1] to slopes[k]; a unit
+    # coef relu(a_k - z) adds slope -coef left of a_k
+    for k, (a, _) in enumerate(pts):
+        coef = slopes[k + 1] - slopes[k] if k < len(pts) - 1 else 1 - slopes[k]
+        if coef != 0:
+            units.append((-1, a, coef))
+    return units, vN - bN
+
+
 def pl_eval(points, left_slope, right_slope, z: Fraction) -> Fraction:
     """Direct evaluation of the piecewise-linear map of :func:`pl_units` (its reference)."""
     pts = [(Fraction(a), Fraction(b)) for a, b in points]
@@ -147,8 +171,8 @@ class _MLPBuilder:
         self.rows: list = []      # (W_1 row as dict {coord: weight}, bias, {coord: out weight})
         self.b2 = [Fraction(0)] * d
 
-    def add_pl(self, coord: int, points, left_slope, right_slope) -> None:
-        units, c = pl_units(points, left_slope, right_slope)
+    def add_pl(self, coord: int, points, left_slope, right_slope, left_active: bool = False) -> None:
+        units, c = (pl_units_left if left_active else pl_units)(points, left_slope, right_slope)
         for sign, b, coef in units:
             self.rows.append(({coord: Fraction(sign)}, Fraction(-sign) * b, {coord: coef}))
         self.b2[coord] += c
@@ -459,16 +483,35 @@ def _build_broadcast(n: int, K: int, w: Fraction, kind: str, T: Fraction) -> "Un
     Amax = S * n * (N - 1)
     spanP = S * n * N + 1                        # raw prompt rows lie in [P0, P0 + spanP]
     uspan = 2 * S * n * N + J                    # and after the gather in [P0, P0 + uspan]
-    G = 2 * (Amax + spanP + uspan + B + J) + 16  # distance between regions
+    # levels, as low as the regions allow (smaller numbers keep float64 passes through g accurate):
+    # stored rows need B + J, parked rows A_max (their drift during the gather), input tokens
+    # 2 A_max (theirs plus the token read) and the prompt rows spanP + A_max
     DEAD = 1
-    park = [1 + (t + 1) * G for t in range(n)]
-    store = [1 + (n + 1 + s) * G for s in range(n)]
-    P0 = 1 + (2 * n + 2) * G
-    E = [P0 + (t + 2) * G for t in range(n)]
-    TOP = E[-1] + 2 * G
+    store = [DEAD + off + 4 + s * (B + J + 4) for s in range(n)]
+    # (twice that for parked rows and input tokens: the map between two regions then has a slope
+    # of a few units instead of A_max, which keeps float64 passes accurate)
+    park = [store[-1] + B + J + 4 + t * (2 * Amax + J + 4) for t in range(n)]
+    P0 = park[-1] + 2 * Amax + J + 4
+    E = [P0 + spanP + 2 * Amax + 4 + t * (3 * Amax + 4) for t in range(n)]
+    TOP = P0 + uspan + 4                         # above every state of the lookup but the marked row
     Zs = P0 + S * n * (N - 1)                    # a prompt row holds Zs + S k + y after the gather
-    pl = _Plan(d, n, K, kind, N, 0, E, P0, [], [], D)
-    layers = [_staircase_layer(pl, w)]
+    raw = [2 + 3 * t for t in range(n)]          # input token t enters at raw[t] + x, below the prompt
+    # Q1: input token t's staircase on [raw_t, raw_t + 1] lands on E_t + D_t k (ramps of width w left
+    # of each threshold j/K); the prompt region is left unchanged.  Units relu(b - z): they vanish on
+    # every token right of their breakpoint, so the prompt rows never see the steep ramps.
+    pts = []
+    for t in range(n):
+        e = Fraction(raw[t])
+        pts.append((e, Fraction(E[t])))
+        for j in range(1, K):
+            pts.append((e + Fraction(j, K) - w, E[t] + D[t] * (j - 1)))
+            pts.append((e + Fraction(j, K), E[t] + D[t] * j))
+        pts.append((e + 1, E[t] + W[t]))
+    pts.append((Fraction(P0 - 1), Fraction(P0 - 1)))
+    q1 = _MLPBuilder(d)
+    q1.add_pl(0, pts, 0, 1, left_active=True)
+    W1, b1, W2, b2 = q1.arrays()
+    layers = [Layer(kind, [_zero_head(d)], W1, b1, W2, b2)]
 
     def prompt_map(shift, s):
         """Prompt rows (state shift + u, u in [P0, P0 + uspan]): window k = s to TOP + offset,
@@ -523,13 +566,13 @@ def _build_broadcast(n: int, K: int, w: Fraction, kind: str, T: Fraction) -> "Un
                         "w": str(w), "kind": kind, "temperature": None if kind == "hardmax" else str(T)})
     pos_input = _zeros((n, d))
     for t in range(n):
-        pos_input[t, 0] = Fraction(E[t])
+        pos_input[t, 0] = Fraction(raw[t])
     pos_prompt = _zeros((n * N, d))
     for c in range(N):
         for s in range(n):
             pos_prompt[n * c + s, 0] = Fraction(P0 + S * (n * (N - 1) - n * c + s))
-    layout = {"construction": "broadcast", "E_input": E, "P0": P0, "S": S, "TOP": TOP, "park": park,
-              "store": store, "B": B, "window": Zs, "gap": G}
+    layout = {"construction": "broadcast", "raw_input": raw, "E_input": E, "P0": P0, "S": S, "TOP": TOP, "park": park,
+              "store": store, "B": B, "window": Zs}
     return UniversalNetwork(d, n, K, w, kind, None if kind == "hardmax" else T, model, pos_input, pos_prompt,
                             layout)
 
