@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from constructions.forward import forward_exact
 from constructions.model import InputError
 from constructions.universality import (TARGETS, _region_points, broadcast_spacing, build_network, build_prompt,
-                                        build_target, cell_digits, forward_float, quantized_function,
-                                        ramp_width)
+                                        build_target, cell_digits, forward_float, pl_eval, pl_units_left,
+                                        quantized_function, ramp_width)
 from verify.provers.universality import RankOneFloat, cell_box, evaluate_cells
 
 
@@ -148,3 +148,17 @@ def test_overlapping_regions_are_refused_when_the_map_is_built():
         _region_points([(0, 1, 5, 0), (Fraction(5, 4), 3, 7, 1)])
     with pytest.raises(ValueError):
         _region_points([(0, 2, 5, 0), (1, 3, 7, 1)])
+
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(st.integers(-20, 20), st.integers(-9, 9)), min_size=1, max_size=6, unique_by=lambda t: t[0]),
+       st.integers(-2, 2), st.integers(-2, 2))
+def test_left_active_units_match_the_map_and_vanish_right_of_the_points(pts, sl, sr):
+    pts = sorted(pts)
+    units, c = pl_units_left(pts, sl, sr)
+    for z in [Fraction(k, 3) for k in range(-75, 76)]:
+        terms = [co * max(s * (z - b), 0) for s, b, co in units]
+        assert z + c + sum(terms) == pl_eval(pts, sl, sr, z)
+        if z >= pts[-1][0]:
+            assert all(t == 0 for (s, _, _), t in zip(units, terms) if s < 0)
+    assert sum(1 for s, _, _ in units if s > 0) == (sr != 1)
