@@ -236,7 +236,7 @@ def test_sweep_writes_plot_and_json(tmp_out):
 
 def test_claims_are_registered_with_quick_sizes():
     ids = [c.id for c in CLAIMS]
-    assert ids == ["U-hardmax", "U-softmax", "U-d2"]
+    assert ids == ["U-hardmax", "U-softmax", "U-d2", "U-n3"]
     for c in CLAIMS:
         assert c.expected.value == "verified" and c.quick and c.proof == "proofs/universality.md"
 

@@ -1,5 +1,5 @@
 """Theorem U's claims: the exact (hardmax) and standard (softmax) versions, d = 1 n = 2 and
-d = 2 n = 1 (``proofs/universality.md``)."""
+d = 2 n = 1, and the broadcast construction at d = 1 n = 3 (``proofs/universality.md``)."""
 from __future__ import annotations
 
 from verify.claims import Claim
@@ -41,4 +41,7 @@ CLAIMS = [
     _claim("U-d2", "Theorem U, exact version, d=2 n=1",
            dict(_Q, d=2, n=1, eps="1/2", target="token-mix"), dict(_Q, d=2, n=1, eps="1/4", target="token-mix"),
            "ptverify universality --d 2 --n 1 --lipschitz 1 --p 2 --eps 0.25 --target token-mix --expect verified"),
+    _claim("U-n3", "Theorem U, exact version, d=1 n=3 (broadcast construction, depth 7)",
+           dict(_Q, d=1, n=3, eps="1", target="relu-net"), dict(_Q, d=1, n=3, eps="1/4", target="relu-net"),
+           "ptverify universality --d 1 --n 3 --lipschitz 1 --p 2 --eps 0.25 --target relu-net --expect verified"),
 ]
