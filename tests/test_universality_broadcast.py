@@ -162,3 +162,21 @@ def test_left_active_units_match_the_map_and_vanish_right_of_the_points(pts, sl,
         if z >= pts[-1][0]:
             assert all(t == 0 for (s, _, _), t in zip(units, terms) if s < 0)
     assert sum(1 for s, _, _ in units if s > 0) == (sr != 1)
+
+
+@pytest.mark.slow
+def test_d1_n3_at_the_formula_grid_verified_and_checked():
+    """Theorem U at d = 1, n = 3, eps = 1/4: K = 28, N = 21,952 cells, m_p = 65,856 (minutes)."""
+    import json
+
+    from verify.checker import check_result
+    from verify.provers.universality import run_universality
+    r = run_universality(1, 3, "1", "2", "1/4", "relu-net", samples=256)
+    rep = r.extra["report"]
+    assert r.status.value == "verified"
+    assert (rep["K"], rep["m_p"], r.reported["cells"]) == (28, 65856, 21952)
+    assert rep["m_p"] == rep["m_p_formula"] == 3 * 28 ** 3
+    assert (rep["depth"], rep["heads_per_layer"]) == (7, [1] * 7)
+    assert r.reported["cells_equal_fbar"] == 21952
+    ok, msg = check_result(json.loads(json.dumps(r.to_json(), allow_nan=False)))
+    assert ok, msg
