@@ -19,7 +19,12 @@ section "The trusted check"):
   "windowed" (:func:`_window_facts`, :func:`_window_cell`): facts established here once per run
   (one query sign per gather head on the prompt rows, a scalar piecewise-linear tent, lookup keys
   on coordinate 0) let one cell cost O(log m_p) binary searches instead of O(m_p) rows, with the
-  same exact outputs; when a fact fails the full evaluation runs, within its own limit;
+  same exact outputs; otherwise, for d = 1 (scalar tokens) and hardmax with any number of attention
+  layers after the prefix, the "chain" evaluation (:func:`_chain_facts`, :func:`_chain_cell`):
+  the prompt rows' states, sorted once, are kept as pieces of the sorted order on which the state
+  is affine in the row's state after the prefix, cut at 0 (the query sign) and at the MLPs'
+  breakpoints by binary search, so one cell costs O(pieces log m_p) instead of O(m_p) rows, with
+  the same exact outputs; for other networks the full evaluation runs, within its own limit;
 * the last MLP maps every input into [0, 1] (coordinate-wise, flat tails), so on the ramp region
   ||f - g||_p^p <= d n;
 * the bound: sum over boxes of vol (||f(X_0) - c||_p + Lip(f) r + (dn)^(1/p) eta)^p plus
@@ -30,9 +35,11 @@ The body is ``{"outputs_sha256": H}``: the sha256 of the per-cell outputs (canon
 ``[[exact strings, entry e = t d + i] per cell]``), which the evaluation here must reproduce.
 
 Instances beyond the limits are refused, never run: more than MAX_CELLS grid cells, more than
-MAX_STATE_BITS bits in the evaluation's integers, more than MAX_WORK work units for the full
-evaluation (cells x rows x layer sizes) or MAX_WINDOW_WORK for the windowed one, more than
-MAX_POWER_WORK word operations in the bound's powers and roots (see the constants).
+MAX_STATE_BITS bits in the evaluation's integers (in the chain evaluation: in a numerator or
+denominator of a state), more than MAX_WORK work units for the full evaluation (cells x rows x
+layer sizes), MAX_WINDOW_WORK for the windowed one or MAX_CHAIN_WORK for the chain (a running
+count, refused as soon as it passes the limit), more than MAX_POWER_WORK word operations in the
+bound's powers and roots (see the constants).
 """
 from __future__ import annotations
 
@@ -70,6 +77,18 @@ MAX_WORK = 1 << 28
 #: coordinate; its limit admits the largest grid (K^(dn) = MAX_CELLS) with this construction
 WINDOW_CELL_UNITS = 64
 MAX_WINDOW_WORK = 1 << 31
+#: the chain evaluation (d = 1, any number of attention layers) keeps a running count of its work
+#: (same scale, about 30-50 ns a unit): CHAIN_PIECE_UNITS per piece of the prompt rows' states per
+#: layer, and again times the bits of the number of the MLP's breakpoints (its search among them);
+#: CHAIN_CUT_UNITS per bit of m_p for each cut of a piece (a binary search on the sorted prompt
+#: rows with an exact ceiling or floor); CHAIN_ROW_UNITS per input row, layer and head, plus the
+#: bits of the breakpoints; before any cell, the prompt rows' sort and the layers' tables. It is
+#: refused as soon as the count passes MAX_CHAIN_WORK (the number of pieces is only known as the
+#: cells run), or before any cell when one piece per layer would already pass it
+CHAIN_PIECE_UNITS = 64
+CHAIN_CUT_UNITS = 16
+CHAIN_ROW_UNITS = 64
+MAX_CHAIN_WORK = 1 << 31
 MAX_POWER_WORK = 1 << 33
 TARGET_NAMES = ("token-mix", "smooth", "relu-net")
 
@@ -677,8 +696,8 @@ def _window_shape(preps: list, npref: int, softmax: bool) -> bool:
 def _window_facts(preps: list, npref: int, Zp: np.ndarray, Dp: int, softmax: bool):
     """The facts under which one cell costs O(log m_p) instead of O(m_p) (``proofs/universality.md``,
     "The windowed evaluation"), established here exactly from the network and the prompt rows'
-    states Zp / Dp after the token-wise layers; None when one fails (then the full evaluation
-    runs, within its own work limit).
+    states Zp / Dp after the token-wise layers; None when one fails (then the chain evaluation
+    runs for d = 1, else the full one, each within its own work limit).
 
     1. hardmax, and after the token-wise layers exactly two attention layers: G, then the last F;
     2. every unit of G's MLP reads only coordinate 0 and writes only coordinate 0 (so on every
@@ -805,6 +824,175 @@ def _window_cell(W: dict, toks: list) -> list:
     return outs
 
 
+# =========================================================================== chain evaluation (d = 1)
+
+def _chain_layer(pr: dict) -> dict:
+    """A post-prefix layer of a d = 1 network as scalars: its heads (u, v, W_ov) and its MLP
+    phi(z) = z + b2 + sum co relu(w z + b) as the sorted distinct breakpoints -b/w and, per piece
+    k (z in [brk[k - 1], brk[k]), the two unbounded ends included), phi's slope and intercept there.
+    The table comes from one sweep over the breakpoints (as :func:`_values_at_breakpoints`): left of
+    every breakpoint the units with w < 0 are on; crossing a breakpoint switches its units with
+    w > 0 on and those with w < 0 off; units with w = 0 add the constant co relu(b) everywhere. By
+    continuity the affine formula of piece k also holds at its left end, where the switching units
+    are 0, so phi equals that formula on the whole closed piece."""
+    heads = [(h["u"][0], h["v"][0], h["Wov"][0][0]) for h in pr["heads"]]
+    _den(x for hd in heads for x in hd)
+    units = [(row[0][1] if row else Fraction(0), b, outs[0][1]) for row, b, outs in pr["units"]]
+    _den([x for un in units for x in un] + list(pr["b2"]))
+    events: dict = {}
+    slope, icpt = Fraction(1), Fraction(pr["b2"][0])
+    for w, b, co in units:
+        if w < 0 or (w == 0 and b > 0):
+            slope += co * w
+            icpt += co * b
+        if w:
+            events.setdefault(-b / w, []).append((w, b, co))
+    brk = sorted(events)
+    table = [(slope, icpt)]
+    for t in brk:
+        for w, b, co in events[t]:
+            sg = 1 if w > 0 else -1
+            slope += sg * co * w
+            icpt += sg * co * b
+        table.append((slope, icpt))
+    return {"heads": heads, "brk": brk, "table": table, "pr": pr,
+            "lg": max(1, len(brk).bit_length()), "iunits": len(heads) + max(1, len(brk).bit_length()) + 2}
+
+
+def _chain_facts(preps: list, npref: int, Zp: np.ndarray, Dp: int, work: int) -> dict:
+    """What the chain evaluation needs once per run (``proofs/universality.md``, "The chain
+    evaluation"): the prompt rows' scalar states x_j = Zp[j] / Dp after the token-wise layers,
+    sorted as integers over Dp with prefix sums, and every later layer as :func:`_chain_layer`.
+    ``work`` is what has been charged before any cell; the cells draw on the rest of
+    MAX_CHAIN_WORK (:func:`_chain_charge`)."""
+    xs = sorted(int(r[0]) for r in Zp.astype(object).tolist())
+    return {"Dp": Dp, "m_p": len(xs), "xs": xs, "cum": list(itertools.accumulate(xs, initial=0)),
+            "lgm": max(1, len(xs).bit_length()), "layers": [_chain_layer(pr) for pr in preps[npref:]],
+            "left": [MAX_CHAIN_WORK - work]}
+
+
+def _chain_charge(C: dict, units: int) -> None:
+    """Draw ``units`` work units from the run's budget; past MAX_CHAIN_WORK the check is refused
+    (the number of pieces is only known as the evaluation goes)."""
+    C["left"][0] -= units
+    if C["left"][0] < 0:
+        raise Reject(f"evaluation: the chain evaluation needs more than the checker's limit of {MAX_CHAIN_WORK} "
+                     "work units (MAX_CHAIN_WORK: the prompt rows' states split into too many pieces)")
+
+
+def _chain_bits(q: Fraction) -> Fraction:
+    """q, refused when its numerator or denominator has more than MAX_STATE_BITS bits (the full
+    evaluation's limit on its integers, which keeps every rational operation of a cell bounded)."""
+    if q.numerator.bit_length() > MAX_STATE_BITS or q.denominator.bit_length() > MAX_STATE_BITS:
+        raise Reject(f"evaluation: a state of the chain evaluation has more than {MAX_STATE_BITS} bits (beyond "
+                     "the checker's limit MAX_STATE_BITS for the exact evaluation)")
+    return q
+
+
+def _chain_pick(q: int, u: Fraction) -> int:
+    """Which state a hardmax query of sign q (the sign of v z_query) reads through a head with key
+    u z: 1 the largest z, -1 the smallest (the largest key is the largest z for u > 0 and the
+    smallest for u < 0; with d = 1 every row attaining it has that state, which is their mean),
+    0 the mean of all rows (sign 0, or u = 0: all keys equal)."""
+    if q == 0 or u == 0:
+        return 0
+    return 1 if (q > 0) == (u > 0) else -1
+
+
+def _chain_phi(L: dict, z: Fraction) -> Fraction:
+    """The layer's MLP at z, exactly: the affine formula of the piece of z in its table."""
+    sl, c0 = L["table"][bisect.bisect_right(L["brk"], z)]
+    return sl * z + c0
+
+
+def _chain_cell(C: dict, toks: list, trace: Optional[list] = None) -> list:
+    """One cell's outputs (entry e = t, d = 1) from its input rows' states after the token-wise
+    layers, equal to :func:`_cell` (hardmax) for every d = 1 network with rank-1 heads.
+
+    The prompt rows' states are pieces (lo, hi, a, b): the rows lo <= i < hi of the sorted order
+    have state a xs[i] + b (xs[i] = Dp x_i, an integer), non-empty, disjoint and covering all m_p
+    rows; initially one piece (0, m_p, 1/Dp, 0). A state is monotone in i along a piece, so its
+    extremes are at the piece's two ends and the rows where it crosses a value form one cut,
+    found by binary search on xs with an exact ceiling or floor. ``trace``, when given, receives
+    (pieces, input states) after every layer but the last (for tests)."""
+    xs, cum, m_p, layers = C["xs"], C["cum"], C["m_p"], C["layers"]
+    pieces = [(0, m_p, Fraction(1, C["Dp"]), Fraction(0))]
+    zin = [_chain_bits(Fraction(t[0])) for t in toks]
+    for li, L in enumerate(layers):
+        last = li == len(layers) - 1
+        _chain_charge(C, CHAIN_PIECE_UNITS * len(pieces) + CHAIN_ROW_UNITS * len(zin) * L["iunits"])
+        if L["heads"]:
+            # 1. extremes over every row (prompt pieces and input rows), each piece split where its
+            #    state changes sign (the query sign of every head is sign(v) sign(z))
+            ends, signed = [], []
+            for lo, hi, a, b in pieces:
+                za, zb = a * xs[lo] + b, a * xs[hi - 1] + b
+                ends += (za, zb)
+                if last:
+                    continue
+                sa, sb = _sign(za), _sign(zb)
+                if sa == sb:
+                    signed.append((lo, hi, a, b, sa))
+                    continue
+                r = -b / a                      # a != 0: the state is a (xs - r), zero at xs = r
+                j0 = bisect.bisect_left(xs, math.ceil(r), lo, hi)
+                j1 = bisect.bisect_right(xs, math.floor(r), lo, hi)
+                _chain_charge(C, CHAIN_CUT_UNITS * C["lgm"])
+                for s, t, sg in ((lo, j0, -_sign(a)), (j0, j1, 0), (j1, hi, _sign(a))):
+                    if s < t:
+                        signed.append((s, t, a, b, sg))
+            # 2. a row whose state has sign sz gains sum_h W_ov (the state its query reads), every head
+            #    reading the states before any addition
+            need = {_sign(z) for z in zin} | {p[4] for p in signed}
+            picks = {sz: [(wov, _chain_pick(_sign(v) * sz, u)) for u, v, wov in L["heads"]] for sz in need}
+            ext = {1: max(ends + zin), -1: min(ends + zin)}
+            if any(q == 0 for ps in picks.values() for _, q in ps):       # the mean of all m_p + n states
+                tot = sum((a * (cum[hi] - cum[lo]) + b * (hi - lo) for lo, hi, a, b in pieces), Fraction(0))
+                ext[0] = (tot + sum(zin, Fraction(0))) / (m_p + len(zin))
+            add = {sz: sum((wov * ext[q] for wov, q in ps), Fraction(0)) for sz, ps in picks.items()}
+            zin = [_chain_bits(z + add[_sign(z)]) for z in zin]
+            if last:
+                break
+            pieces = [(lo, hi, a, _chain_bits(b + add[sg])) for lo, hi, a, b, sg in signed]
+        elif last:
+            break
+        # 3. the MLP: split each piece where its state crosses a breakpoint of phi, compose the
+        #    affine maps, merge neighbours with equal (a, b); the input rows by the same table
+        brk, table = L["brk"], L["table"]
+        _chain_charge(C, CHAIN_PIECE_UNITS * len(pieces) * L["lg"])
+        out: list = []
+        for lo, hi, a, b in pieces:
+            ka = bisect.bisect_right(brk, a * xs[lo] + b)
+            kb = bisect.bisect_right(brk, a * xs[hi - 1] + b)
+            if ka == kb:
+                parts = [(lo, hi, ka)]
+            else:
+                # a != 0; the rows with state >= t are a suffix (a > 0) or a prefix (a < 0)
+                k0, k1 = min(ka, kb), max(ka, kb)
+                _chain_charge(C, CHAIN_CUT_UNITS * C["lgm"] * (k1 - k0))
+                if a > 0:
+                    cuts = [bisect.bisect_left(xs, math.ceil((brk[k] - b) / a), lo, hi) for k in range(k0, k1)]
+                    ks = range(k0, k1 + 1)
+                else:
+                    cuts = [bisect.bisect_right(xs, math.floor((brk[k] - b) / a), lo, hi)
+                            for k in range(k1 - 1, k0 - 1, -1)]
+                    ks = range(k1, k0 - 1, -1)
+                bounds = [lo] + cuts + [hi]
+                parts = [(s, t, k) for s, t, k in zip(bounds, bounds[1:], ks) if s < t]
+            for s, t, k in parts:
+                sl, c0 = table[k]
+                na, nb = _chain_bits(sl * a), _chain_bits(sl * b + c0)
+                if out and out[-1][2] == na and out[-1][3] == nb:
+                    out[-1] = (out[-1][0], t, na, nb)
+                else:
+                    out.append((s, t, na, nb))
+        pieces = out
+        zin = [_chain_bits(_chain_phi(L, z)) for z in zin]
+        if trace is not None:
+            trace.append((list(pieces), list(zin)))
+    return [_chain_phi(layers[-1], z) for z in zin]
+
+
 def _work(preps: list, npref: int, inst: Instance) -> int:
     """The evaluation's work units (about 30-50 ns each): per cell a fixed 4096 and every row
     through every attention layer's heads and MLP units; per distinct input-token box (n K^d of
@@ -832,34 +1020,68 @@ def _window_work(preps: list, npref: int, inst: Instance) -> int:
     return inst.N * per_cell * inst.n * (inst.d + 1) * WINDOW_CELL_UNITS + rows + boxes + table
 
 
+def _chain_work(preps: list, npref: int, inst: Instance) -> tuple:
+    """The chain evaluation's work units (same scale as :func:`_work`): (before any cell, the
+    least that the cells can need). Before: per prompt row the token-wise layers' units, its sort
+    and prefix sums; per distinct input-token box its affine forms (as in :func:`_work`); each
+    later layer's table (a sort of its units' breakpoints). Per cell at least one piece through
+    every later layer, and the n input rows through its heads and units; the pieces beyond one
+    and the cuts are charged as the cells run (:func:`_chain_cell`)."""
+    units = sum(len(pr["units"]) for pr in preps[:npref])
+    lg = max(1, inst.m_p.bit_length())
+    rows = inst.m_p * (units + lg + 4)
+    boxes = inst.n * inst.K ** inst.d * units * (inst.d + 1) * 256
+    later = preps[npref:]
+    table = sum((len(pr["units"]) + len(pr["heads"]) + 1) * (len(pr["units"]).bit_length() + 1)
+                for pr in later) * CHAIN_ROW_UNITS
+    per_cell = sum(CHAIN_PIECE_UNITS + CHAIN_ROW_UNITS * inst.n * (len(pr["heads"]) + 3) for pr in later)
+    return rows + boxes + table, inst.N * per_cell
+
+
 def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance, method: str = "auto") -> tuple:
     """g([P, X]) on the flat box of every cell: (values per cell, eta per cell).  ``method``:
     "full" evaluates all m_p + n rows per cell (the reference); "window" the windowed evaluation
-    (rejected when its facts fail); "auto" the windowed one when its facts hold, else the full one.
-    Each is refused beyond its own work limit."""
+    (rejected when its facts fail); "chain" the chain evaluation (d = 1, hardmax, any number of
+    attention layers; rejected otherwise); "auto" the windowed one when its facts hold, else the
+    chain when d = 1 and hardmax, else the full one.  Each is refused beyond its own work limit
+    (the chain's is a running count, since its number of pieces is only known as it goes)."""
+    if method not in ("auto", "full", "window", "chain"):
+        raise Reject(f"evaluation: unknown method {method!r}"[:200])
     preps, npref = _split(model, inst.T)
     _check_clipping(preps[-1])
     work = _work(preps, npref, inst)
-    shape = method != "full" and _window_shape(preps, npref, inst.T is not None)
+    chain_ok = inst.d == 1 and inst.T is None
+    if method == "chain" and not chain_ok:
+        raise Reject("evaluation: the chain evaluation needs d = 1 and hardmax attention")
+    shape = method in ("auto", "window") and _window_shape(preps, npref, inst.T is not None)
     if method == "window" and not shape:
         raise Reject("evaluation: the network does not have the shape of the windowed evaluation")
+    chain = method == "chain" or (method == "auto" and chain_ok)     # when the window does not run
     wwork = _window_work(preps, npref, inst) if shape else None
-    if not shape and work > MAX_WORK:
+    if not shape and not chain and work > MAX_WORK:
         raise Reject(f"evaluation: {inst.N} cells of {inst.m_p + inst.n} rows through this network need about "
                      f"{work} work units, beyond the checker's limit {MAX_WORK}")
     if shape and wwork > MAX_WINDOW_WORK:
         raise Reject(f"evaluation: the windowed evaluation of {inst.N} cells needs about {wwork} work units, "
                      f"beyond the checker's limit {MAX_WINDOW_WORK}")
+    cwork = _chain_work(preps, npref, inst) if chain else None
+    if chain and not shape and sum(cwork) > MAX_CHAIN_WORK:
+        raise Reject(f"evaluation: the chain evaluation of {inst.N} cells needs at least {sum(cwork)} work units, "
+                     f"beyond the checker's limit {MAX_CHAIN_WORK}")
     d, n = inst.d, inst.n
     Zp, Dp = _to_int([[a + b for a, b in zip(t, q)] for t, q in zip(prompt, ppr)])
     for pr in preps[:npref]:
         Zp, Dp = _mlp_int(pr, Zp, Dp)
     W = _window_facts(preps, npref, Zp, Dp, inst.T is not None) if shape else None
-    if shape and W is None:
+    if shape and W is None and not chain:
         if method == "window" or work > MAX_WORK:
             raise Reject("evaluation: a head of the gather layer gives the prompt rows different query signs, so "
                          f"the windowed evaluation does not apply, and the full one needs about {work} work units "
                          f"(the checker's limit is {MAX_WORK})")
+    if W is None and chain and shape and sum(cwork) > MAX_CHAIN_WORK:
+        raise Reject(f"evaluation: the windowed evaluation does not apply and the chain evaluation of {inst.N} "
+                     f"cells needs at least {sum(cwork)} work units, beyond the checker's limit {MAX_CHAIN_WORK}")
+    C = _chain_facts(preps, npref, Zp, Dp, cwork[0]) if W is None and chain else None
     cache: dict = {}
     values, etas = [], []
     for c in range(inst.N):
@@ -871,6 +1093,10 @@ def evaluate_cells(model, pin: list, ppr: list, prompt: list, inst: Instance, me
             toks.append(cache[key])
         if W is not None:
             values.append(_window_cell(W, toks))
+            etas.append(Fraction(0))
+            continue
+        if C is not None:
+            values.append(_chain_cell(C, toks))
             etas.append(Fraction(0))
             continue
         Zi, Di = _to_int(toks)
