@@ -85,8 +85,8 @@ MAX_WINDOW_WORK = 1 << 31
 #: bits of the breakpoints; before any cell, the prompt rows' sort and the layers' tables. It is
 #: refused as soon as the count passes MAX_CHAIN_WORK (the number of pieces is only known as the
 #: cells run), or before any cell when one piece per layer would already pass it
-CHAIN_PIECE_UNITS = 64
-CHAIN_CUT_UNITS = 16
+CHAIN_PIECE_UNITS = 96
+CHAIN_CUT_UNITS = 32
 CHAIN_ROW_UNITS = 64
 MAX_CHAIN_WORK = 1 << 31
 MAX_POWER_WORK = 1 << 33
