@@ -18,7 +18,7 @@ from verify.claims.universality import CLAIMS
 from verify.provers.universality import run_universality
 
 KIND = "universality-dp-bound"
-NAMES = ("U-hardmax", "U-softmax", "U-d2")
+NAMES = ("U-hardmax", "U-softmax", "U-d2", "U-n3")
 
 
 def _json(res) -> dict:
@@ -27,12 +27,12 @@ def _json(res) -> dict:
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    """The quick instances of the three claims, as written (no Monte Carlo samples)."""
+    """The quick instances of the four claims, as written (no Monte Carlo samples)."""
     out = {}
     for c in CLAIMS:
         params = dict(c.quick, samples=0, seed=0)
         out[c.id] = _json(c.run(params, "."))
-    assert [out[n]["status"] for n in NAMES] == ["verified"] * 3
+    assert [out[n]["status"] for n in NAMES] == ["verified"] * 4
     return out
 
 
@@ -428,3 +428,87 @@ def test_windowed_evaluation_keeps_the_denominator_limit():
     rows = [[Fraction(1)], [Fraction(2)]]
     with pytest.raises(Reject, match="bits"):
         cu.evaluate_cells(model, [[Fraction(0)]], rows, rows, inst)
+
+
+# =========================================================================== d = 1, n = 3 (chain evaluation)
+
+@pytest.fixture(scope="module")
+def d1n3() -> dict:
+    """d = 1, n = 3 (the broadcast construction, 7 layers) with a small grid, K = 3."""
+    res = _json(run_universality(1, 3, "1", "2", "1", "token-mix", K=3, samples=0))
+    assert res["status"] == "verified"
+    return res
+
+
+def _broadcast_mutations(res: dict):
+    """Tampered broadcast networks: prompt windows swapped or moved, every unit of every attention
+    layer's MLP moved by 1/2, a head made to read the minimum or to add twice the maximum."""
+    net = res["inputs"]["network"]["embedded"]
+    m_p = len(net["pos_prompt"])
+    tok = res["inputs"]["prompt"]["embedded"]["tokens"]
+
+    def put(label, fn):
+        out = copy.deepcopy(res)
+        obj = out["inputs"]["network"]["embedded"]
+        fn(obj)
+        out["inputs"]["network"]["sha256"] = canonical_sha256(obj)
+        return label, out
+
+    def swap(a, b):
+        def fn(o):
+            pp = o["pos_prompt"]
+            pp[a][0], pp[b][0] = pp[b][0], pp[a][0]
+        return fn
+
+    def move(j, dz):
+        def fn(o):
+            o["pos_prompt"][j][0] = str(Fraction(o["pos_prompt"][j][0]) + dz)
+        return fn
+    near = next(j for j in range(3, m_p, 3) if tok[j] != tok[0])
+    pair = next(j for j in range(0, m_p, 3) if tok[j] != tok[j + 2])
+    yield put(f"prompt windows of rows 0 and {near} (different values) swapped", swap(0, near))
+    yield put("prompt windows of output positions 0 and 2 of a cell swapped", swap(pair, pair + 2))
+    for j, dz in ((0, 1), (4, Fraction(1, 2)), (7, 6), (m_p - 1, -6), (0, -10 ** 6)):
+        yield put(f"prompt row {j} moved by {dz}", move(j, dz))
+    layers = net["model"]["layers"]
+    for li in range(1, len(layers)):
+        for k, b in enumerate(layers[li]["mlp"]["b_1"]):
+            def fn(o, li=li, k=k, b=b):
+                o["model"]["layers"][li]["mlp"]["b_1"][k] = str(Fraction(b) + Fraction(1, 2))
+            yield put(f"layer {li} unit {k} moved by 1/2", fn)
+
+    def head(li, key, val):
+        def fn(o):
+            o["model"]["layers"][li]["attention"]["heads"][0][key][0][0] = val
+        return fn
+    yield put("gather head reads the minimum", head(1, "W_q", "-1"))
+    yield put("a lookup head reads the minimum", head(len(layers) - 2, "W_q", "-1"))
+    yield put("a lookup head adds twice the maximum", head(len(layers) - 3, "W_o", "2"))
+
+
+def test_d1_n3_tampered_networks_are_rejected_unless_their_outputs_are_unchanged(d1n3):
+    """As for d = 2, n = 2, on the broadcast network (its attention layers chained): every tampered
+    network whose outputs, by the full evaluation, differ from the committed ones is rejected; the
+    others hold."""
+    import verify.checker.universality as cu
+    from verify.checker.questions import parse_question
+    inst = instance(parse_question(d1n3["question"])[1])
+    f, _ = cu.target_values(inst)
+    prompt = cu._prompt(d1n3["inputs"]["prompt"]["embedded"], inst, f)
+    commit = d1n3["certificate"]["body"]["outputs_sha256"]
+    changed = 0
+    muts = list(_broadcast_mutations(d1n3))
+    for label, m in muts:
+        ok, msg = check_result(m)
+        try:
+            model, pin, ppr = cu._network(m["inputs"]["network"]["embedded"], inst)
+            ref = cu.outputs_sha256(cu.evaluate_cells(model, pin, ppr, prompt, inst, method="full")[0])
+        except Reject:
+            ref = None
+        if ref != commit:
+            changed += 1
+            assert not ok, (label, msg)
+        else:
+            assert ok, (label, msg)
+    assert len(muts) > 60 and changed >= len(muts) // 2
+    record(KIND, changed, changed)
