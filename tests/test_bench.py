@@ -63,6 +63,7 @@ def test_bench_limitation_writes_the_table(tmp_out, capsys):
     (["--naive-timeout", "0"], "--naive-timeout"),
     (["--prompt-length", "0"], "--prompt-length"),
     (["--naive-max-d", "0"], "--naive-max-d"),
+    (["--naive-form", "text"], "--naive-form"),
 ])
 def test_bench_bad_options_exit_2(tmp_out, capsys, argv, field):
     out = os.path.join(tmp_out, "bench.json")
@@ -201,3 +202,22 @@ def test_matmul_mod_exact_at_full_range():
         X[0, :], Y[:, 0] = p - 1, p - 1
         ref = [[sum(int(X[i, k]) * int(Y[k, j]) for k in range(64)) % p for j in range(15)] for i in range(20)]
         assert _matmul_mod(X, Y, p).tolist() == ref
+
+
+def test_naive_query_read_back_from_smtlib_is_the_same_formula():
+    """The "smtlib" form solves the query printed as SMT-LIB2 and read back: the same assertions
+    (so the same answer whenever Z3 decides both), recorded in the row."""
+    import z3
+    from constructions.datasets import l1_dataset, random_model
+    from verify.experiments.bench import _naive_row, encode_naive
+    model = random_model(1, heads=1, mlp_width=4, seed=0)
+    ds = l1_dataset(model, seed=0)
+    A, _ = encode_naive(model, ds, 1)
+    s = z3.Solver()
+    s.add(*A)
+    back = z3.Solver()
+    back.from_string(s.to_smt2())
+    assert len(back.assertions()) == len(A)
+    assert z3.Solver().check(z3.Not(z3.And(*back.assertions()) == z3.And(*A))) == z3.unsat
+    row = _naive_row(model, ds, 1, 1, 0.5, None, False, None, "smtlib")
+    assert row["form"] == "smtlib" and row["answer"] in ("unsat", "timeout")

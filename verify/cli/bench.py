@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from constructions.model import InputError
-from verify.experiments.bench import DEFAULT_DIMS, LARGE_DIMS, bench_limitation, print_table
+from verify.experiments.bench import DEFAULT_DIMS, LARGE_DIMS, NAIVE_FORMS, bench_limitation, print_table
 
 __all__ = ["register"]
 
@@ -41,6 +41,8 @@ def register(apps) -> None:
         naive_timeout: float = typer.Option(60.0, "--naive-timeout", help="Z3 time limit per naive instance, seconds "
                                             "(e.g. 600 with --naive-max-d 3 measures the ratio at d = 2 and 3)"),
         naive_max_d: Optional[int] = typer.Option(None, "--naive-max-d", help="run the naive encoding only up to this d"),
+        naive_form: str = typer.Option("api", "--naive-form", help="how the naive query reaches Z3: 'api' (as built) or "
+                                       "'smtlib' (printed as SMT-LIB2 and read back; the same formula, other times)"),
         large: bool = typer.Option(False, "--large", help="add the BERT-large (d 1024, 16 heads) and GPT-2-XL "
                                    "(d 1600, 25 heads) rows (minutes)"),
         prompt_length: int = typer.Option(1, "--prompt-length", help="prompt length K of the naive encoding"),
@@ -65,6 +67,8 @@ def register(apps) -> None:
             hv = _parse_heads(heads)
             from verify.cli import validate
             validate.seconds(naive_timeout, "--naive-timeout")
+            if naive_form not in NAIVE_FORMS:
+                raise InputError("--naive-form", " or ".join(repr(f) for f in NAIVE_FORMS), repr(naive_form)[:80])
             validate.int_range(prompt_length, "--prompt-length", 1, 64)
             validate.int_range(mlp_ratio, "--mlp-ratio", 1, validate.MAX_MLP_WIDTH // max(dl))
             validate.seed(seed)
@@ -72,7 +76,7 @@ def register(apps) -> None:
             fail_input(exc)
         con = console()
         report = bench_limitation(dl, heads=hv, naive_timeout=naive_timeout, prompt_length=prompt_length, seed=seed,
-                                  mlp_ratio=mlp_ratio, artifacts=artifacts, naive_max_d=naive_max_d,
+                                  mlp_ratio=mlp_ratio, artifacts=artifacts, naive_max_d=naive_max_d, naive_form=naive_form,
                                   progress=(lambda msg: con.print(msg)) if is_tty() else None)
         print_table(report, con)
         if json_out:

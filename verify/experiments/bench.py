@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 from constructions.model import Dataset, InputError, Model
 
-__all__ = ["encode_naive", "solve_naive", "bench_limitation", "run_structured", "growth_exponent", "DEFAULT_DIMS",
+__all__ = ["encode_naive", "solve_naive", "NAIVE_FORMS", "bench_limitation", "run_structured", "growth_exponent", "DEFAULT_DIMS",
            "LARGE_DIMS", "STAGES", "BENCH_FORMAT"]
 
 BENCH_FORMAT = "ptverify-bench/1"
@@ -103,7 +103,7 @@ def encode_naive(model: Model, dataset: Dataset, prompt_length: int):
     return assertions, info
 
 
-def _naive_child(conn, model, dataset, prompt_length, timeout_s, artifacts):
+def _naive_child(conn, model, dataset, prompt_length, timeout_s, artifacts, form="api"):
     """Runs in a child process: encode, solve, send the answer back."""
     import z3
     try:
@@ -116,6 +116,11 @@ def _naive_child(conn, model, dataset, prompt_length, timeout_s, artifacts):
             import os
             from constructions.model import atomic_write_text
             atomic_write_text(os.path.join(artifacts, f"naive_d{model.d}_K{prompt_length}.smt2"), s.to_smt2())
+        if form == "smtlib":
+            text = s.to_smt2()
+            s = z3.Solver()
+            s.set("timeout", max(1, int(timeout_s * 1000)))
+            s.from_string(text)
         t1 = time.perf_counter()
         r = s.check()
         t2 = time.perf_counter()
@@ -130,9 +135,16 @@ def _naive_child(conn, model, dataset, prompt_length, timeout_s, artifacts):
         conn.close()
 
 
+#: how the naive query reaches Z3: "api", the assertions as built in Python; "smtlib", the same
+#: assertions printed as SMT-LIB2 and read back into a fresh solver.  Both are one formula, but
+#: Z3's nonlinear real arithmetic depends on the order in which terms and variables are created,
+#: and its times differ by orders of magnitude between the two (proofs/L1.md)
+NAIVE_FORMS = ("api", "smtlib")
+
+
 def solve_naive(model: Model, dataset: Dataset, prompt_length: int, timeout_s: float,
-                artifacts: Optional[str] = None, grace_s: float = 10.0) -> dict:
-    """Decide the naive encoding with Z3 in a child process.
+                artifacts: Optional[str] = None, grace_s: float = 10.0, form: str = "api") -> dict:
+    """Decide the naive encoding with Z3 in a child process (``form``: see NAIVE_FORMS).
 
     Z3's own timeout limits the solve; the child is killed ``grace_s`` seconds after that in case
     the solver does not honour it (then the answer is ``timeout`` too).  Returns a dict with
@@ -141,7 +153,7 @@ def solve_naive(model: Model, dataset: Dataset, prompt_length: int, timeout_s: f
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     parent, child = ctx.Pipe(duplex=False)
     t0 = time.perf_counter()
-    proc = ctx.Process(target=_naive_child, args=(child, model, dataset, prompt_length, timeout_s, artifacts),
+    proc = ctx.Process(target=_naive_child, args=(child, model, dataset, prompt_length, timeout_s, artifacts, form),
                        daemon=True)
     proc.start()
     child.close()
@@ -238,13 +250,13 @@ def growth_exponent(rows: list, value) -> Optional[float]:
     return None if sxx == 0 else sum((x - mx) * (y - my) for x, y in pts) / sxx
 
 
-def _naive_row(model, ds, d, prompt_length, naive_timeout, artifacts, stopped, naive_max_d):
+def _naive_row(model, ds, d, prompt_length, naive_timeout, artifacts, stopped, naive_max_d, form="api"):
     if stopped or (naive_max_d is not None and d > naive_max_d):
         return {"answer": "timeout (skipped)" if stopped else "not run (d > --naive-max-d)", "seconds": None,
-                "prompt_length": prompt_length}
-    nv = solve_naive(model, ds, prompt_length, naive_timeout, artifacts=artifacts)
+                "prompt_length": prompt_length, "form": form}
+    nv = solve_naive(model, ds, prompt_length, naive_timeout, artifacts=artifacts, form=form)
     return {"answer": nv["answer"], "seconds": nv["seconds"], "encode": nv["encode"], "solve": nv["solve"],
-            "reason": nv["reason"], "size": nv["info"], "prompt_length": prompt_length}
+            "reason": nv["reason"], "size": nv["info"], "prompt_length": prompt_length, "form": form}
 
 
 def _speedup(row: dict, naive_timeout: float) -> None:
@@ -261,7 +273,7 @@ def _speedup(row: dict, naive_timeout: float) -> None:
 def bench_limitation(dims: Sequence[int] = DEFAULT_DIMS, heads="auto", naive_timeout: float = 60.0,
                      prompt_length: int = 1, seed: int = 0, mlp_ratio: Optional[int] = 4,
                      artifacts: Optional[str] = None, progress=None, naive_max_d: Optional[int] = None,
-                     folder: Optional[str] = None) -> dict:
+                     folder: Optional[str] = None, naive_form: str = "api") -> dict:
     """Time the structured prover against the naive encoding for each d in ``dims``.
 
     ``heads`` is a number or ``"auto"`` (d // 64 heads of size 64, at least one head of size d);
@@ -285,7 +297,8 @@ def bench_limitation(dims: Sequence[int] = DEFAULT_DIMS, heads="auto", naive_tim
         row["examples"] = len(ds.examples) if ds is not None else None
         if progress and model is not None:
             progress(f"d = {d}: structured {st['status']} in {st['seconds']:.3f} s; naive running (limit {naive_timeout:g} s)")
-        row["naive"] = _naive_row(model, ds, d, prompt_length, naive_timeout, artifacts, stopped, naive_max_d)
+        row["naive"] = _naive_row(model, ds, d, prompt_length, naive_timeout, artifacts, stopped, naive_max_d,
+                                  naive_form)
         stopped = stopped or row["naive"]["answer"] in ("timeout", "unknown", "error")
         _speedup(row, naive_timeout)
         rows.append(row)
@@ -300,7 +313,7 @@ def bench_limitation(dims: Sequence[int] = DEFAULT_DIMS, heads="auto", naive_tim
               "peak_memory": growth_exponent(rows, lambda r: r["structured"]["peak_mb"])}
     return {"format": BENCH_FORMAT, "bench": "limitation", "seed": seed, "heads": heads,
             "mlp_ratio": mlp_ratio, "naive_timeout_s": naive_timeout, "naive_prompt_length": prompt_length,
-            "naive_max_d": naive_max_d, "folder": folder, "rows": rows, "growth": growth}
+            "naive_max_d": naive_max_d, "naive_form": naive_form, "folder": folder, "rows": rows, "growth": growth}
 
 
 def _fmt_speedup(row) -> str:
