@@ -426,23 +426,35 @@ def test_ramp_width_is_found_without_a_search():
     assert time.perf_counter() - t0 < HANG_GUARD
 
 
-def _u(K: int, eps="1/2", p="2", L="1", target="token-mix") -> dict:
+def _u(K: int, eps="1/2", p="2", L="1", target="token-mix", d: int = 1, n: int = 2) -> dict:
     """A universality result built from the producer's network and prompt (commitment not filled)."""
     from verify.provers.universality import _inputs, setup, universality_question
-    net, P, _, _, params = setup(1, 2, L, p, eps, target, 0, None, K)
+    net, P, _, _, params = setup(d, n, L, p, eps, target, 0, None, K)
     return _result(universality_question(params), "verified", _inputs(net, P, params), "universality-dp-bound",
                    {"outputs_sha256": "0" * 64})
 
 
 def test_universality_evaluation_beyond_the_work_limit_is_refused():
-    """delta = 1/64: 4096 cells of 8194 rows (a 300 kB file).  The windowed evaluation checks it in
+    """d = 2, n = 2, delta = 1/8: 4096 cells of 8194 rows.  The windowed evaluation checks it in
     seconds; with one prompt row moved below 0 its facts fail (the gather heads give that row the
-    other query sign), and the full evaluation, all rows per cell, would take minutes."""
-    res = _u(64)
+    other query sign), the chain evaluation is for d = 1 only, and the full evaluation, all rows per
+    cell, would take minutes: refused by its work limit."""
+    res = _u(8, d=2, n=2, eps="1")
     net = res["inputs"]["network"]["embedded"]
     net["pos_prompt"][0][0] = "-100"
     res["inputs"]["network"]["sha256"] = canonical_sha256(net)
     _rejected(res, "work units")
+
+
+def test_universality_d1_network_beyond_the_window_is_chained_not_refused():
+    """d = 1, delta = 1/64 (4096 cells of 8194 rows) with one prompt row moved below 0: the
+    windowed evaluation's facts fail, and the chain evaluation (d = 1) evaluates it exactly in
+    seconds, so the check gets to the commitment (here a wrong one) instead of a work refusal."""
+    res = _u(64)
+    net = res["inputs"]["network"]["embedded"]
+    net["pos_prompt"][0][0] = "-100"
+    res["inputs"]["network"]["sha256"] = canonical_sha256(net)
+    _rejected(res, "differs from the hash of the outputs")
 
 
 def test_universality_states_with_long_denominators_are_refused():
