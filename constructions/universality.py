@@ -50,7 +50,8 @@ from .targets import TARGETS, Target, build_target
 __all__ = [
     "UniversalNetwork", "build_network", "build_prompt",
     "quantized_function", "decode_prompt", "grid_index", "cell_index", "cell_digits", "delta_K",
-    "ramp_width", "default_temperature", "pl_units", "pl_eval", "forward_float",
+    "ramp_width", "default_temperature", "pl_units", "pl_units_left", "pl_eval", "forward_float",
+    "broadcast_spacing", "region_points",
     "S_SPACING", "H_LEVEL", "Q_LEVEL",
     # the targets (defined in constructions.targets)
     "Target", "TARGETS", "build_target",
@@ -437,7 +438,7 @@ def broadcast_spacing(n: int) -> int:
     return (1 << (n - 1)) + 2
 
 
-def _region_points(regions: list) -> list:
+def region_points(regions: list) -> list:
     """Points of a continuous piecewise-linear map that is affine on each region.
 
     ``regions``: (lo, hi, value at lo, slope) with lo < hi, disjoint, at least 1/2 apart (the map
@@ -451,20 +452,132 @@ def _region_points(regions: list) -> list:
     return pts
 
 
-def _pl_layer(kind: str, T: Fraction, regions: list, flat_tails: bool = True) -> Layer:
+def _pl_layer(kind: str, T: Fraction, regions: list) -> Layer:
     """One broadcast layer: the head adds the row with the largest coordinate 0 to every row
     (every row's coordinate 0 is positive), then the scalar map of ``regions``."""
     mlp = _MLPBuilder(1)
-    mlp.add_pl(0, _region_points(regions), 0, 0)
+    mlp.add_pl(0, region_points(regions), 0, 0)
     W1, b1, W2, b2 = mlp.arrays()
     return Layer(kind, [_rank1_head(1, 1, T)], W1, b1, W2, b2)
 
 
+_HALF = Fraction(1, 2)
+
+
+@dataclass
+class _Broadcast:
+    """Sizes and levels of the broadcast construction (``proofs/universality.md``, "n >= 3")."""
+
+    n: int
+    K: int
+    kind: str
+    T: Fraction
+
+    def __post_init__(self):
+        n, K = self.n, self.K
+        self.N, self.S = K ** n, broadcast_spacing(n)
+        S, N = self.S, self.N
+        self.J = 1 << n                          # bound on the offsets lookups add (< 2^n)
+        self.off = 1 << (n - 1)                  # bound on a prompt row's offset in its window
+        self.B = K * (self.J + 2)                # scale of a stored output
+        self.D = [Fraction(S * n * K ** t, 2 ** t) for t in range(n)]
+        self.W = [Dt * (K - 1) for Dt in self.D]
+        self.Amax = A = S * n * (N - 1)
+        self.spanP = S * n * N + 1               # raw prompt rows lie in [P0, P0 + spanP]
+        self.uspan = 2 * S * n * N + self.J      # and after the gather in [P0, P0 + uspan]
+        # levels as low as the regions allow (stored rows need B + J, parked rows A_max + J, input
+        # tokens 2 A_max, the prompt rows spanP + A_max), parked rows and input tokens with A_max
+        # more, so that the map between two regions has a slope of a few units: small numbers and
+        # gentle slopes keep float64 passes through g accurate
+        self.DEAD = 1
+        self.store = [self.DEAD + self.off + 4 + s * (self.B + self.J + 4) for s in range(n)]
+        self.park = [self.store[-1] + self.B + self.J + 4 + t * (2 * A + self.J + 4) for t in range(n)]
+        self.P0 = self.park[-1] + 2 * A + self.J + 4
+        self.E = [self.P0 + self.spanP + 2 * A + 4 + t * (3 * A + 4) for t in range(n)]
+        self.TOP = self.P0 + self.uspan + 4      # above every state of the lookup but the marked row
+        self.Zs = self.P0 + S * n * (N - 1)      # a prompt row holds Zs + S k + y after the gather
+        self.raw = [2 + 3 * t for t in range(n)]  # input token t enters at raw[t] + x, below the prompt
+
+    def q1(self, w: Fraction) -> Layer:
+        """Input token t's staircase on [raw_t, raw_t + 1] lands on E_t + D_t k (ramps of width w
+        left of each threshold j/K); identity from P0 - 1 on.  Units relu(b - z): they vanish on
+        every row right of their breakpoint, so the prompt rows never see the steep ramps."""
+        pts = []
+        for t in range(self.n):
+            e, Et, Dt = Fraction(self.raw[t]), self.E[t], self.D[t]
+            pts.append((e, Fraction(Et)))
+            for j in range(1, self.K):
+                pts += [(e + Fraction(j, self.K) - w, Et + Dt * (j - 1)), (e + Fraction(j, self.K), Et + Dt * j)]
+            pts.append((e + 1, Et + self.W[t]))
+        pts.append((Fraction(self.P0 - 1), Fraction(self.P0 - 1)))
+        q1 = _MLPBuilder(1)
+        q1.add_pl(0, pts, 0, 1, left_active=True)
+        W1, b1, W2, b2 = q1.arrays()
+        return Layer(self.kind, [_zero_head(1)], W1, b1, W2, b2)
+
+    def prompt_map(self, shift, s: int) -> list:
+        """Prompt rows (state shift + u, u in [P0, P0 + uspan]): window k = s to TOP + offset,
+        every other row to u."""
+        P0, lo_w, off = self.P0, self.Zs + self.S * s, self.off
+        return [(shift + P0 - _HALF, shift + lo_w - 1, P0 - _HALF, 1),
+                (shift + lo_w - _HALF, shift + lo_w + off + _HALF, self.TOP - _HALF, 1),
+                (shift + lo_w + off + 1, shift + P0 + self.uspan + _HALF, lo_w + off + 1, 1)]
+
+    def gather(self) -> list:
+        """Layers 1..n: token t = n-1, ..., 0 is the top row, added to every row, then parked."""
+        layers, amax, park, E, W = [], Fraction(0), self.park, self.E, self.W
+        for t in range(self.n - 1, -1, -1):
+            Et, add_hi = E[t], W[t] + amax       # the head adds V_t + a in [E_t, E_t + add_hi]
+            regs = [(park[q] + Et - _HALF, park[q] + Et + add_hi + _HALF, park[q], 0) for q in range(t + 1, self.n)]
+            regs.append((2 * Et - _HALF, 2 * Et + W[t] + add_hi + _HALF, park[t], 0))
+            regs += [(E[q] + Et - _HALF, E[q] + Et + W[q] + add_hi + amax + _HALF, E[q] - _HALF, 1) for q in range(t)]
+            if t > 0:
+                regs.append((self.P0 + Et - _HALF, self.P0 + self.spanP + Et + add_hi + amax + _HALF, self.P0 - _HALF, 1))
+            else:
+                regs += self.prompt_map(Et, 0)
+            layers.append(_pl_layer(self.kind, self.T, regs))
+            amax = 2 * amax + W[t]
+        assert amax == self.Amax
+        return layers
+
+    def lookup(self, s: int) -> Layer:
+        """Layer n + 1 + s: output position s read by input row s (``proofs/universality.md``)."""
+        TOP, J, B, park, store, last = self.TOP, self.J, self.B, self.park, self.store, s == self.n - 1
+        reader = park[s] + (J if s else 0)       # the reader holds reader - nu_s before its lookup
+        if last:
+            regs = [(reader + TOP, reader + TOP + 1, 0, 1)]
+            for q in range(s):                   # stored outputs: store + B m / K + (less than J)
+                lo = store[q] + TOP
+                regs += [(lo + m * (J + 2) - _HALF, lo + m * (J + 2) + J + _HALF, Fraction(m, self.K), 0)
+                         for m in range(self.K)]
+            return _pl_layer(self.kind, self.T, regs)
+        regs = [(self.DEAD + TOP - _HALF, self.DEAD + TOP + self.off + _HALF, self.DEAD, 0),
+                (2 * TOP - _HALF, 2 * TOP + 2 * self.off + _HALF, self.DEAD, 0)] + self.prompt_map(TOP, s + 1)
+        for q in range(s + 1, self.n):          # the next reader gets park + J - nu, the others park + nu
+            nxt = q == s + 1
+            regs.append((park[q] + TOP - _HALF, park[q] + TOP + J + _HALF, park[q] + (J if nxt else 0)
+                         + (_HALF if nxt else -_HALF), -1 if nxt else 1))
+        regs.append((reader + TOP - _HALF, reader + TOP + 1 + _HALF, store[s] - B * _HALF, B))
+        regs += [(store[q] + TOP - _HALF, store[q] + TOP + B + J + _HALF, store[q] - _HALF, 1) for q in range(s)]
+        return _pl_layer(self.kind, self.T, regs)
+
+    def positions(self) -> tuple:
+        n, N, S = self.n, self.N, self.S
+        pos_input = _zeros((n, 1))
+        for t in range(n):
+            pos_input[t, 0] = Fraction(self.raw[t])
+        pos_prompt = _zeros((n * N, 1))
+        for c in range(N):
+            for s in range(n):
+                pos_prompt[n * c + s, 0] = Fraction(self.P0 + S * (n * (N - 1) - n * c + s))
+        return pos_input, pos_prompt
+
+
 def _build_broadcast(n: int, K: int, w: Fraction, kind: str, T: Fraction) -> "UniversalNetwork":
-    """g for d = 1 and n >= 3 tokens (``proofs/universality.md``, "n >= 3: the broadcast
+    """g for d = 1 and n >= 3 tokens (``proofs/universality.md``, "n >= 3 (d = 1): the broadcast
     construction").  Every attention layer after Q1 has one head that adds the row with the
     largest coordinate 0 to every row (all rows stay positive, so every query reads the maximum);
-    the MLPs move the row to read next to the top and keep every other row in its region.
+    the MLPs choose that row.
 
     Gather (layers 1..n): input token t = n-1, ..., 0 in turn is the top row and is added to every
     row, then parked at a constant level; the drift a doubles at each step, so token t's digit
@@ -473,108 +586,14 @@ def _build_broadcast(n: int, K: int, w: Fraction, kind: str, T: Fraction) -> "Un
     dead; what a lookup adds to every row (TOP plus the read row's offset) is cancelled on the
     reader by the slope -1 its region gets one layer before; readers s < n-1 store their value
     at the scale B = K (2^n + 2), decoded exactly by a staircase in the last MLP."""
-    d, N, S = 1, K ** n, broadcast_spacing(n)
-    half = Fraction(1, 2)
-    J = 1 << n                                   # bound on the offsets lookups add (< 2^n)
-    off = 1 << (n - 1)                           # bound on a prompt row's offset in its window
-    B = K * (J + 2)                              # scale of a stored output
-    D = [Fraction(S * n * K ** t, 2 ** t) for t in range(n)]
-    W = [Dt * (K - 1) for Dt in D]
-    Amax = S * n * (N - 1)
-    spanP = S * n * N + 1                        # raw prompt rows lie in [P0, P0 + spanP]
-    uspan = 2 * S * n * N + J                    # and after the gather in [P0, P0 + uspan]
-    # levels, as low as the regions allow (smaller numbers keep float64 passes through g accurate):
-    # stored rows need B + J, parked rows A_max (their drift during the gather), input tokens
-    # 2 A_max (theirs plus the token read) and the prompt rows spanP + A_max
-    DEAD = 1
-    store = [DEAD + off + 4 + s * (B + J + 4) for s in range(n)]
-    # (twice that for parked rows and input tokens: the map between two regions then has a slope
-    # of a few units instead of A_max, which keeps float64 passes accurate)
-    park = [store[-1] + B + J + 4 + t * (2 * Amax + J + 4) for t in range(n)]
-    P0 = park[-1] + 2 * Amax + J + 4
-    E = [P0 + spanP + 2 * Amax + 4 + t * (3 * Amax + 4) for t in range(n)]
-    TOP = P0 + uspan + 4                         # above every state of the lookup but the marked row
-    Zs = P0 + S * n * (N - 1)                    # a prompt row holds Zs + S k + y after the gather
-    raw = [2 + 3 * t for t in range(n)]          # input token t enters at raw[t] + x, below the prompt
-    # Q1: input token t's staircase on [raw_t, raw_t + 1] lands on E_t + D_t k (ramps of width w left
-    # of each threshold j/K); the prompt region is left unchanged.  Units relu(b - z): they vanish on
-    # every token right of their breakpoint, so the prompt rows never see the steep ramps.
-    pts = []
-    for t in range(n):
-        e = Fraction(raw[t])
-        pts.append((e, Fraction(E[t])))
-        for j in range(1, K):
-            pts.append((e + Fraction(j, K) - w, E[t] + D[t] * (j - 1)))
-            pts.append((e + Fraction(j, K), E[t] + D[t] * j))
-        pts.append((e + 1, E[t] + W[t]))
-    pts.append((Fraction(P0 - 1), Fraction(P0 - 1)))
-    q1 = _MLPBuilder(d)
-    q1.add_pl(0, pts, 0, 1, left_active=True)
-    W1, b1, W2, b2 = q1.arrays()
-    layers = [Layer(kind, [_zero_head(d)], W1, b1, W2, b2)]
-
-    def prompt_map(shift, s):
-        """Prompt rows (state shift + u, u in [P0, P0 + uspan]): window k = s to TOP + offset,
-        every other row to u."""
-        lo_w = Zs + S * s
-        return [(shift + P0 - half, shift + lo_w - 1, P0 - half, 1),
-                (shift + lo_w - half, shift + lo_w + off + half, TOP - half, 1),
-                (shift + lo_w + off + 1, shift + P0 + uspan + half, lo_w + off + 1, 1)]
-
-    amax = Fraction(0)
-    for i in range(1, n + 1):
-        t = n - i
-        Et, add_hi = E[t], W[t] + amax           # the head adds V_t + a in [E_t, E_t + add_hi]
-        regs = [(park[q] + Et - half, park[q] + Et + add_hi + half, park[q], 0) for q in range(t + 1, n)]
-        regs.append((2 * Et - half, 2 * Et + W[t] + add_hi + half, park[t], 0))
-        for q in range(t):
-            regs.append((E[q] + Et - half, E[q] + Et + W[q] + add_hi + amax + half, E[q] - half, 1))
-        if t > 0:
-            regs.append((P0 + Et - half, P0 + spanP + Et + add_hi + amax + half, P0 - half, 1))
-        else:
-            regs += prompt_map(Et, 0)
-        layers.append(_pl_layer(kind, T, regs))
-        amax = 2 * amax + W[t]
-    assert amax == Amax
-    for s in range(n):
-        last = s == n - 1
-        reader = park[s] + (J if s else 0)       # the reader holds reader - nu_s before its lookup
-        regs = []
-        if not last:
-            regs.append((DEAD + TOP - half, DEAD + TOP + off + half, DEAD, 0))
-            regs.append((2 * TOP - half, 2 * TOP + 2 * off + half, DEAD, 0))
-            regs += prompt_map(TOP, s + 1)
-            for q in range(s + 1, n):
-                if q == s + 1:                   # next reader: park + J - nu
-                    regs.append((park[q] + TOP - half, park[q] + TOP + J + half, park[q] + J + half, -1))
-                else:
-                    regs.append((park[q] + TOP - half, park[q] + TOP + J + half, park[q] - half, 1))
-            regs.append((reader + TOP - half, reader + TOP + 1 + half, store[s] - B * half, B))
-        else:
-            regs.append((reader + TOP, reader + TOP + 1, 0, 1))
-        for q in range(s):
-            lo = store[q] + TOP
-            if not last:
-                regs.append((lo - half, lo + B + J + half, store[q] - half, 1))
-                continue
-            step = J + 2                         # B / K
-            for m in range(K):
-                regs.append((lo + m * step - half, lo + m * step + J + half, Fraction(m, K), 0))
-        layers.append(_pl_layer(kind, T, regs))
-    model = Model(d=d, layers=layers, causal=False,
-                  meta={"builder": "universality", "construction": "broadcast", "d": d, "n": n, "K": K,
+    bc = _Broadcast(n, K, kind, T)
+    layers = [bc.q1(w)] + bc.gather() + [bc.lookup(s) for s in range(n)]
+    model = Model(d=1, layers=layers, causal=False,
+                  meta={"builder": "universality", "construction": "broadcast", "d": 1, "n": n, "K": K,
                         "w": str(w), "kind": kind, "temperature": None if kind == "hardmax" else str(T)})
-    pos_input = _zeros((n, d))
-    for t in range(n):
-        pos_input[t, 0] = Fraction(raw[t])
-    pos_prompt = _zeros((n * N, d))
-    for c in range(N):
-        for s in range(n):
-            pos_prompt[n * c + s, 0] = Fraction(P0 + S * (n * (N - 1) - n * c + s))
-    layout = {"construction": "broadcast", "raw_input": raw, "E_input": E, "P0": P0, "S": S, "TOP": TOP, "park": park,
-              "store": store, "B": B, "window": Zs}
-    return UniversalNetwork(d, n, K, w, kind, None if kind == "hardmax" else T, model, pos_input, pos_prompt,
-                            layout)
+    layout = {"construction": "broadcast", "raw_input": bc.raw, "E_input": bc.E, "P0": bc.P0, "S": bc.S,
+              "TOP": bc.TOP, "park": bc.park, "store": bc.store, "B": bc.B, "window": bc.Zs}
+    return UniversalNetwork(1, n, K, w, kind, None if kind == "hardmax" else T, model, *bc.positions(), layout)
 
 
 def build_network(d: int, n: int, K: int, w: Fraction, kind: str = "hardmax",

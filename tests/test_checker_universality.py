@@ -108,7 +108,9 @@ def test_wrong_target_in_the_question_is_rejected(results):
     for label, m in muts:
         ok, msg = check_result(m)
         assert not ok, label
-        assert "P_f" in msg or "prompt" in msg, (label, msg)
+        # another target gives another prompt; another seed of relu-net may quantize to the same
+        # prompt on a coarse grid (U-n3's K = 7), and then its derived bound differs
+        assert "P_f" in msg or "prompt" in msg or ("seed" in label and "differs from the derived" in msg), (label, msg)
     record(KIND, len(muts), len(muts))
 
 

@@ -201,7 +201,7 @@ def test_bad_input_exit_code_2_names_the_field():
     from typer.testing import CliRunner
     from verify.cli import app
     runner = CliRunner()
-    for args, fld in [(["--n", "3"], "--n"), (["--target", "nope"], "--target"), (["--eps", "0"], "--eps"),
+    for args, fld in [(["--d", "2", "--n", "3"], "--n"), (["--n", "0"], "--n"), (["--target", "nope"], "--target"), (["--eps", "0"], "--eps"),
                       (["--p", "1/2"], "--p"), (["--delta", "0.3"], "--delta"),
                       (["--softmax-temperature", "-1"], "--softmax-temperature"), (["--eps", "1e-3"], "--eps")]:
         r = runner.invoke(app, ["universality", "--samples", "0"] + args)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from constructions.forward import forward_exact
 from constructions.model import InputError
-from constructions.universality import (TARGETS, _region_points, broadcast_spacing, build_network, build_prompt,
+from constructions.universality import (TARGETS, region_points, broadcast_spacing, build_network, build_prompt,
                                         build_target, cell_digits, forward_float, pl_eval, pl_units_left,
                                         quantized_function, ramp_width)
 from verify.provers.universality import RankOneFloat, cell_box, evaluate_cells
@@ -143,11 +143,11 @@ def test_d_above_1_with_three_tokens_is_refused():
 
 
 def test_overlapping_regions_are_refused_when_the_map_is_built():
-    assert _region_points([(0, 1, 5, 0), (2, 3, 7, 1)]) == [(0, 5), (1, 5), (2, 7), (3, 8)]
+    assert region_points([(0, 1, 5, 0), (2, 3, 7, 1)]) == [(0, 5), (1, 5), (2, 7), (3, 8)]
     with pytest.raises(ValueError):
-        _region_points([(0, 1, 5, 0), (Fraction(5, 4), 3, 7, 1)])
+        region_points([(0, 1, 5, 0), (Fraction(5, 4), 3, 7, 1)])
     with pytest.raises(ValueError):
-        _region_points([(0, 2, 5, 0), (1, 3, 7, 1)])
+        region_points([(0, 2, 5, 0), (1, 3, 7, 1)])
 
 
 @settings(max_examples=25)
