@@ -923,8 +923,12 @@ def setup(d: int, n: int, L, p, eps, target: str, seed: int = 0, temperature=Non
     limit = MAX_CELLS if temperature is None else MAX_CELLS_SOFTMAX
     if K ** (d * n) > limit:
         what = "" if temperature is None else " for the softmax version"
-        raise InputError("--eps", f"a size with at most {limit} grid cells K^(dn){what}",
-                         f"K = {K}, dn = {d * n}: {K ** (d * n)} cells", "Use a larger --eps or smaller --d/--n.")
+        cells = K ** (d * n)
+        shown = f"{cells} cells" if cells < 10 ** 15 else f"{K}^{d * n} cells"
+        raise InputError("--delta" if override else "--eps", f"a size with at most {limit} grid cells K^(dn){what}",
+                         f"K = {K}, dn = {d * n}: {shown}",
+                         "Use a larger --delta or smaller --d/--n." if override else
+                         "Use a larger --eps or smaller --d/--n.")
     if target not in TARGETS:
         raise InputError("--target", f"one of {sorted(TARGETS)}", repr(target))
     kind = "hardmax" if temperature is None else "softmax"
