@@ -180,3 +180,31 @@ def test_d1_n3_at_the_formula_grid_verified_and_checked():
     assert r.reported["cells_equal_fbar"] == 21952
     ok, msg = check_result(json.loads(json.dumps(r.to_json(), allow_nan=False)))
     assert ok, msg
+
+
+def test_the_exact_evaluation_reports_its_stage_and_cells():
+    """The universality run reports the stage "exact cell values" and cell i of N (every 16th) to
+    the current progress reporter (the CLI shows them on a terminal)."""
+    from verify.progress import use
+    from verify.provers.universality import run_universality
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def stage(self, name):
+            self.calls.append(("stage", name))
+
+        def step(self, i, n, what):
+            self.calls.append(("step", i, n, what))
+
+        def log(self, line):
+            self.calls.append(("log", line))
+    rep = Recorder()
+    with use(rep):
+        res = run_universality(1, 3, "1", "2", "1", "token-mix", K=3, samples=0)
+    assert res.status.value == "verified"
+    assert ("stage", "exact cell values") in rep.calls
+    steps = [c for c in rep.calls if c[0] == "step"]
+    assert steps and all(c[2] == 27 and c[3] == "cell" for c in steps)
+    assert [c[1] for c in steps] == list(range(1, 28, 16))
