@@ -342,3 +342,16 @@ def test_prover_module_imports_no_cli_and_no_claims():
     bad = [n for n in names if n.split(".")[0] in ("typer", "rich") or n.startswith(("verify.cli", "verify.claims"))]
     assert not bad, bad
     assert not hasattr(prover, "register") and not hasattr(prover, "CLAIMS") and not hasattr(prover, "REPLAYERS")
+
+
+def test_check_multilayer_honours_its_time_limit():
+    """Past --timeout the multi-layer check stops before the next stage or matrix norm: status
+    "timeout", the stage named, nothing claimed; with time to spare the same model is proved."""
+    from constructions.multilayer import collision_dataset, condition1_model
+    from verify.provers.multilayer import check_multilayer
+    model = condition1_model(8, heads=2, layers=3, seed=0, value_norm=0.5)
+    ds, _ = collision_dataset(model, seed=0, prompt_length=1)
+    res = check_multilayer(model, ds, timeout=1e-9)
+    assert res.status.value == "timeout" and res.certificate is None
+    assert res.extra["stage"].startswith("condition 1") and res.extra["stage"] in res.message
+    assert check_multilayer(model, ds, timeout=600).status.value == "proved"

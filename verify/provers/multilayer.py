@@ -284,27 +284,35 @@ def _found(cond: int, norms: dict, pair: dict, rows: list, c: Fraction, Rx: Opti
     return {"body": body, "reported": reported}
 
 
-def _reported_norms(model: Model, cond: int) -> dict:
+def _reported_norms(model: Model, cond: int, clock=None) -> dict:
     """:func:`norm_grid` of every matrix of :func:`_layer_matrices`, reporting layer by layer to
-    the current progress reporter (verify/progress.py)."""
+    the current progress reporter (verify/progress.py); with a ``clock`` (its deadline), before
+    each stage and each matrix (OutOfTime names the stage)."""
     from verify.progress import current
     progress = current()
-    progress.stage(f"condition {cond}: exact layer products")
+    tick = clock.check if clock is not None else progress.stage
+    tick(f"condition {cond}: exact layer products")
     mats = _layer_matrices(model, cond)
-    progress.stage(f"condition {cond}: spectral norm bounds")
+    stage = f"condition {cond}: spectral norm bounds"
     out = {}
     for name, W in mats.items():
+        if clock is not None:
+            clock.check(stage)
+        elif not out:
+            progress.stage(stage)
         progress.step(int(name.split("]")[0].split("[")[1]) + 1, len(model.layers), "layer")
         out[name] = norm_grid(W)
     return out
 
 
-def _try_condition(model: Model, dataset: Dataset, cond: int, R: Optional[Fraction], tol: Fraction):
+def _try_condition(model: Model, dataset: Dataset, cond: int, R: Optional[Fraction], tol: Fraction, clock=None):
     """(found or None, failures) for condition 1 or 2."""
     if cond == 2 and R is None:
         return None, ["condition 2: needs a bound on the prompt tokens' 2-norm (--prompt-norm); none given"]
     Rx = _input_norm(dataset) if cond == 2 else None
-    norms = _reported_norms(model, cond)
+    norms = _reported_norms(model, cond, clock)
+    if clock is not None:
+        clock.check(f"condition {cond}: per-layer bounds and the colliding pair")
     rows, fails, c = _layer_bounds(model, cond, norms, R, Rx)
     if fails:
         return None, [f"condition {cond}: {f}" for f in fails]
@@ -316,7 +324,7 @@ def _try_condition(model: Model, dataset: Dataset, cond: int, R: Optional[Fracti
 
 
 def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, prompt_norm=None,
-            tolerance=Fraction(0)) -> tuple[Optional[dict], list[str]]:
+            tolerance=Fraction(0), clock=None) -> tuple[Optional[dict], list[str]]:
     """Try to certify Theorem M's conclusion for a dataset.
 
     Parameters
@@ -331,6 +339,8 @@ def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, pro
         Bound R > 0 on the 2-norm of every prompt token (condition 2 only).
     tolerance : rational
         Memorization within this much per output entry.
+    clock : verify.provers.limitation.clock.Clock or None
+        A deadline, checked before each stage and each matrix norm (OutOfTime names the stage).
 
     Returns
     -------
@@ -352,7 +362,7 @@ def certify(model: Model, dataset: Dataset, condition: Optional[int] = None, pro
                       "Theorem M rules nothing out for this dataset"]
     failures: list[str] = []
     for cond in ([condition] if condition is not None else [1, 2]):
-        found, fails = _try_condition(model, dataset, cond, R, tol)
+        found, fails = _try_condition(model, dataset, cond, R, tol, clock)
         if found is not None:
             return found, []
         failures += fails
@@ -382,16 +392,17 @@ def self_check(res: Result) -> tuple[bool, str]:
 
 
 def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolerance=Fraction(0),
-                     timeout: float = 60.0, prompt_norm=None, condition: Optional[int] = None,
-                     claim: str = "M") -> Result:
+                     timeout: float = math.inf, prompt_norm=None, condition: Optional[int] = None,
+                     claim: str = "M", progress=None) -> Result:
     """Decide what Theorem M says about a (multi-layer) model and dataset.
 
     Returns "proved" with a ``multilayer-injectivity`` certificate (accepted by the trusted checker)
     when targets conflict or condition 1 or 2 holds and two examples collide; "unknown" with a
     message naming each bound that failed and by how much otherwise.  ``prompt_norm`` (or
     ``model.meta["prompt_norm"]``) enables condition 2 and is part of the question.  A proof for any
-    length covers ``prompt_length``.  ``timeout`` is accepted for the common interface;
-    certification is exact and fast (no search).  Bad input raises :class:`InputError`."""
+    length covers ``prompt_length``.  Past ``timeout`` seconds (checked before each stage and each
+    matrix norm) the result is "timeout" with the stage named, and nothing is claimed.  Bad input
+    raises :class:`InputError`."""
     t0 = time.perf_counter()
     if dataset.d != model.d:
         raise InputError("examples[0].input", f"tokens of size d = {model.d} (the model's d)", f"size {dataset.d}")
@@ -401,7 +412,16 @@ def check_multilayer(model: Model, dataset: Dataset, prompt_length="any", tolera
     tol = Fraction(tolerance)
     if tol < 0:
         raise InputError("--tolerance", "a number >= 0", str(tol))
-    found, failures = certify(model, dataset, condition, R, tol)
+    from verify.provers.limitation.clock import Clock, OutOfTime
+    try:
+        found, failures = certify(model, dataset, condition, R, tol, clock=Clock(timeout, progress))
+    except OutOfTime as exc:
+        res = Result(claim=claim, status=Status.TIMEOUT, method=f"time limit reached in stage '{exc.stage}'",
+                     question=memorization_question(prompt_length, fmt(tol), None if R is None else fmt(R)),
+                     inputs=_inputs(model, dataset), seconds={"solve": time.perf_counter() - t0})
+        res.extra["stage"] = exc.stage
+        res.message = f"ran out of time (--timeout {timeout:g} s) in stage '{exc.stage}'; nothing is claimed"
+        return res
     t1 = time.perf_counter()
     res = Result(claim=claim, status=Status.UNKNOWN, method="multilayer conditions 1-2",
                  question=memorization_question(prompt_length, fmt(tol), None if R is None else fmt(R)),
