@@ -319,3 +319,41 @@ def test_methods_route_as_documented(monkeypatch):
         _cells(net2, P, params, "window")
     with pytest.raises(Reject, match="unknown method"):
         _cells(net2, P, params, "fast")
+
+
+def _rows_reference(xs: list, layers: list, zin: Fraction) -> Fraction:
+    """Row by row: every head reads the rows' states before any head adds (query sign of z times
+    the key sign u: the largest, the smallest or the mean of all), then the layer's MLP (here a
+    shift b2); the last layer's output at the input row."""
+    rows = [Fraction(x) for x in xs] + [zin]
+    for li, (heads, b2) in enumerate(layers):
+        new = []
+        for z in rows:
+            add = Fraction(0)
+            for u, wov in heads:
+                sg = (z > 0) - (z < 0)
+                sg = sg * ((u > 0) - (u < 0))
+                pick = max(rows) if sg > 0 else min(rows) if sg < 0 else sum(rows) / len(rows)
+                add += wov * pick
+            new.append(z + add + b2)
+        rows = new
+    return rows[-1]
+
+
+def test_chain_query_sign_just_above_a_fractional_zero_crossing():
+    """A piece whose state crosses 0 between two prompt rows (alpha x + beta = 0 at x = 1/3): the
+    row just above the crossing has query sign +1, not 0.  Fed to the chain directly (prompt rows
+    -2, -1, 1, 2 over the denominator 1), against a row-by-row reference; a cut that rounds the
+    crossing the wrong way gives 4/15 instead of -7/30."""
+    import itertools
+    import verify.checker.universality as cu
+    spec = [([(1, 0)], Fraction(-1, 3)), ([(1, -1)], Fraction(0)), ([(-1, Fraction(1, 2))], Fraction(0))]
+    layers = [cu._chain_layer({"heads": [{"u": [Fraction(u)], "v": [Fraction(1)], "Wov": [[Fraction(o)]]}
+                                         for u, o in heads], "units": [], "b2": [b2]}) for heads, b2 in spec]
+    xs = [-2, -1, 1, 2]
+    zin = Fraction(1, 3)
+    facts = {"Dp": 1, "m_p": len(xs), "xs": xs, "cum": list(itertools.accumulate(xs, initial=0)), "lgm": 3,
+             "layers": layers, "left": [1 << 40]}
+    want = _rows_reference(xs, spec, zin)
+    assert want == Fraction(-7, 30)
+    assert cu._chain_cell(facts, [[zin]]) == [want]
