@@ -523,25 +523,26 @@ class _Broadcast:
                 (shift + lo_w - _HALF, shift + lo_w + off + _HALF, self.TOP - _HALF, 1),
                 (shift + lo_w + off + 1, shift + P0 + self.uspan + _HALF, lo_w + off + 1, 1)]
 
-    def gather(self) -> list:
-        """Layers 1..n: token t = n-1, ..., 0 is the top row, added to every row, then parked."""
-        layers, amax, park, E, W = [], Fraction(0), self.park, self.E, self.W
+    def gather_regions(self) -> list:
+        """The region lists of layers 1..n: token t = n-1, ..., 0 is the top row, added to every
+        row, then parked."""
+        out, amax, park, E, W = [], Fraction(0), self.park, self.E, self.W
         for t in range(self.n - 1, -1, -1):
             Et, add_hi = E[t], W[t] + amax       # the head adds V_t + a in [E_t, E_t + add_hi]
             regs = [(park[q] + Et - _HALF, park[q] + Et + add_hi + _HALF, park[q], 0) for q in range(t + 1, self.n)]
-            regs.append((2 * Et - _HALF, 2 * Et + W[t] + add_hi + _HALF, park[t], 0))
+            regs.append((2 * Et - _HALF, 2 * Et + 2 * add_hi + _HALF, park[t], 0))    # row t read itself
             regs += [(E[q] + Et - _HALF, E[q] + Et + W[q] + add_hi + amax + _HALF, E[q] - _HALF, 1) for q in range(t)]
             if t > 0:
                 regs.append((self.P0 + Et - _HALF, self.P0 + self.spanP + Et + add_hi + amax + _HALF, self.P0 - _HALF, 1))
             else:
                 regs += self.prompt_map(Et, 0)
-            layers.append(_pl_layer(self.kind, self.T, regs))
+            out.append(regs)
             amax = 2 * amax + W[t]
         assert amax == self.Amax
-        return layers
+        return out
 
-    def lookup(self, s: int) -> Layer:
-        """Layer n + 1 + s: output position s read by input row s (``proofs/universality.md``)."""
+    def lookup_regions(self, s: int) -> list:
+        """The region list of layer n + 1 + s: output position s read by input row s."""
         TOP, J, B, park, store, last = self.TOP, self.J, self.B, self.park, self.store, s == self.n - 1
         reader = park[s] + (J if s else 0)       # the reader holds reader - nu_s before its lookup
         if last:
@@ -550,7 +551,7 @@ class _Broadcast:
                 lo = store[q] + TOP
                 regs += [(lo + m * (J + 2) - _HALF, lo + m * (J + 2) + J + _HALF, Fraction(m, self.K), 0)
                          for m in range(self.K)]
-            return _pl_layer(self.kind, self.T, regs)
+            return regs
         regs = [(self.DEAD + TOP - _HALF, self.DEAD + TOP + self.off + _HALF, self.DEAD, 0),
                 (2 * TOP - _HALF, 2 * TOP + 2 * self.off + _HALF, self.DEAD, 0)] + self.prompt_map(TOP, s + 1)
         for q in range(s + 1, self.n):          # the next reader gets park + J - nu, the others park + nu
@@ -559,7 +560,11 @@ class _Broadcast:
                          + (_HALF if nxt else -_HALF), -1 if nxt else 1))
         regs.append((reader + TOP - _HALF, reader + TOP + 1 + _HALF, store[s] - B * _HALF, B))
         regs += [(store[q] + TOP - _HALF, store[q] + TOP + B + J + _HALF, store[q] - _HALF, 1) for q in range(s)]
-        return _pl_layer(self.kind, self.T, regs)
+        return regs
+
+    def regions(self) -> list:
+        """The region list of every layer after Q1, in order (tests trace every row into them)."""
+        return self.gather_regions() + [self.lookup_regions(s) for s in range(self.n)]
 
     def positions(self) -> tuple:
         n, N, S = self.n, self.N, self.S
@@ -587,12 +592,13 @@ def _build_broadcast(n: int, K: int, w: Fraction, kind: str, T: Fraction) -> "Un
     reader by the slope -1 its region gets one layer before; readers s < n-1 store their value
     at the scale B = K (2^n + 2), decoded exactly by a staircase in the last MLP."""
     bc = _Broadcast(n, K, kind, T)
-    layers = [bc.q1(w)] + bc.gather() + [bc.lookup(s) for s in range(n)]
+    layers = [bc.q1(w)] + [_pl_layer(kind, T, regs) for regs in bc.regions()]
     model = Model(d=1, layers=layers, causal=False,
                   meta={"builder": "universality", "construction": "broadcast", "d": 1, "n": n, "K": K,
                         "w": str(w), "kind": kind, "temperature": None if kind == "hardmax" else str(T)})
     layout = {"construction": "broadcast", "raw_input": bc.raw, "E_input": bc.E, "P0": bc.P0, "S": bc.S,
-              "TOP": bc.TOP, "park": bc.park, "store": bc.store, "B": bc.B, "window": bc.Zs}
+              "TOP": bc.TOP, "park": bc.park, "store": bc.store, "B": bc.B, "window": bc.Zs,
+              "regions": bc.regions()}
     return UniversalNetwork(1, n, K, w, kind, None if kind == "hardmax" else T, model, *bc.positions(), layout)
 
 

@@ -74,7 +74,7 @@ def _trace(net, P, X):
     """Every row's exact state before each attention layer (a plain loop over rows: one more
     reference, sharing no code with either evaluator)."""
     rows = [Fraction(x) for x in net.encode_prompt(P)[:, 0]] + [Fraction(x) for x in net.encode_input(X)[:, 0]]
-    seen = []
+    seen, pre = [], []
     for li, la in enumerate(net.model.layers):
         if li > 0:
             seen.append(list(rows))
@@ -84,9 +84,11 @@ def _trace(net, P, X):
             top = max(rows)
             assert a > 0 and all(z * a > 0 for z in rows)      # every query attends to the maximum
             rows = [z + wov * top for z in rows]
+            pre.append(list(rows))
         W1, b1, W2, b2 = la.W_1, la.b_1, la.W_2, la.b_2
         rows = [z + Fraction(b2[0]) + sum(Fraction(W2[0, k]) * max(Fraction(W1[k, 0]) * z + Fraction(b1[k]), 0)
                                          for k in range(W1.shape[0])) for z in rows]
+    _trace.pre = pre
     return seen, rows[-net.n:]
 
 
@@ -108,6 +110,14 @@ def test_every_attention_layer_reads_one_row_and_every_row_stays_positive(n, K):
             assert len(who) == 1
             want = m_p + (n - 1 - li) if li < n else n * c + (li - n)
             assert who[0] == want, (c, li, who)
+        # every row meets each MLP inside one of the regions the builder mapped affinely (the
+        # last MLP maps only the input rows: prompt rows there are discarded)
+        for li, (rows, regs) in enumerate(zip(_trace.pre, net.layout["regions"])):
+            last = li == 2 * n - 1
+            for j, z in enumerate(rows):
+                if last and j < m_p:
+                    continue
+                assert any(lo <= z <= hi for lo, hi, _, _ in regs), (c, li + 1, j, z)
 
 
 def test_flat_box_interior_points_float_and_rank_one_pass_agree():
