@@ -104,18 +104,25 @@ def default_temperature() -> Fraction:
 
 # =========================================================================== PL helpers
 
+def _pl_slopes(points: Sequence[tuple], left_slope, right_slope) -> tuple[list, list]:
+    """``(points as Fractions, slopes)``: the left tail's slope, each segment's, the right tail's
+    (the abscissae must increase strictly)."""
+    pts = [(Fraction(a), Fraction(b)) for a, b in points]
+    for (a0, _), (a1, _) in zip(pts, pts[1:]):
+        if not a1 > a0:
+            raise ValueError(f"breakpoints must increase: {a0} then {a1}")
+    inner = [(v1 - v0) / (a1 - a0) for (a0, v0), (a1, v1) in zip(pts, pts[1:])]
+    return pts, [Fraction(left_slope)] + inner + [Fraction(right_slope)]
+
+
 def pl_units(points: Sequence[tuple], left_slope, right_slope) -> tuple[list, Fraction]:
     """Residual form of a continuous piecewise-linear map ``F`` of one coordinate.
 
     ``F`` passes through ``points`` (strictly increasing abscissae) and has the given tail slopes.
     Returns ``(units, c)`` with ``F(z) = z + c + sum coef * relu(sign * (z - b))`` for
     ``units = [(sign, b, coef)]``."""
-    pts = [(Fraction(a), Fraction(b)) for a, b in points]
-    for (a0, _), (a1, _) in zip(pts, pts[1:]):
-        if not a1 > a0:
-            raise ValueError(f"breakpoints must increase: {a0} then {a1}")
-    sl, sr = Fraction(left_slope), Fraction(right_slope)
-    slopes = [(v1 - v0) / (a1 - a0) for (a0, v0), (a1, v1) in zip(pts, pts[1:])] + [sr]
+    pts, all_slopes = _pl_slopes(points, left_slope, right_slope)
+    sl, slopes = all_slopes[0], all_slopes[1:]
     b0, v0 = pts[0]
     units = []
     if sl - 1 != 0:
@@ -134,12 +141,8 @@ def pl_units_left(points: Sequence[tuple], left_slope, right_slope) -> tuple[lis
     one ``relu(z - b)`` unit for a right tail slope other than 1): every unit is 0 on tokens right
     of the last point, where ``F(z) = z + c``.  In float64 a token then sees only the units whose
     breakpoints lie to its right, so tokens far right of steep units keep their exact value."""
-    pts = [(Fraction(a), Fraction(b)) for a, b in points]
-    for (a0, _), (a1, _) in zip(pts, pts[1:]):
-        if not a1 > a0:
-            raise ValueError(f"breakpoints must increase: {a0} then {a1}")
-    sl, sr = Fraction(left_slope), Fraction(right_slope)
-    slopes = [sl] + [(v1 - v0) / (a1 - a0) for (a0, v0), (a1, v1) in zip(pts, pts[1:])] + [sr]
+    pts, slopes = _pl_slopes(points, left_slope, right_slope)
+    sr = slopes[-1]
     bN, vN = pts[-1]
     units = []
     if sr - 1 != 0:

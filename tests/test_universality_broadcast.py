@@ -195,22 +195,10 @@ def test_d1_n3_at_the_formula_grid_verified_and_checked():
 def test_the_exact_evaluation_reports_its_stage_and_cells():
     """The universality run reports the stage "exact cell values" and cell i of N (every 16th) to
     the current progress reporter (the CLI shows them on a terminal)."""
+    from test_cli_ux import Recorder
     from verify.progress import use
     from verify.provers.universality import run_universality
-
-    class Recorder:
-        def __init__(self):
-            self.calls = []
-
-        def stage(self, name):
-            self.calls.append(("stage", name))
-
-        def step(self, i, n, what):
-            self.calls.append(("step", i, n, what))
-
-        def log(self, line):
-            self.calls.append(("log", line))
-    rep = Recorder()
+    rep = Recorder(True, False)
     with use(rep):
         res = run_universality(1, 3, "1", "2", "1", "token-mix", K=3, samples=0)
     assert res.status.value == "verified"

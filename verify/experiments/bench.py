@@ -112,12 +112,12 @@ def _naive_child(conn, model, dataset, prompt_length, timeout_s, artifacts, form
         s = z3.Solver()
         s.set("timeout", max(1, int(timeout_s * 1000)))
         s.add(*assertions)
+        text = s.to_smt2() if artifacts or form == "smtlib" else None
         if artifacts:
             import os
             from constructions.model import atomic_write_text
-            atomic_write_text(os.path.join(artifacts, f"naive_d{model.d}_K{prompt_length}.smt2"), s.to_smt2())
+            atomic_write_text(os.path.join(artifacts, f"naive_d{model.d}_K{prompt_length}.smt2"), text)
         if form == "smtlib":
-            text = s.to_smt2()
             s = z3.Solver()
             s.set("timeout", max(1, int(timeout_s * 1000)))
             s.from_string(text)
